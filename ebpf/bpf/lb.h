@@ -1,0 +1,56 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * Map layouts of the socket load-balancer: the single source of truth.
+ * ebpf/src/layout.rs mirrors these structs; build.rs reads the layout clang
+ * used from the object's BTF, and const assertions fail the Rust build when
+ * the mirror no longer matches, so any change here must be made there too.
+ *
+ * Layout (one hash map, keyed by frontend + slot):
+ *
+ *   (vip, port, proto, slot 0, rev 0) -> master  { count, rev = r }
+ *   (vip, port, proto, slot i, rev r) -> backend { address, port }  i in 1..=count
+ *
+ * Why revisions instead of cilium's in-place slots + backend-id map: to
+ * replace a service's backends the loader writes the complete new set under
+ * a fresh revision r', then flips the master entry to { count', r' } with a
+ * single map update (atomic for one element), and only then deletes the
+ * slots of the old revision. A connect() reads the master once and picks a
+ * slot of that revision, so it sees either the whole old set or the whole
+ * new set, never a mix, and never a count larger than the slots present.
+ * Backends are stored inline in the slots: without conntrack there is no
+ * need for shared backend ids, and each service stays self-contained (no
+ * reference counting of backends shared between services).
+ *
+ * All addresses and ports are in network byte order, exactly as found in
+ * struct bpf_sock_addr, so the program never converts them.
+ */
+#ifndef NODELET_LB_H
+#define NODELET_LB_H
+
+/* Slot number of the master entry of a frontend. */
+#define LB_MASTER_SLOT 0
+/* Upper bound of backends per frontend; keeps the verifier happy too. */
+#define LB_MAX_BACKENDS 1024
+
+struct lb4_key {
+	__be32 address; /* frontend (service) IPv4 address */
+	__be16 dport;   /* frontend port */
+	__u8 proto;     /* IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP */
+	__u8 pad;       /* always 0: keys are compared as bytes */
+	__u16 slot;     /* 0 = master, 1..=count = backends (host order) */
+	__u16 rev;      /* 0 for the master, its revision for slots (host order) */
+};
+
+/*
+ * Value of both kinds of entries (like cilium's lb4_service): a master uses
+ * count and rev, a backend slot uses address and port; unused fields are 0.
+ */
+struct lb4_value {
+	__be32 address; /* slot: backend IPv4 address */
+	__be16 port;    /* slot: backend port */
+	__u16 count;    /* master: number of backend slots; 0 = ECONNREFUSED */
+	__u16 rev;      /* master: revision whose slots are current */
+	__u16 pad;      /* always 0 */
+};
+
+#endif /* NODELET_LB_H */

@@ -1,0 +1,18 @@
+//! nodelet's BPF programs and typed access to their maps.
+//!
+//! The C programs live in `bpf/` (`lb.h` defines the map layouts), `build.rs`
+//! compiles them with clang and this crate embeds the object. [`SockLb`] loads
+//! the socket load-balancer, attaches it to a cgroup2 directory and hands out
+//! [`LbMaps`], a typed view of its maps: no raw bytes leave this crate.
+
+mod error;
+mod layout;
+mod loader;
+mod maps;
+mod object;
+mod types;
+
+pub use error::EbpfError;
+pub use loader::{CgroupAttachment, MapSizes, SockLb};
+pub use maps::LbMaps;
+pub use types::{Backend, Frontend, Protocol, MAX_BACKENDS};

@@ -1,0 +1,138 @@
+//! `nodelet agent`: the node against an API server. Registers the Node, opens the runtime
+//! parts once the pod CIDR is known, then runs the heartbeats, the pods and the Service proxy
+//! side by side until shutdown. Containers keep running after the agent stops.
+
+mod pod_cidr;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::host_runtime::{self, HostRuntimeError};
+use crate::local::{LocalConfig, LocalConfigError};
+use crate::node::{self, FactSources, NodeConfig, NodeError, NodeFacts, NodeReadiness};
+use crate::pod;
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub kubeconfig: PathBuf,
+    /// kubelet's --node-ip.
+    pub node_ip: Option<IpAddr>,
+    /// Run the eBPF Service proxy beside the kubelet.
+    pub proxy_enabled: bool,
+    pub local: LocalConfig,
+}
+
+impl AgentConfig {
+    pub fn validate(&self) -> Result<(), LocalConfigError> {
+        self.local.validate()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("reading kubeconfig {path}")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("building an API client from kubeconfig {path}")]
+    Client {
+        path: PathBuf,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("creating the root directory {path}")]
+    RootDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading the machine's facts")]
+    Facts(#[source] node::FactsError),
+    #[error("registering the node")]
+    Register(#[source] NodeError),
+    #[error(transparent)]
+    HostRuntime(#[from] HostRuntimeError),
+}
+
+pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let client = client_from_kubeconfig(&cfg.kubeconfig).await?;
+    let local = &cfg.local;
+    std::fs::create_dir_all(&local.root_dir)
+        .map_err(|source| AgentError::RootDir { path: local.root_dir.clone(), source })?;
+    let facts = NodeFacts::gather(&FactSources::host(&local.root_dir)).map_err(AgentError::Facts)?;
+    let node_config = NodeConfig {
+        node_name: local.node_name.clone(),
+        node_ip: cfg.node_ip,
+        pod_cidr: local.pod_cidr,
+        ..NodeConfig::default()
+    };
+
+    // NotReady until the pod network is up, as kubelet reports a runtime network not ready.
+    let (readiness_tx, readiness) = watch::channel(NodeReadiness::not_ready(
+        "container runtime network not ready",
+        "pod network is not configured yet",
+    ));
+    let heartbeats =
+        tokio::spawn(node::run_node(client.clone(), node_config.clone(), facts.clone(), readiness, shutdown.clone()));
+
+    let Some(pod_cidr) = pod_cidr::resolve(&client, &local.node_name, local.pod_cidr, &shutdown).await else {
+        return finish(heartbeats).await; // shut down before a pod CIDR was known
+    };
+    let host = match host_runtime::open(local, pod_cidr).await {
+        Ok(host) => host,
+        Err(err) => {
+            shutdown.cancel();
+            let _ = heartbeats.await;
+            return Err(err.into());
+        }
+    };
+    tracing::info!(node = %local.node_name, %pod_cidr, "runtime and pod network ready");
+    let _ = readiness_tx.send(NodeReadiness::ready());
+
+    let host_ip = cfg.node_ip.or(facts.internal_ip).map(|ip| ip.to_string());
+    let pods = pod::run_api_pods(
+        client.clone(),
+        host_runtime::pod_config(local, host_ip),
+        host.node_runtime.clone(),
+        shutdown.clone(),
+    );
+    let proxy = run_proxy(cfg.proxy_enabled, client.clone(), local, shutdown.clone());
+    tokio::join!(pods, proxy);
+    finish(heartbeats).await
+}
+
+async fn finish(heartbeats: tokio::task::JoinHandle<Result<(), NodeError>>) -> Result<(), AgentError> {
+    match heartbeats.await {
+        Ok(result) => result.map_err(AgentError::Register),
+        Err(join) => {
+            tracing::error!(error = %join, "node heartbeat task failed");
+            Ok(())
+        }
+    }
+}
+
+/// The proxy failing to load its programs does not stop the kubelet side: it is logged, as
+/// a kube-proxy crash would not take the node's pods down.
+async fn run_proxy(enabled: bool, client: kube::Client, local: &LocalConfig, shutdown: CancellationToken) {
+    if !enabled {
+        return;
+    }
+    let config = host_runtime::proxy_config(local);
+    if let Err(err) = nodelet_proxy::run(client, config, shutdown).await {
+        tracing::error!(error = %crate::pod::runtime_port::error_chain(&err), "the Service proxy stopped; Services are not load-balanced on this node");
+    }
+}
+
+async fn client_from_kubeconfig(path: &std::path::Path) -> Result<kube::Client, AgentError> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+        .map_err(|source| AgentError::Kubeconfig { path: path.into(), source })?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .map_err(|source| AgentError::Kubeconfig { path: path.into(), source })?;
+    kube::Client::try_from(config).map_err(|source| AgentError::Client { path: path.into(), source })
+}

@@ -1,0 +1,47 @@
+//! `nodelet agent`: a cluster node against any conforming Kubernetes API server.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use nodelet_kubelet::agent::AgentConfig;
+
+use super::run::LocalArgs;
+
+#[derive(clap::Args, Debug)]
+pub struct AgentArgs {
+    /// Path to a kubeconfig file (token or client-certificate credentials).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: PathBuf,
+    /// The Node's name (default: the host name, lowercased).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The IP address to report as the Node's InternalIP (default: the address of the
+    /// interface holding the default route).
+    #[arg(long)]
+    node_ip: Option<IpAddr>,
+    /// Do not run the eBPF Service proxy (when kube-proxy or another one runs on this node).
+    #[arg(long)]
+    disable_proxy: bool,
+    #[command(flatten)]
+    local: LocalArgs,
+}
+
+pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    let node_name = match args.node_name {
+        Some(name) => name,
+        None => nodelet_kubelet::local::default_node_name().context("reading the host name for --node-name")?,
+    };
+    let local = args.local.into_config(&node_name)?;
+    let config =
+        AgentConfig { kubeconfig: args.kubeconfig, node_ip: args.node_ip, proxy_enabled: !args.disable_proxy, local };
+    config.validate()?;
+    let runtime = super::tokio_runtime()?;
+    runtime.block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        super::cancel_on_signals(shutdown.clone());
+        nodelet_kubelet::agent::run_agent(config, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,111 @@
+//! Opens the node's runtime parts from the local settings, for both `nodelet agent` and
+//! `nodelet run`: the image store, the container monitor (spawned when none runs) and the
+//! pod network (the bridge, ready for sandboxes).
+
+use std::ffi::OsString;
+use std::sync::Arc;
+
+use ipnet::Ipv4Net;
+use nodelet_runtime::image::{ImageError, ImageStore};
+use nodelet_runtime::monitor::{Runtime, RuntimeError};
+use nodelet_runtime::network::{NetworkConfig, NetworkError, PodNetwork};
+
+use crate::local::LocalConfig;
+use crate::pod::{NodeRuntime, PodConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostRuntimeError {
+    #[error("creating state directory {path}")]
+    StateDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("opening the image store")]
+    Images(#[source] ImageError),
+    #[error("starting the container monitor")]
+    Monitor(#[source] RuntimeError),
+    #[error("setting up the pod network on bridge {bridge} for {cidr}")]
+    Network {
+        bridge: String,
+        cidr: Ipv4Net,
+        #[source]
+        source: NetworkError,
+    },
+}
+
+/// The runtime parts, opened.
+pub struct HostRuntime {
+    pub node_runtime: Arc<NodeRuntime>,
+    pub network: Arc<PodNetwork>,
+    pub monitor: Runtime,
+}
+
+pub async fn open(cfg: &LocalConfig, pod_cidr: Ipv4Net) -> Result<HostRuntime, HostRuntimeError> {
+    for dir in [cfg.root_dir.clone(), cfg.runtime_dir(), cfg.pods_dir()] {
+        std::fs::create_dir_all(&dir).map_err(|source| HostRuntimeError::StateDir { path: dir.clone(), source })?;
+    }
+    let images = ImageStore::open(cfg.images_dir()).map_err(HostRuntimeError::Images)?;
+    let runtime_dir = cfg.runtime_dir();
+    let monitor_args: Vec<OsString> = vec!["monitor".into(), "--root".into(), runtime_dir.clone().into()];
+    let monitor = Runtime::connect_or_spawn(&runtime_dir, &cfg.self_exe, &monitor_args)
+        .await
+        .map_err(HostRuntimeError::Monitor)?;
+    let network_config = NetworkConfig {
+        bridge: cfg.bridge.clone(),
+        netns_dir: cfg.netns_dir.clone(),
+        ..NetworkConfig::new(pod_cidr, cfg.network_state_dir())
+    };
+    let network = PodNetwork::new(network_config).await.map_err(|source| HostRuntimeError::Network {
+        bridge: cfg.bridge.clone(),
+        cidr: pod_cidr,
+        source,
+    })?;
+    let network = Arc::new(network);
+    let node_runtime = NodeRuntime::new(Arc::new(images), monitor.clone(), network.clone());
+    Ok(HostRuntime { node_runtime: Arc::new(node_runtime), network, monitor })
+}
+
+/// The pod side's settings from the local ones.
+pub fn pod_config(cfg: &LocalConfig, host_ip: Option<String>) -> PodConfig {
+    PodConfig {
+        cgroup_root: cfg.cgroup_root.clone(),
+        host_ip,
+        ..PodConfig::new(cfg.node_name.clone(), cfg.root_dir.clone())
+    }
+}
+
+/// The Service proxy's settings from the local ones.
+pub fn proxy_config(cfg: &LocalConfig) -> nodelet_proxy::ProxyConfig {
+    match &cfg.proxy_attach_cgroup {
+        Some(dir) => nodelet_proxy::ProxyConfig { attach_cgroup: dir.clone() },
+        None => nodelet_proxy::ProxyConfig::default(),
+    }
+}
+
+/// Ends the container monitor this process relies on, once it parents no container
+/// (standalone mode on exit). SIGTERM by the pid the monitor recorded.
+pub async fn stop_idle_monitor(monitor: &Runtime) {
+    match monitor.list().await {
+        Ok(containers) if containers.is_empty() => {}
+        Ok(containers) => {
+            tracing::warn!(count = containers.len(), "container monitor left running: it still parents containers");
+            return;
+        }
+        Err(err) => {
+            tracing::warn!(error = %crate::pod::runtime_port::error_chain(&err), "asking the container monitor for its containers");
+            return;
+        }
+    }
+    match monitor.monitor_pid() {
+        Ok(pid) => {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            if let Err(errno) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM) {
+                tracing::warn!(%pid, %errno, "stopping the container monitor");
+            }
+        }
+        Err(err) => {
+            tracing::warn!(error = %crate::pod::runtime_port::error_chain(&err), "finding the container monitor's pid")
+        }
+    }
+}

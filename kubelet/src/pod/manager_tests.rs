@@ -1,0 +1,240 @@
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, PodSpec, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+use super::*;
+use crate::pod::config::PodConfig;
+use crate::pod::fake_runtime::FakeRuntime;
+use crate::pod::ids::*;
+use crate::pod::runtime_port::{ContainerInfo, PodRuntime, RunState, SandboxInfo};
+use crate::pod::status_sink::{SinkError, StatusSink};
+
+/// Keeps every reported status and writes its final deletes into the runtime's journal.
+struct RecordingSink {
+    runtime: Arc<FakeRuntime>,
+    statuses: Mutex<Vec<PodStatus>>,
+}
+
+#[async_trait::async_trait]
+impl StatusSink for RecordingSink {
+    async fn report(&self, _pod: &Pod, status: &PodStatus) -> Result<(), SinkError> {
+        self.statuses.lock().expect("lock").push(status.clone());
+        Ok(())
+    }
+
+    async fn finish_deletion(&self, pod: &Pod) -> Result<(), SinkError> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        self.runtime.note(format!("final delete {uid}"));
+        Ok(())
+    }
+}
+
+impl RecordingSink {
+    fn last(&self) -> Option<PodStatus> {
+        self.statuses.lock().expect("lock").last().cloned()
+    }
+}
+
+struct Harness {
+    runtime: Arc<FakeRuntime>,
+    sink: Arc<RecordingSink>,
+    manager: PodManager,
+    _dir: tempfile::TempDir,
+}
+
+fn harness() -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 1.1.1.1\n").expect("resolv");
+    let mut cfg = PodConfig::new("node-1", dir.path().join("root"));
+    cfg.host_resolv_conf = resolv;
+    let runtime = Arc::new(FakeRuntime::new());
+    runtime.add_image("busybox:1");
+    let sink = Arc::new(RecordingSink { runtime: runtime.clone(), statuses: Mutex::new(Vec::new()) });
+    let manager = PodManager::new(
+        WorkerContext {
+            cfg: Arc::new(cfg),
+            runtime: runtime.clone() as Arc<dyn PodRuntime>,
+            sink: sink.clone() as Arc<dyn StatusSink>,
+        },
+        CancellationToken::new(),
+    );
+    Harness { runtime, sink, manager, _dir: dir }
+}
+
+fn pod(uid: &str, policy: &str) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(format!("pod-{uid}")),
+            namespace: Some("default".into()),
+            uid: Some(uid.into()),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            restart_policy: Some(policy.into()),
+            containers: vec![Container { name: "app".into(), image: Some("busybox:1".into()), ..Default::default() }],
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn phase(status: &Option<PodStatus>) -> Option<String> {
+    status.as_ref().and_then(|s| s.phase.clone())
+}
+
+fn restart_count(status: &Option<PodStatus>) -> i32 {
+    status.as_ref().and_then(|s| s.container_statuses.as_ref()).map_or(-1, |c| c[0].restart_count)
+}
+
+/// Let virtual time run until `done` holds (panics after ten virtual minutes).
+async fn run_until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..6000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn never_pod_runs_to_completion_and_releases_its_ip() {
+    let mut h = harness();
+    h.runtime.exit_on_start("app", 0);
+    h.manager.handle(SourceEvent::Snapshot(vec![pod("u1", "Never")])).await;
+    run_until("Succeeded", || phase(&h.sink.last()).as_deref() == Some("Succeeded")).await;
+    run_until("sandbox released", || h.runtime.sandbox_ids().is_empty()).await;
+    assert_eq!(restart_count(&h.sink.last()), 0);
+    assert_eq!(h.runtime.container_ids(), ["u1-app-0"], "kept for its logs");
+    let journal = h.runtime.journal();
+    assert_eq!(journal, ["setup_sandbox u1", "create u1-app-0", "start u1-app-0", "teardown_sandbox u1"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn always_pod_crash_loops_with_growing_restart_count() {
+    let mut h = harness();
+    h.runtime.exit_on_start("app", 1);
+    h.manager.handle(SourceEvent::Snapshot(vec![pod("u1", "Always")])).await;
+    run_until("three restarts", || restart_count(&h.sink.last()) >= 3).await;
+    let statuses = h.sink.statuses.lock().expect("lock").clone();
+    let reasons: Vec<String> = statuses
+        .iter()
+        .filter_map(|s| s.container_statuses.as_ref())
+        .filter_map(|c| c[0].state.clone()?.waiting?.reason)
+        .collect();
+    assert!(reasons.iter().any(|r| r == "CrashLoopBackOff"), "{reasons:?}");
+    assert_eq!(phase(&h.sink.last()).as_deref(), Some("Running"));
+    // Only the latest two attempts are kept.
+    run_until("old attempts removed", || h.runtime.container_ids().len() <= 2).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_failure_pod_restarts_until_success() {
+    let mut h = harness();
+    h.manager.handle(SourceEvent::Snapshot(vec![pod("u1", "OnFailure")])).await;
+    run_until("running", || h.runtime.container("u1-app-0").is_some_and(|c| c.state == RunState::Running)).await;
+    h.runtime.exit("u1-app-0", 2);
+    run_until("restarted", || h.runtime.container("u1-app-1").is_some()).await;
+    h.runtime.exit("u1-app-1", 0);
+    run_until("Succeeded", || phase(&h.sink.last()).as_deref() == Some("Succeeded")).await;
+    assert_eq!(restart_count(&h.sink.last()), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn missing_image_is_err_image_pull_then_backoff() {
+    let mut h = harness();
+    let mut p = pod("u1", "Always");
+    p.spec.as_mut().expect("spec").containers[0].image = Some("127.0.0.1:5000/nope:1".into());
+    h.runtime.break_registry("127.0.0.1:5000/nope:1");
+    h.manager.handle(SourceEvent::Snapshot(vec![p])).await;
+    let reason = |h: &Harness| {
+        h.sink.last().and_then(|s| s.container_statuses).and_then(|c| c[0].state.clone()?.waiting?.reason)
+    };
+    run_until("ErrImagePull", || reason(&h).as_deref() == Some("ImagePullBackOff")).await;
+    let statuses = h.sink.statuses.lock().expect("lock").clone();
+    let first = statuses
+        .iter()
+        .filter_map(|s| s.container_statuses.as_ref()?[0].state.clone()?.waiting)
+        .find(|w| w.reason.as_deref() != Some("ContainerCreating"))
+        .expect("waiting");
+    assert_eq!(first.reason.as_deref(), Some("ErrImagePull"));
+    assert!(first.message.unwrap_or_default().contains("connection refused"));
+    assert_eq!(phase(&h.sink.last()).as_deref(), Some("Pending"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn deletion_terms_waits_the_grace_kills_releases_then_deletes() {
+    let mut h = harness();
+    h.runtime.ignore_term();
+    let p = pod("u1", "Always");
+    h.manager.handle(SourceEvent::Snapshot(vec![p.clone()])).await;
+    run_until("running", || phase(&h.sink.last()).as_deref() == Some("Running")).await;
+    let mut deleting = p;
+    deleting.metadata.deletion_timestamp = Some(Time(chrono::Utc::now()));
+    deleting.metadata.deletion_grace_period_seconds = Some(5);
+    let asked = tokio::time::Instant::now();
+    h.manager.handle(SourceEvent::Applied(deleting)).await;
+    run_until("final delete", || h.runtime.journal().iter().any(|l| l.starts_with("final delete"))).await;
+    let journal = h.runtime.journal();
+    let tail: Vec<&str> = journal.iter().skip_while(|l| !l.starts_with("kill")).map(String::as_str).collect();
+    assert_eq!(
+        tail,
+        ["kill u1-app-0 15", "kill u1-app-0 9", "delete u1-app-0", "teardown_sandbox u1", "final delete u1"]
+    );
+    assert!(asked.elapsed() >= Duration::from_secs(5), "waited the grace period");
+    assert_eq!(phase(&h.sink.last()).as_deref(), Some("Failed"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn adoption_keeps_running_containers_and_releases_orphans() {
+    let mut h = harness();
+    let annotations = |uid: &str| {
+        [
+            (ANNOTATION_POD_UID, uid.to_string()),
+            (ANNOTATION_CONTAINER_NAME, "app".to_string()),
+            (ANNOTATION_RESTART_COUNT, "0".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    };
+    for uid in ["u1", "orphan"] {
+        h.runtime.insert_container(ContainerInfo {
+            id: container_id(uid, "app", 0),
+            state: RunState::Running,
+            created_at: chrono::Utc::now(),
+            started_at: Some(chrono::Utc::now()),
+            finished_at: None,
+            exit_code: None,
+            oom_killed: false,
+            annotations: annotations(uid),
+        });
+        h.runtime.insert_sandbox(SandboxInfo {
+            id: uid.to_string(),
+            netns_path: format!("/run/nodelet/netns/{uid}").into(),
+            ip: "10.88.0.9".parse().expect("ip"),
+        });
+    }
+    h.manager.handle(SourceEvent::Snapshot(vec![pod("u1", "Always")])).await;
+    run_until("Running", || phase(&h.sink.last()).as_deref() == Some("Running")).await;
+    let journal = h.runtime.journal();
+    assert!(!journal.iter().any(|l| l.starts_with("create") || l.starts_with("setup")), "{journal:?}");
+    assert_eq!(h.runtime.container_ids(), ["u1-app-0"]);
+    assert_eq!(h.runtime.sandbox_ids(), ["u1"]);
+    assert_eq!(h.sink.last().and_then(|s| s.pod_ip).as_deref(), Some("10.88.0.9"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn pod_gone_from_source_is_released_without_final_delete() {
+    let mut h = harness();
+    h.manager.handle(SourceEvent::Snapshot(vec![pod("u1", "Always")])).await;
+    run_until("running", || phase(&h.sink.last()).as_deref() == Some("Running")).await;
+    h.manager.handle(SourceEvent::Snapshot(vec![])).await;
+    run_until("released", || h.runtime.sandbox_ids().is_empty()).await;
+    assert!(h.runtime.container_ids().is_empty());
+    assert!(!h.runtime.journal().iter().any(|l| l.starts_with("final delete")));
+    run_until("worker ended", || h.manager.worker_count() == 0).await;
+}

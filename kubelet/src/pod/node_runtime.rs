@@ -1,0 +1,163 @@
+//! The real [`PodRuntime`]: nodelet-runtime's image store, container monitor and pod network.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nodelet_runtime::image::{Image, ImageStore, NoProgress};
+use nodelet_runtime::monitor::{ContainerState, ContainerStatus, Runtime, RuntimeError};
+use nodelet_runtime::network::{PodNetwork, SandboxNetwork};
+
+use super::runtime_port::{ContainerInfo, ImageInfo, PodRuntime, PortError, RunState, SandboxInfo};
+
+pub struct NodeRuntime {
+    images: Arc<ImageStore>,
+    monitor: Runtime,
+    network: Arc<PodNetwork>,
+}
+
+impl NodeRuntime {
+    pub fn new(images: Arc<ImageStore>, monitor: Runtime, network: Arc<PodNetwork>) -> NodeRuntime {
+        NodeRuntime { images, monitor, network }
+    }
+
+    /// Run a blocking image-store call off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        operation: &'static str,
+        subject: String,
+        f: impl FnOnce(&ImageStore) -> Result<T, nodelet_runtime::image::ImageError> + Send + 'static,
+    ) -> Result<T, PortError> {
+        let images = self.images.clone();
+        let subject_for_error = subject.clone();
+        tokio::task::spawn_blocking(move || f(&images))
+            .await
+            .map_err(|e| PortError::runtime(operation, subject_for_error, e))?
+            .map_err(|e| PortError::runtime(operation, subject, e))
+    }
+}
+
+fn sandbox_info(sandbox: SandboxNetwork) -> SandboxInfo {
+    SandboxInfo { id: sandbox.id, netns_path: sandbox.netns_path, ip: sandbox.ip }
+}
+
+fn image_info(image: Image) -> ImageInfo {
+    ImageInfo { reference: image.reference, image_id: image.repo_digest, config: image.config }
+}
+
+fn container_info(state: ContainerState) -> ContainerInfo {
+    ContainerInfo {
+        id: state.id,
+        state: match state.status {
+            ContainerStatus::Creating | ContainerStatus::Created => RunState::Created,
+            ContainerStatus::Running => RunState::Running,
+            ContainerStatus::Stopped => RunState::Stopped,
+        },
+        created_at: state.created_at,
+        started_at: state.started_at,
+        finished_at: state.finished_at,
+        exit_code: state.exit_code,
+        oom_killed: state.oom_killed,
+        annotations: state.annotations,
+    }
+}
+
+#[async_trait::async_trait]
+impl PodRuntime for NodeRuntime {
+    async fn setup_sandbox(&self, id: &str) -> Result<SandboxInfo, PortError> {
+        self.network.setup(id).await.map(sandbox_info).map_err(|e| PortError::runtime("set up sandbox", id, e))
+    }
+
+    async fn teardown_sandbox(&self, id: &str) -> Result<(), PortError> {
+        self.network.teardown(id).await.map_err(|e| PortError::runtime("tear down sandbox", id, e))
+    }
+
+    async fn list_sandboxes(&self) -> Result<Vec<SandboxInfo>, PortError> {
+        self.network
+            .list()
+            .map(|list| list.into_iter().map(sandbox_info).collect())
+            .map_err(|e| PortError::runtime("list sandboxes", "", e))
+    }
+
+    async fn local_image(&self, reference: &str) -> Result<Option<ImageInfo>, PortError> {
+        let owned = reference.to_string();
+        self.blocking("look up image", reference.to_string(), move |store| store.get(&owned))
+            .await
+            .map(|found| found.map(image_info))
+    }
+
+    async fn pull_image(&self, reference: &str) -> Result<ImageInfo, PortError> {
+        self.images
+            .pull(reference, &NoProgress)
+            .await
+            .map(image_info)
+            .map_err(|e| PortError::runtime("pull image", reference, e))
+    }
+
+    async fn mount_rootfs(&self, image: &ImageInfo, container_dir: &Path) -> Result<PathBuf, PortError> {
+        let reference = image.reference.clone();
+        let dir = container_dir.to_path_buf();
+        let mounted = self
+            .blocking("mount rootfs", container_dir.display().to_string(), move |store| {
+                match store.get(&reference)? {
+                    Some(image) => store.mount_rootfs(&image, &dir).map(Some),
+                    None => Ok(None),
+                }
+            })
+            .await?;
+        mounted.ok_or_else(|| {
+            PortError::runtime(
+                "mount rootfs",
+                container_dir.display().to_string(),
+                format!("image {} is no longer in the store", image.reference),
+            )
+        })
+    }
+
+    async fn unmount_rootfs(&self, container_dir: &Path) -> Result<(), PortError> {
+        let dir = container_dir.to_path_buf();
+        self.blocking("unmount rootfs", container_dir.display().to_string(), move |store| store.unmount_rootfs(&dir))
+            .await
+    }
+
+    async fn create_container(&self, id: &str, bundle: &Path, log_path: &Path) -> Result<ContainerInfo, PortError> {
+        self.monitor
+            .create(id, bundle, log_path)
+            .await
+            .map(container_info)
+            .map_err(|e| PortError::runtime("create container", id, e))
+    }
+
+    async fn start_container(&self, id: &str) -> Result<(), PortError> {
+        self.monitor.start(id).await.map_err(|e| PortError::runtime("start container", id, e))
+    }
+
+    async fn container_state(&self, id: &str) -> Result<Option<ContainerInfo>, PortError> {
+        match self.monitor.state(id).await {
+            Ok(state) => Ok(Some(container_info(state))),
+            Err(RuntimeError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(PortError::runtime("container state", id, e)),
+        }
+    }
+
+    async fn kill_container(&self, id: &str, signal: i32) -> Result<(), PortError> {
+        match self.monitor.kill(id, signal).await {
+            Err(RuntimeError::NotFound { .. }) => Err(PortError::ContainerNotFound { id: id.to_string() }),
+            other => other.map_err(|e| PortError::runtime("signal container", id, e)),
+        }
+    }
+
+    async fn delete_container(&self, id: &str, force: bool) -> Result<(), PortError> {
+        match self.monitor.delete(id, force).await {
+            Ok(()) | Err(RuntimeError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(PortError::runtime("delete container", id, e)),
+        }
+    }
+
+    async fn list_containers(&self) -> Result<Vec<ContainerInfo>, PortError> {
+        self.monitor
+            .list()
+            .await
+            .map(|list| list.into_iter().map(container_info).collect())
+            .map_err(|e| PortError::runtime("list containers", "", e))
+    }
+}

@@ -1,0 +1,174 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::time::Instant;
+
+use super::*;
+use crate::pod::ids::*;
+use crate::pod::model::{Attempt, ContainerPlan, Observed, PodMemory, PodPlan, Removal, RestartPolicy};
+use crate::pod::runtime_port::{ContainerInfo, ImageInfo, PullPolicy, RunState, SandboxInfo};
+
+fn plan(policy: RestartPolicy) -> PodPlan {
+    PodPlan {
+        uid: "u1".into(),
+        restart_policy: policy,
+        containers: vec![ContainerPlan {
+            name: "app".into(),
+            image: "busybox:1".into(),
+            pull_policy: PullPolicy::IfNotPresent,
+        }],
+        removal: None,
+    }
+}
+
+fn attempt(n: u32, state: RunState, exit: Option<i32>) -> Attempt {
+    let annotations: BTreeMap<String, String> = [
+        (ANNOTATION_POD_UID, "u1".to_string()),
+        (ANNOTATION_CONTAINER_NAME, "app".to_string()),
+        (ANNOTATION_RESTART_COUNT, n.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    Attempt {
+        attempt: n,
+        info: ContainerInfo {
+            id: container_id("u1", "app", n),
+            state,
+            created_at: Utc::now(),
+            started_at: Some(Utc::now()),
+            finished_at: exit.map(|_| Utc::now()),
+            exit_code: exit,
+            oom_killed: false,
+            annotations,
+        },
+    }
+}
+
+fn observed(attempts: Vec<Attempt>) -> Observed {
+    Observed { containers: [("app".to_string(), attempts)].into_iter().collect() }
+}
+
+fn ready_memory() -> PodMemory {
+    let mut memory = PodMemory {
+        sandbox: Some(SandboxInfo {
+            id: "u1".into(),
+            netns_path: "/run/nodelet/netns/u1".into(),
+            ip: "10.88.0.2".parse().expect("ip"),
+        }),
+        ..PodMemory::default()
+    };
+    memory.container_mut("app").image = Some(ImageInfo {
+        reference: "busybox:1".into(),
+        image_id: "busybox@sha256:1".into(),
+        config: Default::default(),
+    });
+    memory
+}
+
+#[test]
+fn backoff_doubles_from_ten_seconds_to_five_minutes() {
+    let secs: Vec<u64> = (0..8).map(|s| backoff_delay(s).as_secs()).collect();
+    assert_eq!(secs, [0, 10, 20, 40, 80, 160, 300, 300]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fresh_pod_creates_sandbox_then_pulls_then_creates() {
+    let now = Instant::now();
+    let p = plan(RestartPolicy::Always);
+    let empty = Observed::default();
+    assert_eq!(decide(&p, &empty, &PodMemory::default(), now).actions, [Action::SetupSandbox]);
+    let mut memory = ready_memory();
+    memory.container_mut("app").image = None;
+    assert_eq!(decide(&p, &empty, &memory, now).actions, [Action::EnsureImage { container: "app".into() }]);
+    assert_eq!(
+        decide(&p, &empty, &ready_memory(), now).actions,
+        [Action::CreateAndStart { container: "app".into(), attempt: 0 }]
+    );
+    let running = observed(vec![attempt(0, RunState::Running, None)]);
+    assert_eq!(decide(&p, &running, &ready_memory(), now), Decision::default());
+}
+
+#[tokio::test(start_paused = true)]
+async fn crash_loop_waits_out_the_backoff() {
+    let p = plan(RestartPolicy::Always);
+    let seen = Instant::now();
+    let mut memory = ready_memory();
+    let exited = observed(vec![attempt(0, RunState::Stopped, Some(1))]);
+    memory.container_mut("app").exit_seen = Some((0, seen));
+    // First exit: restart at once.
+    assert_eq!(
+        decide(&p, &exited, &memory, seen).actions,
+        [Action::CreateAndStart { container: "app".into(), attempt: 1 }]
+    );
+    // Second exit: 10s of backoff.
+    memory.container_mut("app").crash_streak = 1;
+    let exited = observed(vec![attempt(0, RunState::Stopped, Some(1)), attempt(1, RunState::Stopped, Some(1))]);
+    memory.container_mut("app").exit_seen = Some((1, seen));
+    let decision = decide(&p, &exited, &memory, seen);
+    assert!(decision.actions.is_empty());
+    assert_eq!(decision.wake_at, Some(seen + Duration::from_secs(10)));
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(
+        decide(&p, &exited, &memory, Instant::now()).actions,
+        [Action::CreateAndStart { container: "app".into(), attempt: 2 }]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn restart_policy_decides_after_exit() {
+    let now = Instant::now();
+    let mut memory = ready_memory();
+    memory.container_mut("app").exit_seen = Some((0, now));
+    for (policy, code, restarts) in [
+        (RestartPolicy::Never, 1, false),
+        (RestartPolicy::Never, 0, false),
+        (RestartPolicy::OnFailure, 0, false),
+        (RestartPolicy::OnFailure, 2, true),
+        (RestartPolicy::Always, 0, true),
+    ] {
+        let exited = observed(vec![attempt(0, RunState::Stopped, Some(code))]);
+        let actions = decide(&plan(policy), &exited, &memory, now).actions;
+        let restarted = actions.contains(&Action::CreateAndStart { container: "app".into(), attempt: 1 });
+        assert_eq!(restarted, restarts, "{policy:?} exit {code}");
+        if !restarts {
+            assert_eq!(actions, [Action::ReleaseSandbox], "{policy:?} exit {code}");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn old_attempts_are_removed_keeping_two() {
+    let now = Instant::now();
+    let running = observed(vec![
+        attempt(0, RunState::Stopped, Some(1)),
+        attempt(1, RunState::Stopped, Some(1)),
+        attempt(2, RunState::Running, None),
+    ]);
+    assert_eq!(
+        decide(&plan(RestartPolicy::Always), &running, &ready_memory(), now).actions,
+        [Action::RemoveAttempt { container: "app".into(), attempt: 0 }]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn deletion_terms_waits_kills_then_tears_down() {
+    let mut p = plan(RestartPolicy::Always);
+    p.removal = Some(Removal::Deleted { grace: Duration::from_secs(30) });
+    let running = observed(vec![attempt(0, RunState::Running, None)]);
+    let mut memory = ready_memory();
+    let start = Instant::now();
+    let term = Action::Signal { container: "app".into(), attempt: 0, signal: Signal::Term };
+    let kill = Action::Signal { container: "app".into(), attempt: 0, signal: Signal::Kill };
+    assert_eq!(decide(&p, &running, &memory, start).actions, [term]);
+    memory.term_sent_at = Some(start);
+    let waiting = decide(&p, &running, &memory, start + Duration::from_secs(5));
+    assert!(waiting.actions.is_empty());
+    assert_eq!(waiting.wake_at, Some(start + Duration::from_secs(30)));
+    assert_eq!(decide(&p, &running, &memory, start + Duration::from_secs(30)).actions, [kill]);
+    let stopped = observed(vec![attempt(0, RunState::Stopped, Some(137))]);
+    assert_eq!(decide(&p, &stopped, &memory, start).actions, [Action::TearDown]);
+    memory.torn_down = true;
+    assert!(decide(&p, &Observed::default(), &memory, start).done);
+}

@@ -1,0 +1,165 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSecurityContext, PodSpec, ResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use oci_spec::image::{ConfigBuilder, ImageConfigurationBuilder};
+
+use super::*;
+
+fn pod(container: Container) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some("web".into()),
+            namespace: Some("default".into()),
+            uid: Some("0b1c".into()),
+            ..Default::default()
+        },
+        spec: Some(PodSpec { containers: vec![container], ..Default::default() }),
+        status: None,
+    }
+}
+
+fn image(entrypoint: &[&str], cmd: &[&str]) -> ImageConfiguration {
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    ImageConfigurationBuilder::default()
+        .config(
+            ConfigBuilder::default()
+                .entrypoint(strings(entrypoint))
+                .cmd(strings(cmd))
+                .env(vec!["PATH=/usr/bin:/bin".to_string(), "MODE=image".to_string()])
+                .working_dir("/srv".to_string())
+                .build()
+                .expect("config"),
+        )
+        .build()
+        .expect("image")
+}
+
+fn translate(pod: &Pod, image: &ImageConfiguration) -> Result<Spec, TranslateError> {
+    let rootfs = tempfile::tempdir().expect("tempdir");
+    let files = PodFiles::in_dir(Path::new("/var/lib/nodelet/pods/0b1c"));
+    let spec = pod.spec.as_ref().expect("spec");
+    container_spec(&TranslateInput {
+        pod,
+        container: &spec.containers[0],
+        image,
+        rootfs: Path::new("/var/lib/nodelet/pods/0b1c/containers/app-2/rootfs"),
+        netns_path: Path::new("/run/nodelet/netns/0b1c"),
+        pod_files: &files,
+        cgroup_root: "/nodelet",
+        attempt: 2,
+    })
+    .inspect(|_| drop(rootfs))
+}
+
+/// Serialized with capability sets sorted, so the golden text is stable.
+fn normalized_json(spec: &Spec) -> serde_json::Value {
+    let mut value = serde_json::to_value(spec).expect("json");
+    if let Some(caps) = value.pointer_mut("/process/capabilities").and_then(|c| c.as_object_mut()) {
+        for set in caps.values_mut() {
+            if let Some(list) = set.as_array_mut() {
+                list.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+            }
+        }
+    }
+    value
+}
+
+fn quantities(pairs: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
+    pairs.iter().map(|(k, v)| (k.to_string(), Quantity(v.to_string()))).collect()
+}
+
+#[test]
+fn golden_spec_for_a_typical_container() {
+    let container = Container {
+        name: "app".into(),
+        image: Some("127.0.0.1:5000/web:1".into()),
+        args: Some(vec!["--port=$(PORT)".into()]),
+        env: Some(vec![
+            EnvVar { name: "PORT".into(), value: Some("8080".into()), value_from: None },
+            EnvVar { name: "MODE".into(), value: Some("pod-$(PORT)".into()), value_from: None },
+            EnvVar {
+                name: "FROM_API".into(),
+                value: None,
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector { field_path: "metadata.name".into(), api_version: None }),
+                    ..Default::default()
+                }),
+            },
+        ]),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities(&[("cpu", "250m")])),
+            limits: Some(quantities(&[("cpu", "500m"), ("memory", "64Mi")])),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let spec = translate(&pod(container), &image(&["/bin/web"], &["--default"])).expect("spec");
+    let golden: serde_json::Value =
+        serde_json::from_str(include_str!("testdata/golden_spec.json")).expect("golden json");
+    assert_eq!(
+        normalized_json(&spec),
+        golden,
+        "actual:\n{}",
+        serde_json::to_string_pretty(&normalized_json(&spec)).expect("pretty")
+    );
+}
+
+fn args_of(container: Container, entrypoint: &[&str], cmd: &[&str]) -> Vec<String> {
+    let spec = translate(&pod(container), &image(entrypoint, cmd)).expect("spec");
+    spec.process().as_ref().and_then(|p| p.args().clone()).expect("args")
+}
+
+#[test]
+fn command_and_args_follow_kubernetes_rules() {
+    let base = Container { name: "app".into(), ..Default::default() };
+    let with = |command: Option<&[&str]>, args: Option<&[&str]>| Container {
+        command: command.map(|c| c.iter().map(|s| s.to_string()).collect()),
+        args: args.map(|a| a.iter().map(|s| s.to_string()).collect()),
+        ..base.clone()
+    };
+    assert_eq!(args_of(with(None, None), &["ep"], &["cmd"]), ["ep", "cmd"]);
+    assert_eq!(args_of(with(Some(&["c"]), None), &["ep"], &["cmd"]), ["c"]);
+    assert_eq!(args_of(with(None, Some(&["a"])), &["ep"], &["cmd"]), ["ep", "a"]);
+    assert_eq!(args_of(with(Some(&["c"]), Some(&["a"])), &["ep"], &["cmd"]), ["c", "a"]);
+    assert!(matches!(translate(&pod(with(None, None)), &image(&[], &[])), Err(TranslateError::NoCommand { .. })));
+}
+
+#[test]
+fn no_requests_gives_minimum_shares_and_no_limits() {
+    let container = Container { name: "app".into(), command: Some(vec!["x".into()]), ..Default::default() };
+    let spec = translate(&pod(container), &image(&[], &[])).expect("spec");
+    let value = serde_json::to_value(&spec).expect("json");
+    assert_eq!(value["linux"]["resources"], serde_json::json!({"cpu": {"shares": 2}}));
+}
+
+#[test]
+fn security_context_overrides_image_user() {
+    let container = Container { name: "app".into(), command: Some(vec!["x".into()]), ..Default::default() };
+    let mut p = pod(container);
+    p.spec.as_mut().expect("spec").security_context = Some(PodSecurityContext {
+        run_as_user: Some(1000),
+        run_as_group: Some(3000),
+        fs_group: Some(2000),
+        ..Default::default()
+    });
+    let spec = translate(&p, &image(&[], &[])).expect("spec");
+    let user = spec.process().as_ref().expect("process").user();
+    assert_eq!((user.uid(), user.gid()), (1000, 3000));
+    assert_eq!(user.additional_gids().clone(), Some(vec![2000]));
+}
+
+#[test]
+fn bad_quantity_names_the_resource() {
+    let container = Container {
+        name: "app".into(),
+        command: Some(vec!["x".into()]),
+        resources: Some(ResourceRequirements { limits: Some(quantities(&[("memory", "lots")])), ..Default::default() }),
+        ..Default::default()
+    };
+    let err = translate(&pod(container), &image(&[], &[])).expect_err("bad quantity");
+    assert_eq!(err.to_string(), "container app: resource limits.memory");
+}

@@ -1,0 +1,410 @@
+//! The per-pod worker: observe the runtime, step the pure state machine ([`super::step`]),
+//! perform its actions through [`PodRuntime`], report status when it changed. One tokio task
+//! per pod, fed the latest pod object through a watch channel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::config::PodConfig;
+use super::ids::{container_id, sandbox_id};
+use super::layout::{container_dir, log_path, pod_dir};
+use super::model::{Observed, PodMemory, PodPlan, Removal, Waiting};
+use super::pod_files::write_pod_files;
+use super::runtime_port::{error_chain, PodRuntime, PortError, PullPolicy, RunState, SandboxInfo};
+use super::status::{compute_status, StatusInput};
+use super::status_sink::StatusSink;
+use super::step::{backoff_delay, decide, Action, Signal, BACKOFF_RESET_AFTER};
+use super::teardown::release_pod;
+use super::translate::{container_spec, TranslateInput};
+
+/// The latest word from the source about a pod.
+#[derive(Clone, Debug)]
+pub struct PodUpdate {
+    pub pod: Arc<Pod>,
+    /// The pod left its source (API object gone, manifest removed).
+    pub gone: bool,
+}
+
+#[derive(Clone)]
+pub struct WorkerContext {
+    pub cfg: Arc<PodConfig>,
+    pub runtime: Arc<dyn PodRuntime>,
+    pub sink: Arc<dyn StatusSink>,
+}
+
+/// How a worker ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerExit {
+    /// Everything released (and the API object deleted, when it was an API deletion).
+    Released,
+    /// The agent is stopping; containers keep running for the next agent to adopt.
+    Shutdown,
+}
+
+struct Worker {
+    ctx: WorkerContext,
+    memory: PodMemory,
+    start_time: DateTime<Utc>,
+    last_sent: Option<PodStatus>,
+    observed_once: bool,
+}
+
+/// Run one pod until it is released or `shutdown` fires. `sandbox` is the pod's sandbox when
+/// adoption found one.
+pub async fn run_worker(
+    ctx: WorkerContext,
+    sandbox: Option<SandboxInfo>,
+    mut updates: watch::Receiver<PodUpdate>,
+    shutdown: CancellationToken,
+) -> WorkerExit {
+    let first = updates.borrow().clone();
+    let start_time = first.pod.status.as_ref().and_then(|s| s.start_time.as_ref()).map_or_else(Utc::now, |t| t.0);
+    let mut worker = Worker {
+        ctx,
+        memory: PodMemory { pod_ip: sandbox.as_ref().map(|s| s.ip), sandbox, ..PodMemory::default() },
+        start_time,
+        last_sent: first.pod.status.clone(),
+        observed_once: false,
+    };
+    loop {
+        let update = updates.borrow_and_update().clone();
+        let wake_at = match worker.step(&update).await {
+            Ok(StepOutcome::Again) => continue,
+            Ok(StepOutcome::Sleep(wake_at)) => wake_at,
+            Ok(StepOutcome::Released) => return WorkerExit::Released,
+            Err(error) => {
+                tracing::warn!(pod = %pod_key(&update.pod), "{}", error_chain(&*error));
+                None
+            }
+        };
+        let now = Instant::now();
+        let poll = now + worker.ctx.cfg.sync_interval;
+        let until = wake_at.map_or(poll, |w| w.min(poll)).max(now);
+        tokio::select! {
+            _ = shutdown.cancelled() => return WorkerExit::Shutdown,
+            changed = updates.changed() => {
+                if changed.is_err() {
+                    return WorkerExit::Shutdown;
+                }
+            }
+            _ = tokio::time::sleep_until(until) => {}
+        }
+    }
+}
+
+enum StepOutcome {
+    /// Actions were performed: observe and step again at once.
+    Again,
+    Sleep(Option<Instant>),
+    Released,
+}
+
+type StepError = Box<dyn std::error::Error + Send + Sync>;
+
+fn pod_key(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+impl Worker {
+    async fn step(&mut self, update: &PodUpdate) -> Result<StepOutcome, StepError> {
+        let pod = &update.pod;
+        let plan = PodPlan::from_pod(pod, update.gone);
+        let all = self.ctx.runtime.list_containers().await?;
+        let observed = Observed::for_pod(&plan.uid, &all);
+        let now = Instant::now();
+        self.note_exits(&plan, &observed, now);
+
+        let decision = decide(&plan, &observed, &self.memory, now);
+        if !self.memory.torn_down && !matches!(plan.removal, Some(Removal::Gone { .. })) {
+            self.report(pod, &plan, &observed, now).await;
+        }
+        if decision.done {
+            if matches!(plan.removal, Some(Removal::Deleted { .. })) {
+                self.ctx.sink.finish_deletion(pod).await?;
+            }
+            return Ok(StepOutcome::Released);
+        }
+        if decision.actions.is_empty() {
+            return Ok(StepOutcome::Sleep(decision.wake_at));
+        }
+        for action in decision.actions {
+            self.perform(pod, &plan, &observed, action).await?;
+        }
+        Ok(StepOutcome::Again)
+    }
+
+    /// Record when each exit was first seen (the backoff clock) and reset the crash streak
+    /// of containers that ran long enough.
+    fn note_exits(&mut self, plan: &PodPlan, observed: &Observed, now: Instant) {
+        let first = !self.observed_once;
+        self.observed_once = true;
+        for container in &plan.containers {
+            let Some(latest) = observed.latest(&container.name) else {
+                continue;
+            };
+            let memory = self.memory.container_mut(&container.name);
+            if first {
+                // Adopted: assume a crash loop as long as the attempts say, not a fresh start.
+                memory.crash_streak = latest.attempt;
+            }
+            if latest.info.state != RunState::Stopped {
+                continue;
+            }
+            if memory.exit_seen.is_some_and(|(attempt, _)| attempt == latest.attempt) {
+                continue;
+            }
+            let ran = match (latest.info.started_at, latest.info.finished_at) {
+                (Some(start), Some(end)) => (end - start).to_std().unwrap_or_default(),
+                _ => Duration::ZERO,
+            };
+            if ran >= BACKOFF_RESET_AFTER {
+                memory.crash_streak = 0;
+            }
+            memory.exit_seen = Some((latest.attempt, now));
+            if container.pull_policy == PullPolicy::Always {
+                // Always means a pull before every container start.
+                memory.image = None;
+            }
+        }
+    }
+
+    async fn report(&mut self, pod: &Pod, plan: &PodPlan, observed: &Observed, now: Instant) {
+        let status = compute_status(&StatusInput {
+            pod,
+            plan,
+            observed,
+            memory: &self.memory,
+            host_ip: self.ctx.cfg.host_ip.as_deref(),
+            start_time: self.start_time,
+            now,
+            wall_now: Utc::now(),
+            previous: self.last_sent.as_ref(),
+        });
+        if self.last_sent.as_ref() == Some(&status) {
+            return;
+        }
+        match self.ctx.sink.report(pod, &status).await {
+            Ok(()) => {
+                self.last_sent = Some(status);
+                self.after_report(plan);
+            }
+            Err(error) => {
+                tracing::warn!(pod = %pod_key(pod), "{}", error_chain(&error));
+            }
+        }
+    }
+
+    /// Once ErrImagePull was reported, the wait for the next try shows as ImagePullBackOff.
+    fn after_report(&mut self, plan: &PodPlan) {
+        for container in &plan.containers {
+            let memory = self.memory.container_mut(&container.name);
+            if let Some(error) = memory.error.as_mut().filter(|e| e.reason == "ErrImagePull") {
+                error.reason = "ImagePullBackOff".to_string();
+                error.message = format!("Back-off pulling image \"{}\"", container.image);
+            }
+        }
+    }
+
+    async fn perform(
+        &mut self,
+        pod: &Pod,
+        plan: &PodPlan,
+        observed: &Observed,
+        action: Action,
+    ) -> Result<(), StepError> {
+        let runtime = self.ctx.runtime.clone();
+        let root = self.ctx.cfg.root_dir.clone();
+        let uid = plan.uid.as_str();
+        let now = Instant::now();
+        tracing::debug!(pod = %pod_key(pod), ?action, "pod action");
+        match action {
+            Action::SetupSandbox => match self.setup_sandbox(pod, uid).await {
+                Ok(sandbox) => {
+                    self.memory.pod_ip = Some(sandbox.ip);
+                    self.memory.sandbox = Some(sandbox);
+                    self.memory.sandbox_error = None;
+                    self.memory.sandbox_error_streak = 0;
+                }
+                Err(error) => {
+                    self.memory.sandbox_error_streak += 1;
+                    self.memory.sandbox_retry_at = Some(now + backoff_delay(self.memory.sandbox_error_streak));
+                    self.memory.sandbox_error = Some(error_chain(&*error));
+                    tracing::warn!(pod = %pod_key(pod), "create pod sandbox: {}", error_chain(&*error));
+                }
+            },
+            Action::EnsureImage { container } => {
+                let Some(spec) = plan.containers.iter().find(|c| c.name == container) else {
+                    return Ok(());
+                };
+                let result = if spec.image.is_empty() {
+                    Err(Waiting {
+                        reason: "InvalidImageName".to_string(),
+                        message: "Failed to apply default image tag \"\": couldn't parse image name \"\": invalid reference format".to_string(),
+                    })
+                } else {
+                    runtime.ensure_image(&spec.image, spec.pull_policy).await.map_err(|error| Waiting {
+                        reason: match error {
+                            PortError::ImageNeverPull { .. } => "ErrImageNeverPull",
+                            _ => "ErrImagePull",
+                        }
+                        .to_string(),
+                        message: error_chain(&error),
+                    })
+                };
+                let memory = self.memory.container_mut(&container);
+                match result {
+                    Ok(image) => {
+                        memory.image = Some(image);
+                        memory.error = None;
+                        memory.error_streak = 0;
+                        memory.retry_at = None;
+                    }
+                    Err(waiting) => {
+                        memory.error_streak += 1;
+                        memory.retry_at = Some(now + backoff_delay(memory.error_streak));
+                        memory.error = Some(waiting);
+                    }
+                }
+            }
+            Action::CreateAndStart { container, attempt } => {
+                let result = self.create_and_start(pod, uid, &container, attempt).await;
+                let memory = self.memory.container_mut(&container);
+                match result {
+                    Ok(()) => {
+                        memory.error = None;
+                        memory.error_streak = 0;
+                        memory.retry_at = None;
+                        if attempt > 0 {
+                            memory.crash_streak += 1;
+                        }
+                    }
+                    Err(waiting) => {
+                        memory.error_streak += 1;
+                        memory.retry_at = Some(now + backoff_delay(memory.error_streak));
+                        memory.error = Some(waiting);
+                        let id = container_id(uid, &container, attempt);
+                        let dir = container_dir(&root, uid, &container, attempt);
+                        if let Err(e) = runtime.delete_container(&id, true).await {
+                            tracing::warn!(%id, "clean up failed create: {}", error_chain(&e));
+                        }
+                        if let Err(e) = runtime.unmount_rootfs(&dir).await {
+                            tracing::warn!(%id, "clean up failed create: {}", error_chain(&e));
+                        }
+                    }
+                }
+            }
+            Action::StartCreated { container, attempt } => {
+                let id = container_id(uid, &container, attempt);
+                if let Err(error) = runtime.start_container(&id).await {
+                    // Remove it so that the same attempt is created afresh.
+                    runtime.delete_container(&id, true).await?;
+                    let memory = self.memory.container_mut(&container);
+                    memory.error_streak += 1;
+                    memory.retry_at = Some(now + backoff_delay(memory.error_streak));
+                    memory.error =
+                        Some(Waiting { reason: "CreateContainerError".to_string(), message: error_chain(&error) });
+                }
+            }
+            Action::RemoveAttempt { container, attempt } => {
+                let id = container_id(uid, &container, attempt);
+                runtime.delete_container(&id, true).await?;
+                let dir = container_dir(&root, uid, &container, attempt);
+                runtime.unmount_rootfs(&dir).await?;
+                remove_dir_if_present(&dir)?;
+            }
+            Action::Signal { container, attempt, signal } => {
+                let id = container_id(uid, &container, attempt);
+                let number = match signal {
+                    Signal::Term => nix::sys::signal::Signal::SIGTERM,
+                    Signal::Kill => nix::sys::signal::Signal::SIGKILL,
+                } as i32;
+                if let Err(error) = runtime.kill_container(&id, number).await {
+                    // It may have exited meanwhile; the next observation tells.
+                    tracing::debug!(%id, "signal: {}", error_chain(&error));
+                }
+                match signal {
+                    Signal::Term => {
+                        self.memory.term_sent_at.get_or_insert(now);
+                    }
+                    Signal::Kill => self.memory.kill_sent = true,
+                }
+            }
+            Action::ReleaseSandbox => {
+                runtime.teardown_sandbox(&sandbox_id(uid)).await?;
+                self.memory.sandbox_released = true;
+            }
+            Action::TearDown => {
+                let containers: Vec<_> = observed.all().map(|a| a.info.clone()).collect();
+                release_pod(runtime.as_ref(), &root, uid, &containers).await?;
+                self.memory.torn_down = true;
+                self.memory.sandbox = None;
+            }
+        }
+        Ok(())
+    }
+
+    async fn setup_sandbox(&self, pod: &Pod, uid: &str) -> Result<SandboxInfo, StepError> {
+        let sandbox = self.ctx.runtime.setup_sandbox(&sandbox_id(uid)).await?;
+        write_pod_files(&pod_dir(&self.ctx.cfg.root_dir, uid), pod, sandbox.ip.into(), &self.ctx.cfg.host_resolv_conf)?;
+        Ok(sandbox)
+    }
+
+    /// Mount the rootfs, write config.json, create and start. Errors come back as the
+    /// waiting reason kubelet would show.
+    async fn create_and_start(&self, pod: &Pod, uid: &str, container: &str, attempt: u32) -> Result<(), Waiting> {
+        let runtime_error = |error: &(dyn std::error::Error + 'static)| Waiting {
+            reason: "CreateContainerError".to_string(),
+            message: error_chain(error),
+        };
+        let root = &self.ctx.cfg.root_dir;
+        let spec = pod.spec.as_ref().and_then(|s| s.containers.iter().find(|c| c.name == container));
+        let (Some(spec), Some(image), Some(sandbox)) =
+            (spec, self.memory.container(container).image, self.memory.sandbox.clone())
+        else {
+            return Err(Waiting {
+                reason: "CreateContainerError".to_string(),
+                message: "container, image or sandbox missing".to_string(),
+            });
+        };
+        let dir = container_dir(root, uid, container, attempt);
+        std::fs::create_dir_all(&dir).map_err(|e| runtime_error(&e))?;
+        let rootfs = self.ctx.runtime.mount_rootfs(&image, &dir).await.map_err(|e| runtime_error(&e))?;
+        let files = super::pod_files::PodFiles::in_dir(&pod_dir(root, uid));
+        let oci = container_spec(&TranslateInput {
+            pod,
+            container: spec,
+            image: &image.config,
+            rootfs: &rootfs,
+            netns_path: &sandbox.netns_path,
+            pod_files: &files,
+            cgroup_root: &self.ctx.cfg.cgroup_root,
+            attempt,
+        })
+        .map_err(|e| Waiting { reason: "CreateContainerConfigError".to_string(), message: error_chain(&e) })?;
+        oci.save(dir.join("config.json")).map_err(|e| runtime_error(&e))?;
+        let log = log_path(root, uid, container, attempt);
+        if let Some(parent) = log.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| runtime_error(&e))?;
+        }
+        let id = container_id(uid, container, attempt);
+        self.ctx.runtime.create_container(&id, &dir, &log).await.map_err(|e| runtime_error(&e))?;
+        self.ctx.runtime.start_container(&id).await.map_err(|e| runtime_error(&e))
+    }
+}
+
+fn remove_dir_if_present(dir: &std::path::Path) -> Result<(), std::io::Error> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,85 @@
+//! Where the proxy attaches its load-balancer.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::ProxyError;
+
+/// The default cgroup mount point.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// Where systemd mounts cgroup2 on hybrid hosts (v1 controllers beside it).
+const HYBRID_UNIFIED_DIR: &str = "unified";
+/// A file only cgroup2 directories have.
+const CGROUP2_MARKER: &str = "cgroup.controllers";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// The cgroup2 directory the connect hook is attached to: every process
+    /// in it or below is load-balanced (the node: the cgroup2 root).
+    pub attach_cgroup: PathBuf,
+}
+
+impl Default for ProxyConfig {
+    /// The cgroup2 root: `/sys/fs/cgroup` when pure v2,
+    /// `/sys/fs/cgroup/unified` on hybrid hosts.
+    fn default() -> Self {
+        ProxyConfig { attach_cgroup: cgroup2_root_under(Path::new(CGROUP_ROOT)) }
+    }
+}
+
+impl ProxyConfig {
+    /// Check that `attach_cgroup` is a cgroup2 directory.
+    pub fn validate(&self) -> Result<(), ProxyError> {
+        let path = &self.attach_cgroup;
+        if !path.is_dir() {
+            return Err(ProxyError::Config { path: path.clone(), reason: "attach_cgroup is not a directory" });
+        }
+        if !path.join(CGROUP2_MARKER).exists() {
+            return Err(ProxyError::Config {
+                path: path.clone(),
+                reason: "attach_cgroup is not a cgroup2 directory (no cgroup.controllers)",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The cgroup2 root under a cgroup mount point: the mount point itself when it
+/// is cgroup2, else its `unified` directory (hybrid hosts).
+pub fn cgroup2_root_under(cgroup_root: &Path) -> PathBuf {
+    if cgroup_root.join(CGROUP2_MARKER).exists() {
+        cgroup_root.to_path_buf()
+    } else {
+        cgroup_root.join(HYBRID_UNIFIED_DIR)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    #[test]
+    fn pure_v2_uses_the_mount_point() {
+        let root = tempfile::tempdir().expect("tempdir");
+        fs::write(root.path().join(CGROUP2_MARKER), "cpu io\n").expect("marker");
+        assert_eq!(cgroup2_root_under(root.path()), root.path());
+    }
+
+    #[test]
+    fn hybrid_uses_unified() {
+        let root = tempfile::tempdir().expect("tempdir");
+        assert_eq!(cgroup2_root_under(root.path()), root.path().join("unified"));
+    }
+
+    #[test]
+    fn validate_rejects_non_cgroup2_directories() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = ProxyConfig { attach_cgroup: dir.path().join("absent") };
+        assert!(missing.validate().is_err());
+        let plain = ProxyConfig { attach_cgroup: dir.path().to_path_buf() };
+        let error = plain.validate().expect_err("not cgroup2");
+        assert!(error.to_string().contains("not a cgroup2 directory"), "{error}");
+        fs::write(dir.path().join(CGROUP2_MARKER), "").expect("marker");
+        plain.validate().expect("cgroup2");
+    }
+}

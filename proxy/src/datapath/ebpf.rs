@@ -1,0 +1,71 @@
+//! The real datapath: the nodelet-ebpf socket load-balancer.
+
+use nodelet_ebpf::{CgroupAttachment, EbpfError, Frontend, SockLb};
+
+use super::plan::plan;
+use super::{Datapath, SyncStats};
+use crate::config::ProxyConfig;
+use crate::error::ProxyError;
+use crate::table::ServiceTable;
+
+/// The connect4 load-balancer, attached to the configured cgroup for as long
+/// as this value lives.
+pub struct EbpfDatapath {
+    // Field order: detach before the programs and maps are dropped.
+    _attachment: CgroupAttachment,
+    lb: SockLb,
+    programmed: ServiceTable,
+}
+
+impl EbpfDatapath {
+    /// Load the programs and attach them to `cfg.attach_cgroup`.
+    pub fn new(cfg: &ProxyConfig) -> Result<EbpfDatapath, ProxyError> {
+        cfg.validate()?;
+        let mut lb = SockLb::load().map_err(ProxyError::Load)?;
+        let attachment = lb
+            .attach(&cfg.attach_cgroup)
+            .map_err(|source| ProxyError::Attach { path: cfg.attach_cgroup.clone(), source })?;
+        Ok(EbpfDatapath { _attachment: attachment, lb, programmed: ServiceTable::new() })
+    }
+
+    /// What the maps hold now, read back from the kernel.
+    pub fn read_back(&mut self) -> Result<ServiceTable, ProxyError> {
+        let services = self.lb.maps().services().map_err(ProxyError::ReadBack)?;
+        Ok(services.into_iter().collect())
+    }
+}
+
+impl Datapath for EbpfDatapath {
+    fn apply(&mut self, desired: &ServiceTable) -> Result<SyncStats, ProxyError> {
+        let plan = plan(&self.programmed, desired);
+        let attempted = plan.upserts.len() + plan.removals.len();
+        let mut failures: Vec<(Frontend, EbpfError)> = Vec::new();
+        let mut maps = self.lb.maps();
+        let mut stats = SyncStats { unchanged: plan.unchanged, ..SyncStats::default() };
+        // Keep going past a failed frontend: one bad service must not hold
+        // the others back; the failed ones are retried on the next apply.
+        for frontend in plan.removals {
+            match maps.remove_service(&frontend) {
+                Ok(()) => {
+                    self.programmed.remove(&frontend);
+                    stats.removed += 1;
+                }
+                Err(error) => failures.push((frontend, error)),
+            }
+        }
+        for (frontend, backends) in plan.upserts {
+            match maps.upsert_service(frontend, backends) {
+                Ok(()) => {
+                    self.programmed.insert(frontend, backends.to_vec());
+                    stats.upserted += 1;
+                }
+                Err(error) => failures.push((frontend, error)),
+            }
+        }
+        let failed = failures.len();
+        match failures.into_iter().next() {
+            None => Ok(stats),
+            Some((frontend, source)) => Err(ProxyError::Program { frontend, failed, attempted, source }),
+        }
+    }
+}

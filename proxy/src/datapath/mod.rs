@@ -1,0 +1,32 @@
+//! The datapath the reconciler writes the service table to, behind one trait.
+
+mod ebpf;
+mod failing;
+mod fake;
+mod plan;
+
+pub use self::ebpf::EbpfDatapath;
+pub use self::failing::FailingDatapath;
+pub use self::fake::FakeDatapath;
+
+use crate::error::ProxyError;
+use crate::table::ServiceTable;
+
+/// What one `apply` changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    /// Frontends written (new or with changed backends).
+    pub upserted: usize,
+    /// Frontends removed.
+    pub removed: usize,
+    /// Frontends already as desired, not written.
+    pub unchanged: usize,
+}
+
+/// Something that load-balances frontends to backends.
+pub trait Datapath: Send {
+    /// Make the datapath match `desired`, writing only the frontends that
+    /// differ from what this datapath programmed before. On error, what was
+    /// written stays recorded, so the next apply retries only the rest.
+    fn apply(&mut self, desired: &ServiceTable) -> Result<SyncStats, ProxyError>;
+}

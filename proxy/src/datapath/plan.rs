@@ -1,0 +1,60 @@
+//! The difference between what a datapath programmed and what is desired.
+
+use nodelet_ebpf::{Backend, Frontend};
+
+use crate::table::ServiceTable;
+
+/// Writes needed to go from `programmed` to `desired`.
+pub(crate) struct Plan<'a> {
+    pub upserts: Vec<(Frontend, &'a [Backend])>,
+    pub removals: Vec<Frontend>,
+    pub unchanged: usize,
+}
+
+pub(crate) fn plan<'a>(programmed: &ServiceTable, desired: &'a ServiceTable) -> Plan<'a> {
+    let mut upserts = Vec::new();
+    let mut unchanged = 0;
+    for (frontend, backends) in desired {
+        if programmed.get(frontend) == Some(backends) {
+            unchanged += 1;
+        } else {
+            upserts.push((*frontend, backends.as_slice()));
+        }
+    }
+    let removals = programmed.keys().filter(|frontend| !desired.contains_key(frontend)).copied().collect();
+    Plan { upserts, removals, unchanged }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nodelet_ebpf::Protocol;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    fn frontend(last: u8) -> Frontend {
+        Frontend { ip: IpAddr::V4(Ipv4Addr::new(10, 96, 0, last)), port: 80, protocol: Protocol::Tcp }
+    }
+
+    fn backend(last: u8) -> Backend {
+        Backend { ip: IpAddr::V4(Ipv4Addr::new(10, 244, 0, last)), port: 8080 }
+    }
+
+    #[test]
+    fn only_differences_are_planned() {
+        let programmed = ServiceTable::from([
+            (frontend(1), vec![backend(1)]),
+            (frontend(2), vec![backend(2)]),
+            (frontend(3), vec![]),
+        ]);
+        let desired = ServiceTable::from([
+            (frontend(1), vec![backend(1)]),
+            (frontend(2), vec![backend(2), backend(3)]),
+            (frontend(4), vec![]),
+        ]);
+        let plan = plan(&programmed, &desired);
+        assert_eq!(plan.unchanged, 1);
+        let upserted: Vec<Frontend> = plan.upserts.iter().map(|(f, _)| *f).collect();
+        assert_eq!(upserted, [frontend(2), frontend(4)]);
+        assert_eq!(plan.removals, [frontend(3)]);
+    }
+}

@@ -1,0 +1,119 @@
+//! The proxy over the real eBPF datapath, as root, attached to a cgroup of
+//! the test's own: a Service + EndpointSlice pointing at loopback listeners
+//! make the VIP reachable; an EndpointSlice change moves it to a new backend.
+
+mod support;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use nodelet_proxy::datapath::EbpfDatapath;
+use nodelet_proxy::{parse_service_objects, run_static, ProxyConfig, Reconciler};
+use support::{require_root, tcp_connects_from, TcpBackend, TestCgroup};
+use tokio_util::sync::CancellationToken;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// A VIP for tests that may connect before it is programmed: unprogrammed it
+/// is plain loopback (refused at once), so no packet leaves the host.
+const LOOPBACK_VIP: Ipv4Addr = Ipv4Addr::new(127, 96, 0, 10);
+
+/// A Service on `vip`:80 whose slice points at 127.0.0.1:`backend_port`.
+fn web_objects(vip: Ipv4Addr, backend_port: u16) -> (Vec<Service>, Vec<EndpointSlice>) {
+    let yaml = format!(
+        "
+kind: Service
+apiVersion: v1
+metadata: {{name: web, namespace: default}}
+spec:
+  clusterIP: {vip}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+---
+kind: EndpointSlice
+apiVersion: discovery.k8s.io/v1
+metadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports: [{{name: http, port: {backend_port}}}]
+endpoints: [{{addresses: [127.0.0.1], conditions: {{ready: true}}}}]
+"
+    );
+    let objects = parse_service_objects(&yaml, "test").expect("parse");
+    (objects.services, objects.slices)
+}
+
+fn vip() -> SocketAddr {
+    SocketAddr::from((VIP, 80))
+}
+
+fn loopback_vip() -> SocketAddr {
+    SocketAddr::from((LOOPBACK_VIP, 80))
+}
+
+#[test]
+fn slice_changes_move_the_vip_to_the_new_backend() {
+    require_root();
+    let cgroup = TestCgroup::create();
+    let first = TcpBackend::start();
+    let second = TcpBackend::start();
+    let cfg = ProxyConfig { attach_cgroup: cgroup.path.clone() };
+    let mut reconciler = Reconciler::new(EbpfDatapath::new(&cfg).expect("datapath"));
+
+    let (services, slices) = web_objects(VIP, first.port);
+    reconciler.sync(&services, &slices).expect("sync first");
+    let run = tcp_connects_from(&cgroup, vip(), 4);
+    assert_eq!(run.answers, vec![first.port.to_string(); 4], "stderr: {}", run.stderr);
+
+    let (services, slices) = web_objects(VIP, second.port);
+    let stats = reconciler.sync(&services, &slices).expect("sync second");
+    assert_eq!(stats.upserted, 1);
+    let run = tcp_connects_from(&cgroup, vip(), 4);
+    assert_eq!(run.answers, vec![second.port.to_string(); 4], "stderr: {}", run.stderr);
+
+    let programmed = reconciler.datapath_mut().read_back().expect("read back");
+    assert_eq!(programmed.len(), 1);
+
+    reconciler.sync(&services, &[]).expect("sync without endpoints");
+    let run = tcp_connects_from(&cgroup, vip(), 1);
+    assert_eq!(run.answers, ["refused"], "no ready endpoint: ECONNREFUSED");
+
+    drop(reconciler);
+    assert_eq!(cgroup.attached_programs(), "", "dropping the datapath detaches");
+}
+
+#[tokio::test]
+async fn run_static_serves_the_vip_until_shutdown() {
+    require_root();
+    let cgroup = TestCgroup::create();
+    let backend = TcpBackend::start();
+    let cfg = ProxyConfig { attach_cgroup: cgroup.path.clone() };
+    let (services, slices) = web_objects(LOOPBACK_VIP, backend.port);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run_static(services, slices, cfg, shutdown.clone()));
+
+    let mut answers = Vec::new();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        answers = tcp_connects_from(&cgroup, loopback_vip(), 1).answers;
+        if answers == [backend.port.to_string()] {
+            break;
+        }
+    }
+    assert_eq!(answers, [backend.port.to_string()]);
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("stops on shutdown")
+        .expect("task")
+        .expect("run_static");
+    assert_eq!(cgroup.attached_programs(), "", "detached after shutdown");
+}
+
+#[test]
+fn a_non_cgroup2_attach_dir_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = ProxyConfig { attach_cgroup: dir.path().to_path_buf() };
+    let error = EbpfDatapath::new(&cfg).err().expect("not a cgroup2 dir");
+    assert!(error.to_string().contains("not a cgroup2 directory"), "{error}");
+}

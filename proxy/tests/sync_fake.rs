@@ -1,0 +1,122 @@
+//! The reconciler and its loop over the in-memory and failing datapaths.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use nodelet_proxy::datapath::{FailingDatapath, FakeDatapath, SyncStats};
+use nodelet_proxy::{parse_service_objects, run_static_with, Reconciler, SyncTiming};
+use tokio_util::sync::CancellationToken;
+
+const WEB: &str = "
+kind: Service
+apiVersion: v1
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{name: http, port: 80}]
+---
+kind: Service
+apiVersion: v1
+metadata: {name: api, namespace: default}
+spec:
+  clusterIP: 10.96.0.11
+  ports: [{name: http, port: 80}]
+---
+kind: EndpointSlice
+apiVersion: discovery.k8s.io/v1
+metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.244.0.5]}]
+";
+
+fn objects() -> (Vec<Service>, Vec<EndpointSlice>) {
+    let objects = parse_service_objects(WEB, "test").expect("parse");
+    (objects.services, objects.slices)
+}
+
+fn fast_timing() -> SyncTiming {
+    SyncTiming {
+        coalesce: Duration::from_millis(5),
+        retry_min: Duration::from_millis(10),
+        retry_max: Duration::from_millis(40),
+    }
+}
+
+async fn wait_for(mut condition: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not met within 2s");
+}
+
+#[test]
+fn only_changed_frontends_are_written() {
+    let fake = FakeDatapath::new();
+    let mut reconciler = Reconciler::new(fake.clone());
+    let (services, mut slices) = objects();
+
+    let first = reconciler.sync(&services, &slices).expect("first sync");
+    assert_eq!(first, SyncStats { upserted: 2, removed: 0, unchanged: 0 });
+    let again = reconciler.sync(&services, &slices).expect("same objects");
+    assert_eq!(again, SyncStats { upserted: 0, removed: 0, unchanged: 2 });
+
+    slices[0].endpoints[0].addresses = vec![String::from("10.244.0.6")];
+    let changed = reconciler.sync(&services, &slices).expect("slice changed");
+    assert_eq!(changed, SyncStats { upserted: 1, removed: 0, unchanged: 1 });
+
+    let removed = reconciler.sync(&services[..1], &slices).expect("api deleted");
+    assert_eq!(removed, SyncStats { upserted: 0, removed: 1, unchanged: 1 });
+    let table = fake.table();
+    assert_eq!(table.len(), 1);
+    let backends = table.values().next().expect("web");
+    assert_eq!(backends[0].to_string(), "10.244.0.6:8080");
+    assert_eq!(fake.writes(), 4);
+}
+
+#[tokio::test]
+async fn static_mode_programs_the_objects_once_and_stops_on_shutdown() {
+    let fake = FakeDatapath::new();
+    let (services, slices) = objects();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run_static_with(fake.clone(), services, slices, fast_timing(), shutdown.clone()));
+
+    wait_for(|| fake.table().len() == 2).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(fake.applies(), 1, "nothing changes in static mode: one sync");
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(2), task).await.expect("loop stops on shutdown").expect("loop task");
+}
+
+#[tokio::test]
+async fn failing_datapath_is_retried_with_backoff_not_fatal() {
+    let failing = FailingDatapath::new();
+    let (services, slices) = objects();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run_static_with(failing.clone(), services, slices, fast_timing(), shutdown.clone()));
+
+    wait_for(|| failing.attempts() >= 4).await;
+    assert!(!task.is_finished(), "a failing datapath does not end the loop");
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(2), task).await.expect("loop stops on shutdown").expect("loop task");
+}
+
+#[tokio::test]
+async fn shutdown_during_the_first_wait_returns_promptly() {
+    let (services, slices) = objects();
+    let shutdown = CancellationToken::new();
+    shutdown.cancel();
+    let slow = SyncTiming { coalesce: Duration::from_secs(60), ..SyncTiming::default() };
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        run_static_with(FakeDatapath::new(), services, slices, slow, shutdown),
+    )
+    .await
+    .expect("returns on shutdown");
+}

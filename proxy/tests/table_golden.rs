@@ -1,0 +1,58 @@
+//! Golden tests of the table: `golden/<case>.yaml` (Services and
+//! EndpointSlices) must give `golden/<case>.table`. Set
+//! NODELET_UPDATE_GOLDEN=1 to rewrite the expected files.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use nodelet_proxy::{build_table, parse_service_objects, ServiceTable};
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+/// One line per frontend: `ip:port/proto -> backend backend...`.
+fn render(table: &ServiceTable) -> String {
+    table
+        .iter()
+        .map(|(frontend, backends)| {
+            let backends = if backends.is_empty() {
+                String::from("(none)")
+            } else {
+                backends.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
+            };
+            format!("{frontend} -> {backends}\n")
+        })
+        .collect()
+}
+
+#[test]
+fn tables_match_golden_files() {
+    let mut cases: Vec<PathBuf> = fs::read_dir(golden_dir())
+        .expect("read golden dir")
+        .map(|entry| entry.expect("dir entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 4, "golden cases found: {cases:?}");
+    let update = std::env::var("NODELET_UPDATE_GOLDEN").is_ok_and(|v| v == "1");
+    for input in cases {
+        let yaml = fs::read_to_string(&input).expect("read input");
+        let objects = parse_service_objects(&yaml, &input.display().to_string()).expect("parse input");
+        let rendered = render(&build_table(&objects.services, &objects.slices));
+        let expected_path = input.with_extension("table");
+        if update {
+            fs::write(&expected_path, &rendered).expect("write golden");
+            continue;
+        }
+        let expected = fs::read_to_string(&expected_path).expect("read expected table");
+        assert_eq!(rendered, expected, "golden case {}", input.display());
+    }
+}
+
+#[test]
+fn manifest_errors_name_the_document() {
+    let yaml = "kind: Service\nmetadata: {name: a}\n---\nkind: EndpointSlice\nmetadata: {name: b}\nendpoints: 7\n";
+    let error = parse_service_objects(yaml, "bad.yaml").expect_err("invalid slice");
+    assert!(error.to_string().contains("bad.yaml: document 1"), "{error}");
+}

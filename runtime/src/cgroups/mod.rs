@@ -1,0 +1,305 @@
+//! Per-container cgroups on cgroup v1, hybrid (v1 controllers + an empty cgroup2 at
+//! `<root>/unified`) and pure v2 hosts.
+//!
+//! v1 controllers are driven through cgroups-rs. The cgroup2 side (pure v2, and the unified
+//! hierarchy of hybrid hosts) is written directly, because cgroups-rs 0.5 hard-codes
+//! `/sys/fs/cgroup` as its only cgroup2 mount point: it can neither reach
+//! `/sys/fs/cgroup/unified` nor a temporary directory in unit tests.
+
+mod limits;
+mod tree;
+mod v1;
+mod v2;
+
+use std::path::{Component, Path, PathBuf};
+
+use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC};
+use nix::unistd::Pid;
+
+pub use limits::CgroupLimits;
+pub use tree::{remove_cgroup_tree, remove_cgroup_tree_in};
+
+/// Where the host mounts its cgroup hierarchies.
+pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cannot inspect cgroup filesystem at {path}")]
+    Statfs {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("invalid cgroups path {path:?}: must be non-empty and free of '..'")]
+    InvalidPath { path: String },
+    #[error("cannot create cgroup {path}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {value:?} to {path}")]
+    Write {
+        path: PathBuf,
+        value: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot remove cgroup {path}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cgroup v1 {operation} failed for {path}")]
+    V1 {
+        operation: &'static str,
+        path: String,
+        #[source]
+        source: cgroups_rs::fs::error::Error,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum CgroupMode {
+    /// Only v1 controller hierarchies.
+    V1,
+    /// v1 controllers plus a controller-less cgroup2 at `<root>/unified`.
+    Hybrid,
+    /// One cgroup2 hierarchy at the root.
+    V2,
+}
+
+/// Tell which cgroup layout the host uses under `cgroup_root` (normally `/sys/fs/cgroup`).
+pub fn detect_mode(cgroup_root: &Path) -> Result<CgroupMode, CgroupError> {
+    if is_cgroup2(cgroup_root)? {
+        return Ok(CgroupMode::V2);
+    }
+    let unified = cgroup_root.join("unified");
+    if unified.is_dir() && is_cgroup2(&unified)? {
+        return Ok(CgroupMode::Hybrid);
+    }
+    Ok(CgroupMode::V1)
+}
+
+fn is_cgroup2(path: &Path) -> Result<bool, CgroupError> {
+    let stat = statfs(path).map_err(|source| CgroupError::Statfs { path: path.to_path_buf(), source })?;
+    Ok(stat.filesystem_type() == CGROUP2_SUPER_MAGIC)
+}
+
+/// The cgroup(s) of one container: the same relative path in every hierarchy it uses.
+#[derive(Debug, Clone)]
+pub struct ContainerCgroup {
+    cgroup_root: PathBuf,
+    mode: CgroupMode,
+    /// Relative to each hierarchy's root, no leading slash.
+    path: String,
+}
+
+impl ContainerCgroup {
+    /// Describe (without creating) the cgroup `cgroups_path` ("/a/b/c" or "a/b/c").
+    pub fn new(cgroup_root: &Path, mode: CgroupMode, cgroups_path: &str) -> Result<Self, CgroupError> {
+        Ok(ContainerCgroup { cgroup_root: cgroup_root.to_path_buf(), mode, path: relative_cgroup_path(cgroups_path)? })
+    }
+
+    /// The host's cgroup root with the detected layout.
+    pub fn on_host(cgroups_path: &str) -> Result<Self, CgroupError> {
+        let root = Path::new(DEFAULT_CGROUP_ROOT);
+        Self::new(root, detect_mode(root)?, cgroups_path)
+    }
+
+    pub fn mode(&self) -> CgroupMode {
+        self.mode
+    }
+
+    /// Create the directories and apply `limits`.
+    pub fn create(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        match self.mode {
+            CgroupMode::V1 => v1::create(&self.path, limits),
+            CgroupMode::Hybrid => {
+                v1::create(&self.path, limits)?;
+                // Membership only: the unified hierarchy of a hybrid host has no controllers.
+                v2::create(&self.unified_root(), &self.path, &CgroupLimits::default())
+            }
+            CgroupMode::V2 => v2::create(&self.cgroup_root, &self.path, limits),
+        }
+    }
+
+    /// Every `cgroup.procs` file a container process must join (writing "0" moves the writer).
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.hierarchy_dirs().into_iter().map(|(_, dir)| dir.join("cgroup.procs")).collect()
+    }
+
+    /// The container's directory in each hierarchy, named by the hierarchy's mount directory
+    /// ("memory", "cpu", "unified"); the name is empty for a pure v2 host.
+    pub fn hierarchy_dirs(&self) -> Vec<(String, PathBuf)> {
+        let mut dirs: Vec<(String, PathBuf)> = match self.mode {
+            CgroupMode::V1 | CgroupMode::Hybrid => {
+                v1::dirs(&self.path).into_iter().map(|dir| (self.hierarchy_name(&dir), dir)).collect()
+            }
+            CgroupMode::V2 => Vec::new(),
+        };
+        match self.mode {
+            CgroupMode::V1 => {}
+            CgroupMode::Hybrid => dirs.push(("unified".to_string(), self.unified_root().join(&self.path))),
+            CgroupMode::V2 => dirs.push((String::new(), self.cgroup_root.join(&self.path))),
+        }
+        dirs
+    }
+
+    fn hierarchy_name(&self, dir: &Path) -> String {
+        let relative = dir.strip_prefix(&self.cgroup_root).unwrap_or(dir);
+        relative
+            .components()
+            .find_map(|c| match c {
+                Component::Normal(name) => Some(name.to_string_lossy().into_owned()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
+    /// The cgroup2 directory of this container (pure v2, or the unified hierarchy of a hybrid
+    /// host); None on v1-only hosts.
+    pub fn v2_dir(&self) -> Option<PathBuf> {
+        match self.mode {
+            CgroupMode::V1 => None,
+            CgroupMode::Hybrid => Some(self.unified_root().join(&self.path)),
+            CgroupMode::V2 => Some(self.cgroup_root.join(&self.path)),
+        }
+    }
+
+    /// Processes currently in the container's cgroups.
+    pub fn pids(&self) -> Vec<Pid> {
+        let mut pids: Vec<Pid> = self
+            .procs_files()
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(f).ok())
+            .flat_map(|s| s.lines().filter_map(|l| l.trim().parse::<i32>().ok()).collect::<Vec<_>>())
+            .map(Pid::from_raw)
+            .collect();
+        pids.sort_unstable_by_key(|p| p.as_raw());
+        pids.dedup();
+        pids
+    }
+
+    /// How many times the kernel OOM killer killed a process of this cgroup.
+    pub fn oom_kill_count(&self) -> u64 {
+        match self.mode {
+            CgroupMode::V1 | CgroupMode::Hybrid => v1::oom_kill_count(&self.path),
+            CgroupMode::V2 => v2::oom_kill_count(&self.cgroup_root.join(&self.path)),
+        }
+    }
+
+    /// Remove the container's leaf directory from every hierarchy (idempotent).
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        if matches!(self.mode, CgroupMode::V1 | CgroupMode::Hybrid) {
+            v1::remove(&self.path)?;
+        }
+        if let Some(dir) = self.v2_dir() {
+            v2::remove(&dir)?;
+        }
+        Ok(())
+    }
+
+    fn unified_root(&self) -> PathBuf {
+        self.cgroup_root.join("unified")
+    }
+}
+
+/// "/a/b" -> "a/b"; rejects "..", "." and empty paths so a spec cannot escape the hierarchy.
+fn relative_cgroup_path(cgroups_path: &str) -> Result<String, CgroupError> {
+    let invalid = || CgroupError::InvalidPath { path: cgroups_path.to_string() };
+    let mut parts = Vec::new();
+    for component in Path::new(cgroups_path).components() {
+        match component {
+            Component::RootDir => {}
+            Component::Normal(part) => parts.push(part.to_str().ok_or_else(invalid)?),
+            _ => return Err(invalid()),
+        }
+    }
+    if parts.is_empty() {
+        return Err(invalid());
+    }
+    Ok(parts.join("/"))
+}
+
+/// Write `value` to a cgroup interface file.
+fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
+    std::fs::write(path, value).map_err(|source| CgroupError::Write {
+        path: path.to_path_buf(),
+        value: value.to_string(),
+        source,
+    })
+}
+
+/// The "oom_kill N" line of memory.events (v2) or memory.oom_control (v1).
+fn parse_oom_kill(content: &str) -> u64 {
+    content.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_paths_are_made_relative_and_checked() {
+        assert_eq!(relative_cgroup_path("/a/b/c").unwrap(), "a/b/c");
+        assert_eq!(relative_cgroup_path("a/b").unwrap(), "a/b");
+        assert!(relative_cgroup_path("/a/../b").is_err());
+        assert!(relative_cgroup_path("/").is_err());
+        assert!(relative_cgroup_path("").is_err());
+    }
+
+    #[test]
+    fn oom_kill_counter_is_parsed() {
+        assert_eq!(parse_oom_kill("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"), 2);
+        assert_eq!(parse_oom_kill("low 0\nhigh 0\nmax 1\noom 1\noom_kill 1\n"), 1);
+        assert_eq!(parse_oom_kill("nothing\n"), 0);
+    }
+
+    #[test]
+    fn v2_layout_in_a_temp_dir() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("cgroup.controllers"), "cpuset cpu io memory pids\n").unwrap();
+        let cg = ContainerCgroup::new(root.path(), CgroupMode::V2, "/t/pod1/c1").unwrap();
+        let limits = CgroupLimits {
+            cpu_shares: Some(1024),
+            cpu_quota: Some(50_000),
+            cpu_period: Some(100_000),
+            memory_limit: Some(64 << 20),
+            pids_limit: Some(32),
+        };
+        // A temp dir does not create interface files on mkdir: give the leaf the ones the
+        // kernel would list.
+        std::fs::create_dir_all(root.path().join("t/pod1/c1")).unwrap();
+        std::fs::write(root.path().join("t/cgroup.controllers"), "cpu memory pids\n").unwrap();
+        std::fs::write(root.path().join("t/pod1/cgroup.controllers"), "cpu memory pids\n").unwrap();
+        cg.create(&limits).unwrap();
+        let read = |p: &str| std::fs::read_to_string(root.path().join(p)).unwrap();
+        assert_eq!(read("t/pod1/c1/memory.max"), "67108864");
+        assert_eq!(read("t/pod1/c1/pids.max"), "32");
+        assert_eq!(read("t/pod1/c1/cpu.max"), "50000 100000");
+        assert_eq!(read("t/pod1/c1/cpu.weight"), "39");
+        assert_eq!(read("cgroup.subtree_control"), "+cpu +memory +pids");
+        assert_eq!(read("t/pod1/cgroup.subtree_control"), "+cpu +memory +pids");
+        assert_eq!(cg.procs_files(), vec![root.path().join("t/pod1/c1/cgroup.procs")]);
+        std::fs::write(root.path().join("t/pod1/c1/memory.events"), "oom 1\noom_kill 1\n").unwrap();
+        assert_eq!(cg.oom_kill_count(), 1);
+    }
+
+    #[test]
+    fn v2_unlimited_values() {
+        let root = tempfile::tempdir().unwrap();
+        let cg = ContainerCgroup::new(root.path(), CgroupMode::V2, "/u/c").unwrap();
+        std::fs::create_dir_all(root.path().join("u/c")).unwrap();
+        std::fs::write(root.path().join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        std::fs::write(root.path().join("u/cgroup.controllers"), "cpu memory pids\n").unwrap();
+        let limits =
+            CgroupLimits { cpu_quota: Some(-1), memory_limit: Some(-1), pids_limit: Some(0), ..Default::default() };
+        cg.create(&limits).unwrap();
+        let read = |p: &str| std::fs::read_to_string(root.path().join(p)).unwrap();
+        assert_eq!(read("u/c/memory.max"), "max");
+        assert_eq!(read("u/c/pids.max"), "max");
+        assert_eq!(read("u/c/cpu.max"), "max 100000");
+    }
+}

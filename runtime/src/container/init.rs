@@ -1,0 +1,207 @@
+//! The container's init, run in the cloned child: each setup step in order, the report to
+//! the monitor, the wait for `start`, and the exec of the user process.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use nix::fcntl::{open, OFlag};
+use nix::sys::stat::Mode;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use super::caps::{self, CapsError};
+use super::devices::{create_default_devices, DeviceError};
+use super::mounts::{mount_all, MountError};
+use super::namespaces::{self, NamespaceError};
+use super::process::{self, Command, ProcessError};
+use super::rootfs::{self, RootfsError};
+use super::InitSpec;
+use crate::sys;
+
+/// What the child writes on the sync pipe when it is ready; anything else is an error text.
+pub(super) const SETUP_OK: &str = "ok";
+
+/// Exit code of a container whose exec failed after `start` (as shells report it).
+const EXEC_FAILED: i32 = 127;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("cannot reset signal handling")]
+    Signals(#[source] nix::Error),
+    #[error("cannot close inherited file descriptors")]
+    CloseFds(#[source] nix::Error),
+    #[error("cannot join cgroup {path}")]
+    JoinCgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot enter namespaces")]
+    Namespaces(#[source] NamespaceError),
+    #[error("cannot start a new session")]
+    Setsid(#[source] nix::Error),
+    #[error("cannot open exec fifo {path}")]
+    ExecFifo {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("cannot set up rootfs {path}")]
+    Rootfs {
+        path: PathBuf,
+        #[source]
+        source: Box<RootfsError>,
+    },
+    #[error("cannot make the spec's mounts")]
+    Mounts(#[source] Box<MountError>),
+    #[error("cannot create default devices")]
+    Devices(#[source] Box<DeviceError>),
+    #[error("cannot set hostname {hostname}")]
+    Hostname {
+        hostname: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("cannot set up the user process")]
+    Process(#[source] ProcessError),
+    #[error("cannot set capabilities")]
+    Caps(#[source] CapsError),
+    #[error("cannot wait for start on exec fifo {path}")]
+    WaitForStart {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The child's whole life: never returns. Runs in a copy of the single-threaded monitor, so
+/// allocation is fine; a panic must not unwind back into the monitor's code.
+pub(super) fn run_child(init: InitSpec, sync: OwnedFd) -> ! {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| child_main(init, sync)));
+    match outcome {
+        Ok(code) => sys::exit_immediately(code),
+        Err(_) => sys::exit_immediately(EXEC_FAILED),
+    }
+}
+
+fn child_main(init: InitSpec, sync: OwnedFd) -> i32 {
+    let mut sync = std::fs::File::from(sync);
+    let (command, fifo) = match set_up(&init, &sync) {
+        Ok(ready) => ready,
+        Err(e) => {
+            let _ = sync.write_all(error_chain(&e).as_bytes());
+            return 1;
+        }
+    };
+    if sync.write_all(SETUP_OK.as_bytes()).is_err() {
+        return 1; // the monitor is gone; nobody could ever start us
+    }
+    drop(sync);
+    if let Err(e) = wait_for_start(fifo, &init.exec_fifo) {
+        eprintln!("nodelet: {}", error_chain(&e));
+        return EXEC_FAILED;
+    }
+    // Nothing of the host may reach the user process (CVE-2024-21626).
+    if let Err(e) = sys::close_fds_except(&[0, 1, 2]) {
+        eprintln!("nodelet: {}", error_chain(&InitError::CloseFds(e)));
+        return EXEC_FAILED;
+    }
+    let e = process::exec(&command);
+    eprintln!("nodelet: {}", error_chain(&InitError::Process(e)));
+    EXEC_FAILED
+}
+
+/// Every step before the pause, in order. Returns the resolved command and the exec FIFO.
+fn set_up(init: &InitSpec, sync: &std::fs::File) -> Result<(Command, std::fs::File), InitError> {
+    sys::reset_signals().map_err(InitError::Signals)?;
+    // Keep 0-2 open (they are replaced by set_stdio) so that no fd opened during setup
+    // lands on a stdio number and is then silently closed by the dup2.
+    sys::close_fds_except(&[0, 1, 2, init.log.as_raw_fd(), sync.as_raw_fd()]).map_err(InitError::CloseFds)?;
+    join_cgroups(&init.cgroup_procs)?;
+    namespaces::join_by_path(&init.spec).map_err(InitError::Namespaces)?;
+    namespaces::unshare_cgroup(&init.spec).map_err(InitError::Namespaces)?;
+    nix::unistd::setsid().map_err(InitError::Setsid)?;
+    let fifo = open_exec_fifo(init)?;
+    build_root(init)?;
+    set_hostname(&init.spec)?;
+    let process =
+        init.spec.process().as_ref().ok_or(InitError::Process(ProcessError::NotFound { program: String::new() }))?;
+    process::set_stdio(&init.log).map_err(InitError::Process)?;
+    process::set_rlimits(process).map_err(InitError::Process)?;
+    let spec_caps = process.capabilities().as_ref();
+    caps::limit_bounding_set(spec_caps).map_err(InitError::Caps)?;
+    process::set_user(process).map_err(InitError::Process)?;
+    caps::apply_process_sets(spec_caps).map_err(InitError::Caps)?;
+    process::change_cwd(process).map_err(InitError::Process)?;
+    let command = process::resolve_command(process).map_err(InitError::Process)?;
+    process::set_no_new_privileges(process).map_err(InitError::Process)?;
+    Ok((command, fifo))
+}
+
+/// Writing "0" to cgroup.procs moves the writer itself: no pid translation needed from
+/// inside the new pid namespace.
+fn join_cgroups(procs_files: &[PathBuf]) -> Result<(), InitError> {
+    for path in procs_files {
+        std::fs::write(path, "0").map_err(|source| InitError::JoinCgroup { path: path.clone(), source })?;
+    }
+    Ok(())
+}
+
+/// Opened read-write so the open never blocks; the later read blocks until `start` writes.
+fn open_exec_fifo(init: &InitSpec) -> Result<std::fs::File, InitError> {
+    open(&init.exec_fifo, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
+        .map(std::fs::File::from)
+        .map_err(|source| InitError::ExecFifo { path: init.exec_fifo.clone(), source })
+}
+
+fn build_root(init: &InitSpec) -> Result<(), InitError> {
+    let rootfs_err = |source| InitError::Rootfs { path: init.rootfs.clone(), source: Box::new(source) };
+    let spec = &init.spec;
+    let linux = spec.linux().as_ref();
+    rootfs::prepare(&init.rootfs).map_err(rootfs_err)?;
+    mount_all(&init.rootfs, spec.mounts().as_deref().unwrap_or(&[]), &init.cgroup_views)
+        .map_err(|e| InitError::Mounts(Box::new(e)))?;
+    create_default_devices(&init.rootfs).map_err(|e| InitError::Devices(Box::new(e)))?;
+    rootfs::pivot(&init.rootfs).map_err(rootfs_err)?;
+    rootfs::set_root_propagation(linux.and_then(|l| l.rootfs_propagation().as_deref())).map_err(rootfs_err)?;
+    rootfs::mask_paths(linux.and_then(|l| l.masked_paths().as_deref()).unwrap_or(&[])).map_err(rootfs_err)?;
+    rootfs::readonly_paths(linux.and_then(|l| l.readonly_paths().as_deref()).unwrap_or(&[])).map_err(rootfs_err)?;
+    if spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) {
+        rootfs::make_readonly("/".as_ref()).map_err(rootfs_err)?;
+    }
+    Ok(())
+}
+
+fn set_hostname(spec: &Spec) -> Result<(), InitError> {
+    let Some(hostname) = spec.hostname().as_deref() else {
+        return Ok(());
+    };
+    if !namespaces::creates(spec, LinuxNamespaceType::Uts) {
+        return Ok(()); // never rename the host or a shared namespace
+    }
+    nix::unistd::sethostname(hostname).map_err(|source| InitError::Hostname { hostname: hostname.to_string(), source })
+}
+
+fn wait_for_start(mut fifo: std::fs::File, path: &std::path::Path) -> Result<(), InitError> {
+    let mut byte = [0u8; 1];
+    loop {
+        match fifo.read(&mut byte) {
+            Ok(1) => return Ok(()),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(source) => return Err(InitError::WaitForStart { path: path.to_path_buf(), source }),
+        }
+    }
+}
+
+/// "outer: inner: root cause", so the monitor's error names every level.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,11 @@
+//! nodelet's native container runtime: OCI images, containers (namespaces, mounts, cgroups)
+//! parented by one node-wide monitor, and pod networks. Knows nothing of Kubernetes.
+//!
+//! All `unsafe` of the product lives in [`sys`].
+
+pub mod cgroups;
+pub mod container;
+pub mod image;
+pub mod monitor;
+pub mod network;
+pub mod sys;

@@ -1,0 +1,120 @@
+//! The product's only `unsafe`: thin wrappers over syscalls that nix does not wrap safely.
+//! Each wrapper documents what the caller must guarantee; each block says why it is sound.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+
+use nix::errno::Errno;
+use nix::sched::CloneFlags;
+use nix::sys::signal::{self, SigHandler, Signal};
+use nix::unistd::Pid;
+
+/// Which side of a [`clone_process`] we are on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloneResult {
+    Parent { child: Pid },
+    Child,
+}
+
+/// Fork-like `clone(2)` with namespace flags: the child starts in the new namespaces (for
+/// CLONE_NEWPID it is pid 1 there) on a copy-on-write copy of the caller's stack.
+///
+/// Only sound in a single-threaded process (the monitor): the child is a copy of this one
+/// thread, so no lock can be held by a thread that does not exist in the child.
+pub fn clone_process(flags: CloneFlags) -> Result<CloneResult, Errno> {
+    let flags = flags.bits() as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
+    // SAFETY: raw clone with a null stack behaves like fork(2): the child continues on a
+    // private copy of the caller's stack. No pointers are passed (parent_tid, child_tid and
+    // tls are null because no CLONE_*TID/SETTLS flag is set). The caller is single-threaded.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            0usize,
+        )
+    };
+    match ret {
+        -1 => Err(Errno::last()),
+        0 => Ok(CloneResult::Child),
+        pid => Ok(CloneResult::Parent { child: Pid::from_raw(pid as i32) }),
+    }
+}
+
+/// `pidfd_open(2)`: a file descriptor that becomes readable when `pid` exits, for processes
+/// that are not our children (adopted after a monitor restart).
+pub fn pidfd_open(pid: Pid) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes a pid and flags by value and returns a new fd or -1.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if ret < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the kernel just returned this fd to us and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
+}
+
+/// Close every file descriptor of this process except those in `keep` (CVE-2024-21626: no
+/// host fd may survive into a container).
+pub fn close_fds_except(keep: &[RawFd]) -> Result<(), Errno> {
+    let mut keep: Vec<u32> = keep.iter().filter(|fd| **fd >= 0).map(|fd| *fd as u32).collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut first = 0u32;
+    for fd in keep.into_iter().chain(std::iter::once(u32::MAX)) {
+        if fd > first {
+            close_range(first, fd - 1)?;
+        }
+        first = fd.saturating_add(1);
+    }
+    Ok(())
+}
+
+fn close_range(first: u32, last: u32) -> Result<(), Errno> {
+    // SAFETY: close_range only closes fds; callers (the container init right before exec, or
+    // right after clone) own every fd of the process and hold no Rust handle to the closed
+    // ones that is used again (they are dropped or leaked by the caller's design).
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
+    if ret < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// Restore every signal to its default disposition (the monitor's Rust runtime ignores
+/// SIGPIPE, and ignored dispositions survive exec) and unblock them all.
+pub fn reset_signals() -> Result<(), Errno> {
+    for sig in Signal::iterator() {
+        if matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL installs no Rust handler, so no handler can run code
+        // that is not async-signal-safe.
+        unsafe { signal::signal(sig, SigHandler::SigDfl) }?;
+    }
+    signal::sigprocmask(signal::SigmaskHow::SIG_SETMASK, Some(&signal::SigSet::empty()), None)
+}
+
+/// Leave the process now, without running atexit handlers or flushing stdio buffers that
+/// belong to the parent we were cloned from.
+pub fn exit_immediately(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no Rust state.
+    unsafe { libc::_exit(code) }
+}
+
+/// Spawn `command` in a new session (setsid), so it outlives the caller's terminal and
+/// process group.
+pub fn spawn_in_new_session(command: &mut Command) -> io::Result<Child> {
+    // SAFETY: the closure runs between fork and exec and only calls setsid(2), which is
+    // async-signal-safe and allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid().map_err(io::Error::from)?;
+            Ok(())
+        })
+    };
+    command.spawn()
+}

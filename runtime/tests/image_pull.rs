@@ -1,0 +1,229 @@
+//! Pulling the test images from a real local registry, layer sharing, re-pulls, lookups,
+//! overlay mounts, and the errors for missing images and unreachable registries. Needs root.
+
+mod image_common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+use std::sync::Mutex;
+
+use image_common::{free_port, is_mounted, mount_count, require_root, MountGuard, TestRegistry};
+use nodelet_runtime::image::{ImageError, ImageStore, NoProgress, PullProgress};
+
+/// Records every progress call.
+#[derive(Default)]
+struct Recorder(Mutex<Vec<(String, u64, u64)>>);
+
+impl PullProgress for Recorder {
+    fn layer(&self, digest: &str, downloaded: u64, total: u64) {
+        self.0.lock().unwrap().push((digest.to_string(), downloaded, total));
+    }
+}
+
+impl Recorder {
+    /// Layers that received bytes (a call with 0 < downloaded < total or a first call at 0).
+    fn downloaded_layers(&self) -> Vec<String> {
+        let calls = self.0.lock().unwrap();
+        let mut layers: Vec<String> =
+            calls.iter().filter(|(_, downloaded, total)| *downloaded < *total).map(|(d, _, _)| d.clone()).collect();
+        layers.dedup();
+        layers
+    }
+}
+
+fn layer_dirs(root: &Path) -> BTreeMap<String, u64> {
+    std::fs::read_dir(root.join("layers/sha256"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().ino())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_share_repull_mount_unmount() {
+    require_root();
+    let registry = TestRegistry::start();
+    let pushed = registry.push_test_images();
+    let busybox_ref = format!("{}/nodelet/busybox:1", registry.addr);
+    let web_ref = format!("{}/nodelet/web:1", registry.addr);
+    assert!(pushed.contains_key(&busybox_ref) && pushed.contains_key(&web_ref), "{pushed:?}");
+
+    let work = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(work.path().join("images")).unwrap();
+
+    // busybox: one layer, Docker schema 2 manifest.
+    let progress = Recorder::default();
+    let busybox = store.pull(&busybox_ref, &progress).await.unwrap();
+    assert_eq!(busybox.reference, busybox_ref);
+    assert_eq!(busybox.digest, pushed[&busybox_ref]);
+    assert_eq!(busybox.repo_digest, format!("{}/nodelet/busybox@{}", registry.addr, busybox.digest));
+    assert!(busybox.size > 100_000, "busybox size {}", busybox.size);
+    let cmd = busybox.config.config().as_ref().unwrap().cmd().clone().unwrap();
+    assert_eq!(cmd, vec!["sh".to_string()]);
+    assert_eq!(progress.downloaded_layers().len(), 1);
+    let after_busybox = layer_dirs(store.root());
+    assert_eq!(after_busybox.len(), 1);
+
+    // web: busybox's layer + one more, OCI manifest; the base layer is reused, not fetched.
+    let progress = Recorder::default();
+    let web = store.pull(&web_ref, &progress).await.unwrap();
+    assert_eq!(web.digest, pushed[&web_ref]);
+    assert_eq!(progress.downloaded_layers().len(), 1, "only web's own layer is downloaded");
+    let after_web = layer_dirs(store.root());
+    assert_eq!(after_web.len(), 2, "the busybox layer is shared");
+    for (layer, inode) in &after_busybox {
+        assert_eq!(after_web.get(layer), Some(inode), "shared layer untouched");
+    }
+    let config = web.config.config().as_ref().unwrap();
+    assert_eq!(config.cmd().clone().unwrap(), ["httpd", "-f", "-p", "8080", "-h", "/www"].map(String::from).to_vec());
+    assert!(config.exposed_ports().clone().unwrap().contains(&"8080/tcp".to_string()));
+
+    // Re-pull: nothing downloaded, nothing unpacked again, no leftovers.
+    let progress = Recorder::default();
+    let again = store.pull(&web_ref, &progress).await.unwrap();
+    assert_eq!(again.digest, web.digest);
+    assert!(progress.downloaded_layers().is_empty());
+    assert_eq!(layer_dirs(store.root()), after_web);
+    assert_eq!(std::fs::read_dir(store.root().join("tmp")).unwrap().count(), 0);
+
+    // Lookups.
+    for key in [web_ref.clone(), web.digest.clone(), web.repo_digest.clone()] {
+        assert_eq!(store.get(&key).unwrap().map(|i| i.digest), Some(web.digest.clone()), "get {key}");
+    }
+    assert!(store.get(&format!("{}/nodelet/web:2", registry.addr)).unwrap().is_none());
+    assert!(store.get("busybox").unwrap().is_none());
+    let mut listed: Vec<String> = store.list().unwrap().into_iter().map(|i| i.reference).collect();
+    listed.sort();
+    assert_eq!(listed, vec![busybox_ref.clone(), web_ref.clone()]);
+    // A new store on the same root sees the same images.
+    let reopened = ImageStore::open(store.root()).unwrap();
+    assert_eq!(reopened.list().unwrap().len(), 2);
+
+    // Mount web's rootfs.
+    let container = work.path().join("container");
+    std::fs::create_dir(&container).unwrap();
+    let _guard = MountGuard(container.clone());
+    let rootfs = store.mount_rootfs(&web, &container).unwrap();
+    assert_eq!(rootfs, container.join("rootfs"));
+    assert!(is_mounted(&rootfs));
+    assert!(rootfs.join("bin/busybox").is_file());
+    assert_eq!(std::fs::read_link(rootfs.join("bin/sh")).unwrap(), Path::new("busybox"));
+    assert_eq!(std::fs::read_to_string(rootfs.join("www/index.html")).unwrap(), "hello from nodelet\n");
+    assert!(rootfs.join("etc/passwd").is_file());
+    assert!(!rootfs.join("etc/motd").exists(), "web's whiteout hides /etc/motd");
+    let motd_whiteout = store
+        .root()
+        .join("layers/sha256")
+        .join(after_web.keys().find(|k| !after_busybox.contains_key(*k)).unwrap())
+        .join("etc/motd");
+    let meta = std::fs::symlink_metadata(&motd_whiteout).unwrap();
+    assert!(meta.file_type().is_char_device() && meta.rdev() == 0, "overlay whiteout in the layer dir");
+
+    // Idempotent mount.
+    assert_eq!(store.mount_rootfs(&web, &container).unwrap(), rootfs);
+    assert_eq!(mount_count(&rootfs), 1);
+
+    // The image really runs: busybox from the mounted rootfs.
+    let out = std::process::Command::new("chroot")
+        .arg(&rootfs)
+        .args(["/bin/sh", "-c", "cat /www/index.html; ls /etc"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.contains("hello from nodelet") && out.contains("passwd") && !out.contains("motd"), "{out}");
+
+    // Writes go to the upper dir, never to the shared layers.
+    std::fs::write(rootfs.join("www/new.txt"), "x").unwrap();
+    assert!(container.join("upper/www/new.txt").is_file());
+    assert_eq!(layer_dirs(store.root()), after_web);
+
+    store.unmount_rootfs(&container).unwrap();
+    assert!(!is_mounted(&container.join("rootfs")));
+    for dir in ["rootfs", "upper", "work"] {
+        assert!(!container.join(dir).exists(), "{dir} removed");
+    }
+    store.unmount_rootfs(&container).unwrap();
+}
+
+#[tokio::test]
+async fn missing_image_and_unreachable_registry() {
+    require_root();
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(work.path()).unwrap();
+
+    let missing = format!("{}/nope:1", registry.addr);
+    let err = store.pull(&missing, &NoProgress).await.unwrap_err();
+    assert!(matches!(err, ImageError::ManifestUnknown { .. }), "{err:?}");
+    assert_eq!(err.to_string(), format!("manifest unknown: {missing} (404)"));
+
+    let port = free_port();
+    let err = store.pull(&format!("127.0.0.1:{port}/nodelet/busybox:1"), &NoProgress).await.unwrap_err();
+    assert!(matches!(err, ImageError::RegistryUnreachable { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("unreachable") && text.contains(&format!("127.0.0.1:{port}")), "{text}");
+
+    let err = store.pull("Not A Reference", &NoProgress).await.unwrap_err();
+    assert!(matches!(err, ImageError::InvalidReference { .. }), "{err:?}");
+    assert!(store.list().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn index_resolves_to_linux_amd64_and_digests_pin() {
+    require_root();
+    let registry = TestRegistry::start();
+    let pushed = registry.push_test_images();
+    let web_ref = format!("{}/nodelet/web:1", registry.addr);
+    let busybox_ref = format!("{}/nodelet/busybox:1", registry.addr);
+    let web_digest = &pushed[&web_ref];
+    let busybox_digest = &pushed[&busybox_ref];
+
+    // An index in web's repository whose arm64 entry is busybox's manifest (copied into this
+    // repository with its config, so the registry accepts the index) and amd64 entry is web's.
+    let http = reqwest::Client::new();
+    let get = |path: String, accept: &'static str| {
+        let request = http.get(registry.url(&path)).header("accept", accept);
+        async move { request.send().await.unwrap().bytes().await.unwrap() }
+    };
+    const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+    let web_manifest = get(format!("/v2/nodelet/web/manifests/{web_digest}"), OCI_MANIFEST).await;
+    let busybox_manifest = get(format!("/v2/nodelet/busybox/manifests/{busybox_digest}"), DOCKER_MANIFEST).await;
+    let busybox_config_digest = serde_json::from_slice::<serde_json::Value>(&busybox_manifest).unwrap()["config"]
+        ["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let busybox_config = get(format!("/v2/nodelet/busybox/blobs/{busybox_config_digest}"), "*/*").await;
+    registry.push_blob("nodelet/web", &busybox_config).await;
+    registry.push_manifest("nodelet/web", "decoy", DOCKER_MANIFEST, &busybox_manifest).await;
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
+            {{"mediaType":"{DOCKER_MANIFEST}","digest":"{busybox_digest}","size":{},"platform":{{"os":"linux","architecture":"arm64","variant":"v8"}}}},
+            {{"mediaType":"{OCI_MANIFEST}","digest":"{web_digest}","size":{},"platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#,
+        busybox_manifest.len(),
+        web_manifest.len()
+    );
+    registry.push_manifest("nodelet/web", "multi", "application/vnd.oci.image.index.v1+json", index.as_bytes()).await;
+
+    let work = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(work.path()).unwrap();
+    let image = store.pull(&format!("{}/nodelet/web:multi", registry.addr), &NoProgress).await.unwrap();
+    assert_eq!(&image.digest, web_digest, "the index resolved to the amd64 manifest");
+
+    // By digest: pinned, reference normalized with the digest.
+    let pinned = format!("{}/nodelet/busybox@{busybox_digest}", registry.addr);
+    let image = store.pull(&pinned, &NoProgress).await.unwrap();
+    assert_eq!(&image.digest, busybox_digest);
+    assert_eq!(image.reference, pinned);
+    assert_eq!(store.get(&pinned).unwrap().unwrap().digest, *busybox_digest);
+
+    // A digest that does not exist.
+    let absent = format!("{}/nodelet/busybox@sha256:{}", registry.addr, "0".repeat(64));
+    let err = store.pull(&absent, &NoProgress).await.unwrap_err();
+    assert!(matches!(err, ImageError::ManifestUnknown { .. }), "{err:?}");
+}

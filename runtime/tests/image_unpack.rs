@@ -1,0 +1,231 @@
+//! Layer unpacking: hostile tarballs are refused with the entry named and nothing written
+//! outside the layer dir (directly and through a pull); whiteouts become overlayfs ones and
+//! take effect in a mount; metadata is preserved. Needs root.
+
+mod image_common;
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use image_common::{require_root, MountGuard, TarBuilder, TestRegistry};
+use nodelet_runtime::image::{overlay, unpack, ImageError, ImageStore, NoProgress};
+
+/// A sandbox: `layer/` to unpack into, `outside/` with a canary that must stay untouched.
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("layer")).unwrap();
+        std::fs::create_dir(dir.path().join("outside")).unwrap();
+        std::fs::write(dir.path().join("outside/canary"), "original").unwrap();
+        Sandbox { dir }
+    }
+
+    fn layer(&self) -> PathBuf {
+        self.dir.path().join("layer")
+    }
+
+    fn outside(&self) -> PathBuf {
+        self.dir.path().join("outside")
+    }
+
+    /// Nothing changed outside the layer dir.
+    fn assert_outside_untouched(&self) {
+        let mut top: Vec<String> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        top.sort();
+        assert_eq!(top, ["layer", "outside"]);
+        let outside: Vec<String> = std::fs::read_dir(self.outside())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(outside, ["canary"]);
+        assert_eq!(std::fs::read_to_string(self.outside().join("canary")).unwrap(), "original");
+        assert_eq!(std::fs::metadata(self.outside().join("canary")).unwrap().nlink(), 1);
+    }
+}
+
+fn expect_unsafe(tar: Vec<u8>, sandbox: &Sandbox, entry: &str) {
+    let err = unpack::unpack_tar(tar.as_slice(), &sandbox.layer(), "test-layer").unwrap_err();
+    match &err {
+        ImageError::UnsafeEntry { entry: named, layer, .. } => {
+            assert_eq!(named, entry);
+            assert_eq!(layer, "test-layer");
+        }
+        other => panic!("expected an unsafe entry error for {entry}, got {other:?}"),
+    }
+    assert!(err.to_string().contains(entry), "{err}");
+    sandbox.assert_outside_untouched();
+}
+
+#[test]
+fn hostile_layers_are_refused_and_harmless() {
+    require_root();
+
+    let s = Sandbox::new();
+    expect_unsafe(TarBuilder::new().file("../escape", b"x").finish(), &s, "../escape");
+
+    let s = Sandbox::new();
+    expect_unsafe(TarBuilder::new().file("a/../../escape", b"x").finish(), &s, "a/../../escape");
+
+    let s = Sandbox::new();
+    let absolute = format!("{}/pwned", s.outside().display());
+    expect_unsafe(TarBuilder::new().file(&absolute, b"x").finish(), &s, &absolute);
+
+    // A symlink to the outside (absolute), then a write through it.
+    let s = Sandbox::new();
+    let tar = TarBuilder::new().symlink("evil", &s.outside().to_string_lossy()).file("evil/pwned", b"x").finish();
+    expect_unsafe(tar, &s, "evil/pwned");
+
+    // The same with a relative symlink climbing out, nested.
+    let s = Sandbox::new();
+    let tar = TarBuilder::new().dir("a", 0o755).symlink("a/up", "../../outside").file("a/up/pwned", b"x").finish();
+    expect_unsafe(tar, &s, "a/up/pwned");
+
+    // Directories created through an escaping symlink.
+    let s = Sandbox::new();
+    let tar = TarBuilder::new().symlink("evil", "../outside").dir("evil/newdir", 0o755).finish();
+    expect_unsafe(tar, &s, "evil/newdir");
+
+    // Hard links to files outside, directly and through a symlink.
+    let s = Sandbox::new();
+    expect_unsafe(TarBuilder::new().hard_link("hl", "../outside/canary").finish(), &s, "hl");
+    let s = Sandbox::new();
+    let canary = format!("{}/canary", s.outside().display());
+    expect_unsafe(TarBuilder::new().hard_link("hl", &canary).finish(), &s, "hl");
+    let s = Sandbox::new();
+    let tar = TarBuilder::new().symlink("out", &s.outside().to_string_lossy()).hard_link("hl", "out/canary").finish();
+    expect_unsafe(tar, &s, "hl");
+
+    // A whiteout through an escaping symlink.
+    let s = Sandbox::new();
+    let tar = TarBuilder::new().symlink("out", "../outside").file("out/.wh.canary", b"").finish();
+    expect_unsafe(tar, &s, "out/.wh.canary");
+
+    // A file entry replacing a symlink to the outside replaces the symlink itself: allowed,
+    // and the target is untouched.
+    let s = Sandbox::new();
+    let canary = format!("{}/canary", s.outside().display());
+    let tar = TarBuilder::new().symlink("link", &canary).file("link", b"inside").finish();
+    unpack::unpack_tar(tar.as_slice(), &s.layer(), "test-layer").unwrap();
+    assert!(std::fs::symlink_metadata(s.layer().join("link")).unwrap().is_file());
+    assert_eq!(std::fs::read_to_string(s.layer().join("link")).unwrap(), "inside");
+    s.assert_outside_untouched();
+
+    // Symlinks inside the layer are followed for parents, as Docker does.
+    let s = Sandbox::new();
+    let tar = TarBuilder::new().dir("real", 0o755).symlink("alias", "real").file("alias/f", b"ok").finish();
+    unpack::unpack_tar(tar.as_slice(), &s.layer(), "test-layer").unwrap();
+    assert_eq!(std::fs::read_to_string(s.layer().join("real/f")).unwrap(), "ok");
+    s.assert_outside_untouched();
+}
+
+#[test]
+fn metadata_is_preserved() {
+    require_root();
+    let s = Sandbox::new();
+    let tar = TarBuilder::new()
+        .dir("bin", 0o751)
+        .file_with("bin/su", b"#!/bin/sh\n", 0o4755, 1000, 1001)
+        .hard_link("bin/su-again", "bin/su")
+        .symlink("bin/sh", "busybox")
+        .fifo("bin/pipe")
+        .dir("tmp", 0o1777)
+        .finish();
+    unpack::unpack_tar(tar.as_slice(), &s.layer(), "test-layer").unwrap();
+    let layer = s.layer();
+    let su = std::fs::metadata(layer.join("bin/su")).unwrap();
+    assert_eq!(su.permissions().mode() & 0o7777, 0o4755, "setuid kept");
+    assert_eq!((su.uid(), su.gid()), (1000, 1001));
+    assert_eq!(su.mtime(), 1_600_000_000);
+    assert_eq!(su.nlink(), 2);
+    assert_eq!(std::fs::metadata(layer.join("bin/su-again")).unwrap().ino(), su.ino());
+    assert_eq!(std::fs::read_link(layer.join("bin/sh")).unwrap(), Path::new("busybox"));
+    assert!(std::fs::symlink_metadata(layer.join("bin/pipe")).unwrap().file_type().is_fifo());
+    let bin = std::fs::metadata(layer.join("bin")).unwrap();
+    assert_eq!(bin.permissions().mode() & 0o7777, 0o751);
+    assert_eq!(bin.mtime(), 1_600_000_000, "directory mtime set after its children");
+    assert_eq!(std::fs::metadata(layer.join("tmp")).unwrap().permissions().mode() & 0o7777, 0o1777);
+}
+
+#[test]
+fn whiteouts_become_overlay_whiteouts_and_take_effect() {
+    require_root();
+    let work = tempfile::tempdir().unwrap();
+    let base = work.path().join("base");
+    let top = work.path().join("top");
+    std::fs::create_dir(&base).unwrap();
+    std::fs::create_dir(&top).unwrap();
+
+    let base_tar = TarBuilder::new()
+        .file("gone", b"old")
+        .file("kept", b"kept")
+        .dir("opaque", 0o755)
+        .file("opaque/old", b"old")
+        .dir("merged", 0o755)
+        .file("merged/old", b"old")
+        .finish();
+    unpack::unpack_tar(base_tar.as_slice(), &base, "base").unwrap();
+    let top_tar = TarBuilder::new()
+        .file(".wh.gone", b"")
+        .dir("opaque", 0o755)
+        .file("opaque/.wh..wh..opq", b"")
+        .file("opaque/new", b"new")
+        .file("merged/new", b"new")
+        .finish();
+    unpack::unpack_tar(top_tar.as_slice(), &top, "top").unwrap();
+
+    let whiteout = std::fs::symlink_metadata(top.join("gone")).unwrap();
+    assert!(whiteout.file_type().is_char_device());
+    assert_eq!(whiteout.rdev(), 0);
+    assert_eq!(xattr::get(top.join("opaque"), "trusted.overlay.opaque").unwrap(), Some(b"y".to_vec()));
+    assert!(!top.join("opaque/.wh..wh..opq").exists());
+
+    let container = work.path().join("container");
+    std::fs::create_dir(&container).unwrap();
+    let _guard = MountGuard(container.clone());
+    let rootfs = overlay::mount_overlay(&[top.clone(), base.clone()], &container).unwrap();
+    let names = |dir: &str| {
+        let mut names: Vec<String> = std::fs::read_dir(rootfs.join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names("."), ["kept", "merged", "opaque"]);
+    assert_eq!(names("opaque"), ["new"]);
+    assert_eq!(names("merged"), ["new", "old"]);
+    overlay::unmount_overlay(&container).unwrap();
+}
+
+#[tokio::test]
+async fn hostile_layer_from_a_registry_fails_the_pull() {
+    require_root();
+    let registry = TestRegistry::start();
+    let sandbox = Sandbox::new();
+    let outside = sandbox.outside().to_string_lossy().into_owned();
+    let tar = TarBuilder::new().file("ok", b"fine").symlink("evil", &outside).file("evil/pwned", b"x").finish();
+    let reference = registry.push_single_layer_image("hostile/symlink", &tar).await;
+    let store = ImageStore::open(sandbox.layer().join("images")).unwrap();
+    let err = store.pull(&reference, &NoProgress).await.unwrap_err();
+    assert!(matches!(err, ImageError::UnsafeEntry { .. }), "{err:?}");
+    assert!(err.to_string().contains("\"evil/pwned\""), "{err}");
+    sandbox.assert_outside_untouched();
+    // No half-unpacked layer, no index entry, no temp leftovers.
+    let root = store.root();
+    assert_eq!(std::fs::read_dir(root.join("layers/sha256")).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 0);
+    assert!(store.get(&reference).unwrap().is_none());
+
+    let traversal = TarBuilder::new().file("../../escape", b"x").finish();
+    let reference = registry.push_single_layer_image("hostile/traversal", &traversal).await;
+    let err = store.pull(&reference, &NoProgress).await.unwrap_err();
+    assert!(err.to_string().contains("\"../../escape\""), "{err}");
+    sandbox.assert_outside_untouched();
+}

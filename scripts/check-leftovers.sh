@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Fails when nodelet's tests left host objects behind: a leak in a test is a leak on a node.
+# Looks only at objects nodelet names (prefixes nodelet, nlt, nlb); changes nothing.
+set -uo pipefail
+found=0
+report() { echo "leftover: $*"; found=1; }
+
+# Mount point is field 5; the filesystem type follows the " - " separator.
+while IFS= read -r line; do
+  mnt=$(echo "$line" | cut -d' ' -f5)
+  fstype=${line#* - }; fstype=${fstype%% *}
+  case "$mnt" in *nodelet*) report "mount $mnt ($fstype)"; continue ;; esac
+  case "$fstype" in overlay|nsfs) report "mount $mnt ($fstype)" ;; esac
+done < /proc/self/mountinfo
+
+for link in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
+  case "$link" in nlt*|nlb*|nodelet*) report "interface $link" ;; esac
+done
+
+while IFS= read -r dir; do report "cgroup $dir"; done < <(
+  find /sys/fs/cgroup -maxdepth 3 -type d -name 'nodelet-test*' -o -maxdepth 3 -type d -name 'nodelet-e2e*' 2>/dev/null)
+
+for pidfile in /proc/[0-9]*/cmdline; do
+  cmd=$(tr '\0' ' ' < "$pidfile" 2>/dev/null) || continue
+  case "$cmd" in *"nodelet monitor"*|*nodelet-monitor*|*nodelet-test-apiserver*|*"nodelet agent"*)
+    pid=${pidfile#/proc/}; report "process ${pid%/cmdline}: $cmd" ;; esac
+done
+
+if [ "$found" = 0 ]; then echo "no leftovers"; fi
+exit "$found"

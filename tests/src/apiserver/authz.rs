@@ -1,0 +1,186 @@
+//! Authorization: system:masters may do anything; node identities get what the Node
+//! authorizer, the system:node role and the NodeRestriction admission plugin give a kubelet
+//! (plus the system:node-proxier role's reads); the user system:kube-proxy gets
+//! system:node-proxier; every authenticated user may read discovery and health.
+
+use serde_json::Value;
+
+use super::authn::{UserInfo, GROUP_MASTERS};
+use super::errors::ApiError;
+use super::resources::{self, ResourceType};
+
+/// What a resource request asks to do.
+pub struct ResourceRequest<'a> {
+    pub verb: &'a str,
+    pub resource: &'static ResourceType,
+    pub subresource: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+}
+
+const KUBE_NODE_LEASE: &str = "kube-node-lease";
+const MIRROR_POD_ANNOTATION: &str = "kubernetes.io/config.mirror";
+pub const KUBE_PROXY_USER: &str = "system:kube-proxy";
+
+fn is_read(verb: &str) -> bool {
+    matches!(verb, "get" | "list" | "watch")
+}
+
+/// The RBAC-style denial message.
+fn rbac_denied(user: &UserInfo, request: &ResourceRequest<'_>) -> ApiError {
+    let resource = if request.subresource.is_empty() {
+        request.resource.plural.to_string()
+    } else {
+        format!("{}/{}", request.resource.plural, request.subresource)
+    };
+    let scope = if request.namespace.is_empty() {
+        "at the cluster scope".to_string()
+    } else {
+        format!("in the namespace \"{}\"", request.namespace)
+    };
+    ApiError::forbidden(
+        request.resource,
+        request.name,
+        &format!(
+            "User \"{}\" cannot {} resource \"{}\" in API group \"{}\" {}",
+            user.name, request.verb, resource, request.resource.group, scope
+        ),
+    )
+}
+
+/// Non-resource URLs (discovery, version, health): any authenticated user.
+pub fn authorize_path(_user: &UserInfo) -> Result<(), ApiError> {
+    Ok(())
+}
+
+/// Decide a resource request. `stored` is the object as stored now (for writes to existing
+/// objects), `incoming` the object of a create.
+pub fn authorize(
+    user: &UserInfo,
+    request: &ResourceRequest<'_>,
+    stored: Option<&Value>,
+    incoming: Option<&Value>,
+) -> Result<(), ApiError> {
+    if user.in_group(GROUP_MASTERS) {
+        return Ok(());
+    }
+    if let Some(node) = user.node_name() {
+        return authorize_node(node, user, request, stored, incoming);
+    }
+    if user.name == KUBE_PROXY_USER && node_proxier_allows(request) {
+        return Ok(());
+    }
+    Err(rbac_denied(user, request))
+}
+
+/// The system:node-proxier role: list/watch services, endpointslices, nodes; write events.
+fn node_proxier_allows(request: &ResourceRequest<'_>) -> bool {
+    let r = request.resource;
+    let readable = std::ptr::eq(r, &resources::SERVICES)
+        || std::ptr::eq(r, &resources::ENDPOINT_SLICES)
+        || std::ptr::eq(r, &resources::NODES);
+    (readable && request.subresource.is_empty() && is_read(request.verb))
+        || (is_event(r) && matches!(request.verb, "create" | "patch" | "update"))
+}
+
+fn is_event(r: &ResourceType) -> bool {
+    std::ptr::eq(r, &resources::CORE_EVENTS) || std::ptr::eq(r, &resources::EVENTS_V1)
+}
+
+fn pod_node(pod: Option<&Value>) -> &str {
+    pod.and_then(|p| p.pointer("/spec/nodeName")).and_then(Value::as_str).unwrap_or_default()
+}
+
+fn authorize_node(
+    node: &str,
+    user: &UserInfo,
+    request: &ResourceRequest<'_>,
+    stored: Option<&Value>,
+    incoming: Option<&Value>,
+) -> Result<(), ApiError> {
+    let r = request.resource;
+    let verb = request.verb;
+    let sub = request.subresource;
+    let restricted = |why: String| Err(ApiError::forbidden(r, request.name, &why));
+
+    if std::ptr::eq(r, &resources::NODES) {
+        if sub.is_empty() && is_read(verb) {
+            return Ok(());
+        }
+        if (sub.is_empty() || sub == "status") && matches!(verb, "get" | "create" | "update" | "patch" | "delete") {
+            let target = if verb == "create" {
+                incoming.and_then(|o| o.pointer("/metadata/name")).and_then(Value::as_str).unwrap_or(request.name)
+            } else {
+                request.name
+            };
+            if target == node {
+                return Ok(());
+            }
+            return restricted(format!("node \"{node}\" is not allowed to modify node \"{target}\""));
+        }
+        return Err(rbac_denied(user, request));
+    }
+
+    if std::ptr::eq(r, &resources::LEASES) {
+        if request.namespace == KUBE_NODE_LEASE && matches!(verb, "get" | "create" | "update" | "patch" | "delete") {
+            let target = if verb == "create" {
+                incoming.and_then(|o| o.pointer("/metadata/name")).and_then(Value::as_str).unwrap_or(request.name)
+            } else {
+                request.name
+            };
+            if target == node {
+                return Ok(());
+            }
+            return restricted(format!(
+                "node \"{node}\" can only access node lease with the same name as the requesting node"
+            ));
+        }
+        return Err(rbac_denied(user, request));
+    }
+
+    if std::ptr::eq(r, &resources::PODS) {
+        match (sub, verb) {
+            ("", "get" | "list" | "watch") => return Ok(()),
+            ("status", "get") => return Ok(()),
+            ("status", "update" | "patch") => {
+                if pod_node(stored) == node {
+                    return Ok(());
+                }
+                return restricted(format!(
+                    "node \"{node}\" can only update pod status for pods with spec.nodeName set to itself"
+                ));
+            }
+            ("", "delete") => {
+                if pod_node(stored) == node {
+                    return Ok(());
+                }
+                return restricted(format!("node \"{node}\" can only delete pods with spec.nodeName set to itself"));
+            }
+            ("", "create") => {
+                let is_mirror = incoming
+                    .and_then(|o| o.pointer("/metadata/annotations"))
+                    .and_then(|a| a.get(MIRROR_POD_ANNOTATION))
+                    .is_some();
+                if !is_mirror {
+                    return restricted(format!("pod does not have \"{MIRROR_POD_ANNOTATION}\" annotation, node \"{node}\" can only create mirror pods"));
+                }
+                if pod_node(incoming) != node {
+                    return restricted(format!(
+                        "node \"{node}\" can only create pods with spec.nodeName set to itself"
+                    ));
+                }
+                return Ok(());
+            }
+            _ => return Err(rbac_denied(user, request)),
+        }
+    }
+
+    if is_event(r) && matches!(verb, "create" | "patch" | "update") {
+        return Ok(());
+    }
+    let node_readable = std::ptr::eq(r, &resources::SERVICES) || std::ptr::eq(r, &resources::ENDPOINT_SLICES);
+    if node_readable && sub.is_empty() && is_read(verb) {
+        return Ok(());
+    }
+    Err(rbac_denied(user, request))
+}

@@ -1,0 +1,22 @@
+//! Helpers for nodelet's end-to-end tests: each host object a test creates is owned by a
+//! guard that removes it on drop, so a failing test still leaves the machine clean.
+
+mod agent;
+mod cgroup;
+mod names;
+mod registry;
+mod wait;
+
+pub use agent::{nodelet_binary, NodeletProcess};
+pub use cgroup::TestCgroup;
+pub use names::unique_suffix;
+pub use registry::TestRegistry;
+pub use wait::wait_for;
+
+/// Panics with a clear message when the test does not run as root.
+pub fn require_root() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test creates namespaces, mounts, cgroups and BPF programs: run it as root"
+    );
+}

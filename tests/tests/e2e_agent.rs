@@ -1,0 +1,242 @@
+//! End to end: the test API server, a local registry and `nodelet agent` on the real kernel.
+//! The Node turns Ready and its Lease is renewed; a web-server pod and a client pod run; the
+//! client fetches the page through a Service's ClusterIP (eBPF connect4 in the test's own
+//! cgroup); the agent is killed and restarted without restarting the pod; everything is
+//! deleted, and afterwards no netns, veth, mount, cgroup, BPF program or process is left.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+use nodelet_tests::apiserver::TestApiServer;
+use nodelet_tests::harness::{require_root, unique_suffix, wait_for, NodeletProcess, TestCgroup, TestRegistry};
+use serde_json::json;
+
+const VIP: &str = "10.96.77.10";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_runs_pods_and_balances_a_service() {
+    require_root();
+    let suffix = unique_suffix();
+    let work = tempfile::Builder::new().prefix("nodelet-e2e").tempdir().expect("temp dir");
+    let registry = TestRegistry::start(&work.path().join("registry"));
+    let api = TestApiServer::start(&work.path().join("api")).await.expect("test API server");
+    let node_name = format!("e2e-{suffix}");
+    let kubeconfig = api.node_kubeconfig(&node_name).expect("node kubeconfig");
+    let admin = admin_client(&api).await;
+    let cgroup = TestCgroup::create(&format!("nodelet-e2e-{suffix}"));
+
+    let args: Vec<String> = vec![
+        "agent".into(),
+        "--kubeconfig".into(),
+        kubeconfig.display().to_string(),
+        "--node-name".into(),
+        node_name.clone(),
+        "--pod-cidr".into(),
+        "10.245.7.0/24".into(),
+        "--cgroup-root".into(),
+        cgroup.path(),
+        "--proxy-attach-cgroup".into(),
+        cgroup.cgroup2_dir.display().to_string(),
+    ];
+    let mut agent = NodeletProcess::start(work.path(), &format!("nlb{suffix}"), &args);
+
+    // The Node registers and turns Ready; the Lease is renewed.
+    let nodes: Api<Node> = Api::all(admin.clone());
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), "kube-node-lease");
+    wait_for("the Node to be Ready", Duration::from_secs(60), || async {
+        let node = nodes.get_opt(&node_name).await.ok()??;
+        node_ready(&node).then_some(())
+    })
+    .await;
+    let first_renew = wait_for("the node Lease", Duration::from_secs(30), || async {
+        lease_renew_time(&leases.get_opt(&node_name).await.ok()??)
+    })
+    .await;
+    wait_for("the Lease to be renewed", Duration::from_secs(30), || async {
+        let renew = lease_renew_time(&leases.get_opt(&node_name).await.ok()??)?;
+        (renew != first_renew).then_some(())
+    })
+    .await;
+
+    // A web server, then a Service and its EndpointSlice in front of it.
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    pods.create(&PostParams::default(), &web_pod(&node_name, &registry.image("web:1")))
+        .await
+        .expect("creating the web pod");
+    let web = wait_for("the web pod to run", Duration::from_secs(120), || async {
+        let pod = pods.get("web").await.ok()?;
+        pod_ready(&pod).then_some(pod)
+    })
+    .await;
+    let web_ip = web.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("web pod IP");
+    let web_container = container_id(&web);
+
+    let services: Api<Service> = Api::namespaced(admin.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(admin.clone(), "default");
+    services.create(&PostParams::default(), &web_service()).await.expect("creating the Service");
+    slices.create(&PostParams::default(), &web_slice(&web_ip, &node_name)).await.expect("creating the EndpointSlice");
+
+    // The agent crashes and comes back: the web pod keeps running, not restarted.
+    agent.crash_and_restart();
+    wait_for("the agent to report the web pod again", Duration::from_secs(60), || async {
+        let pod = pods.get("web").await.ok()?;
+        (pod_ready(&pod) && container_id(&pod) == web_container).then_some(())
+    })
+    .await;
+    let web = pods.get("web").await.expect("web pod");
+    assert_eq!(restart_count(&web), 0, "adoption must not restart the container");
+
+    // A client pod fetches the page through the ClusterIP.
+    pods.create(&PostParams::default(), &client_pod(&node_name, &registry.image("busybox:1")))
+        .await
+        .expect("creating the client pod");
+    let client = wait_for("the client pod to finish", Duration::from_secs(120), || async {
+        let pod = pods.get("client").await.ok()?;
+        let phase = pod.status.as_ref()?.phase.clone()?;
+        (phase == "Succeeded" || phase == "Failed").then_some(pod)
+    })
+    .await;
+    assert_eq!(
+        client.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded"),
+        "the client could not fetch http://{VIP}/ through the Service: {:?}\nagent log:\n{}",
+        client.status,
+        agent.log()
+    );
+
+    // Everything is deleted; the agent finishes each deletion with the final delete.
+    for name in ["web", "client"] {
+        pods.delete(name, &DeleteParams::default()).await.expect("deleting a pod");
+    }
+    services.delete("web", &DeleteParams::default()).await.expect("deleting the Service");
+    slices.delete("web", &DeleteParams::default()).await.expect("deleting the EndpointSlice");
+    wait_for("the pods to be gone", Duration::from_secs(90), || async {
+        let list = pods.list(&Default::default()).await.ok()?;
+        list.items.is_empty().then_some(())
+    })
+    .await;
+    assert!(agent.leftover_veths().is_empty(), "veths left on the bridge: {:?}", agent.leftover_veths());
+    let netns_left: Vec<_> =
+        std::fs::read_dir(&agent.netns_dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(netns_left.is_empty(), "network namespaces left: {netns_left:?}");
+    let pod_mounts: Vec<_> = agent.leftover_mounts();
+    assert!(pod_mounts.is_empty(), "mounts left: {pod_mounts:?}");
+    assert!(agent.is_running(), "the agent exited:\n{}", agent.log());
+
+    assert!(agent.stop(Duration::from_secs(15)).is_some());
+    drop(agent);
+    let attached = bpf_programs_on(&cgroup.cgroup2_dir);
+    assert!(attached.is_empty(), "BPF programs still attached after the agent stopped: {attached}");
+    drop(cgroup);
+    api.shutdown().await;
+    drop(registry);
+}
+
+async fn admin_client(api: &TestApiServer) -> Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(api.admin_kubeconfig()).expect("admin kubeconfig");
+    let config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.expect("admin client config");
+    Client::try_from(config).expect("admin client")
+}
+
+fn node_ready(node: &Node) -> bool {
+    let conditions = node.status.as_ref().and_then(|s| s.conditions.as_ref());
+    conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+    conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn container_id(pod: &Pod) -> Option<String> {
+    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    statuses.first()?.container_id.clone()
+}
+
+fn restart_count(pod: &Pod) -> i32 {
+    let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref());
+    statuses.and_then(|s| s.first()).map(|s| s.restart_count).unwrap_or(-1)
+}
+
+fn lease_renew_time(lease: &Lease) -> Option<String> {
+    let renew = lease.spec.as_ref()?.renew_time.as_ref()?;
+    Some(renew.0.to_rfc3339())
+}
+
+fn web_pod(node: &str, image: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web", "labels": {"app": "web"}},
+        "spec": {
+            "nodeName": node,
+            "terminationGracePeriodSeconds": 5,
+            "containers": [{
+                "name": "httpd", "image": image,
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "resources": {"limits": {"cpu": "200m", "memory": "64Mi"}}
+            }]
+        }
+    }))
+    .expect("web pod")
+}
+
+fn client_pod(node: &str, image: &str) -> Pod {
+    // busybox nc, not wget: Debian's static busybox wget segfaults (also outside containers).
+    let script = format!(
+        "for i in $(seq 1 30); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {VIP} 80 | grep -q 'hello from nodelet' && exit 0; sleep 1; done; exit 1"
+    );
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "client"},
+        "spec": {
+            "nodeName": node,
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "nc", "image": image, "command": ["sh", "-c", script]}]
+        }
+    }))
+    .expect("client pod")
+}
+
+fn web_service() -> Service {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web"},
+        "spec": {
+            "clusterIP": VIP, "clusterIPs": [VIP], "selector": {"app": "web"},
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+        }
+    }))
+    .expect("service")
+}
+
+fn web_slice(ip: &str, node: &str) -> EndpointSlice {
+    let labels: BTreeMap<&str, &str> = [("kubernetes.io/service-name", "web")].into();
+    serde_json::from_value(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web", "labels": labels},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": true}, "nodeName": node}],
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+    }))
+    .expect("endpoint slice")
+}
+
+/// What bpftool lists as attached to the cgroup ("" when nothing).
+fn bpf_programs_on(cgroup: &std::path::Path) -> String {
+    let out = std::process::Command::new("bpftool").args(["cgroup", "show"]).arg(cgroup).output();
+    match out {
+        Ok(out) => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with("ID"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Err(_) => String::new(),
+    }
+}
