@@ -26,7 +26,10 @@ cleanup() {
   set +e
   if [ -n "$nodelet_pid" ]; then kill -TERM "$nodelet_pid" 2>/dev/null; wait "$nodelet_pid" 2>/dev/null; fi
   tests/scripts/registry.sh stop "$work/registry" >/dev/null 2>&1
-  rmdir "$hook_cgroup/client" 2>/dev/null
+  # The demo's cgroup, in every hierarchy (pods' cgroups went with the pods): deepest first.
+  for dir in /sys/fs/cgroup/*/nodelet-demo; do
+    [ -d "$dir" ] && find "$dir" -depth -type d -exec rmdir {} \; 2>/dev/null
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT

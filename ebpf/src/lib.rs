@@ -12,6 +12,9 @@ mod maps;
 mod object;
 mod types;
 
+#[cfg(feature = "test-support")]
+pub mod test_support;
+
 pub use error::EbpfError;
 pub use loader::{CgroupAttachment, MapSizes, SockLb};
 pub use maps::LbMaps;

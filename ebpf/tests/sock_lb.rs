@@ -2,16 +2,14 @@
 //! cgroup of the test's own, clients in that cgroup dialing a VIP reach
 //! loopback backends. Nothing is attached anywhere else.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
+use nodelet_ebpf::test_support::{require_root, tcp_connects_from, udp_sends_from, TcpBackend, TestCgroup, UdpBackend};
 use nodelet_ebpf::{Backend, EbpfError, Frontend, Protocol, SockLb, MAX_BACKENDS};
-use support::{require_root, tcp_connects_from, udp_sends_from, TcpBackend, TestCgroup, UdpBackend};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 

@@ -83,6 +83,10 @@ pub fn proxy_config(cfg: &LocalConfig) -> nodelet_proxy::ProxyConfig {
     }
 }
 
+/// How long `stop_idle_monitor` waits for the monitor to exit: 100 polls of 50 ms.
+const MONITOR_STOP_POLLS: u32 = 100;
+const MONITOR_STOP_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Ends the container monitor this process relies on, once it parents no container
 /// (standalone mode on exit). SIGTERM by the pid the monitor recorded.
 pub async fn stop_idle_monitor(monitor: &Runtime) {
@@ -93,7 +97,7 @@ pub async fn stop_idle_monitor(monitor: &Runtime) {
             return;
         }
         Err(err) => {
-            tracing::warn!(error = %crate::pod::runtime_port::error_chain(&err), "asking the container monitor for its containers");
+            tracing::warn!(error = %nodelet_runtime::error_chain(&err), "asking the container monitor for its containers");
             return;
         }
     }
@@ -102,10 +106,19 @@ pub async fn stop_idle_monitor(monitor: &Runtime) {
             let pid = nix::unistd::Pid::from_raw(pid);
             if let Err(errno) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM) {
                 tracing::warn!(%pid, %errno, "stopping the container monitor");
+                return;
             }
+            // Return only once it is gone, so nothing of ours outlives `nodelet run`.
+            for _ in 0..MONITOR_STOP_POLLS {
+                if nix::sys::signal::kill(pid, None).is_err() {
+                    return;
+                }
+                tokio::time::sleep(MONITOR_STOP_POLL).await;
+            }
+            tracing::warn!(%pid, "the container monitor did not exit after SIGTERM");
         }
         Err(err) => {
-            tracing::warn!(error = %crate::pod::runtime_port::error_chain(&err), "finding the container monitor's pid")
+            tracing::warn!(error = %nodelet_runtime::error_chain(&err), "finding the container monitor's pid")
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod host_runtime;
 pub mod local;
 pub mod node;
 pub mod pod;
+pub mod serve;
 pub mod standalone;
 
 /// nodelet's version, reported as the kubelet and container runtime version.

@@ -1,6 +1,7 @@
 //! Settings for the host side of the agent, shared by `nodelet agent` and `nodelet run`:
 //! where state lives, how pods get cgroups and network, where the Service hook attaches.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
@@ -23,6 +24,8 @@ pub struct LocalConfig {
     pub proxy_attach_cgroup: Option<PathBuf>,
     /// This executable, re-run as `nodelet monitor` for the container monitor.
     pub self_exe: PathBuf,
+    /// Where /healthz and /metrics are served; `None` = not at all.
+    pub healthz_bind_address: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +113,7 @@ mod tests {
             netns_dir: "/run/nodelet/netns".into(),
             proxy_attach_cgroup: None,
             self_exe: "/usr/bin/nodelet".into(),
+            healthz_bind_address: None,
         }
     }
 

@@ -2,16 +2,14 @@
 //! the test's own: a Service + EndpointSlice pointing at loopback listeners
 //! make the VIP reachable; an EndpointSlice change moves it to a new backend.
 
-mod support;
-
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use nodelet_ebpf::test_support::{require_root, tcp_connects_from, TcpBackend, TestCgroup};
 use nodelet_proxy::datapath::EbpfDatapath;
 use nodelet_proxy::{parse_service_objects, run_static, ProxyConfig, Reconciler};
-use support::{require_root, tcp_connects_from, TcpBackend, TestCgroup};
 use tokio_util::sync::CancellationToken;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);

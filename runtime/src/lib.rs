@@ -5,7 +5,10 @@
 
 pub mod cgroups;
 pub mod container;
+mod error_chain;
 pub mod image;
 pub mod monitor;
 pub mod network;
 pub mod sys;
+
+pub use error_chain::error_chain;

@@ -12,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::host_runtime::{self, HostRuntimeError};
 use crate::local::{LocalConfig, LocalConfigError};
-use crate::node::{self, FactSources, NodeConfig, NodeError, NodeFacts, NodeReadiness};
+use crate::node::{self, FactSources, KubeNodeApi, NodeConfig, NodeError, NodeFacts, NodeReadiness};
 use crate::pod;
+use crate::serve::{self, AgentMetrics, ServeError};
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -57,11 +58,17 @@ pub enum AgentError {
     Register(#[source] NodeError),
     #[error(transparent)]
     HostRuntime(#[from] HostRuntimeError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
 }
 
 pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     let client = client_from_kubeconfig(&cfg.kubeconfig).await?;
     let local = &cfg.local;
+    let metrics = AgentMetrics::register();
+    // Bound before anything touches the host; held to the end, so /healthz answers only
+    // while the loops below run.
+    let endpoint = serve::start(local.healthz_bind_address, metrics.registry.clone(), &shutdown).await?;
     std::fs::create_dir_all(&local.root_dir)
         .map_err(|source| AgentError::RootDir { path: local.root_dir.clone(), source })?;
     let facts = NodeFacts::gather(&FactSources::host(&local.root_dir)).map_err(AgentError::Facts)?;
@@ -77,8 +84,11 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
         "container runtime network not ready",
         "pod network is not configured yet",
     ));
-    let heartbeats =
-        tokio::spawn(node::run_node(client.clone(), node_config.clone(), facts.clone(), readiness, shutdown.clone()));
+    let heartbeats = tokio::spawn({
+        let (api, node_metrics, shutdown) = (KubeNodeApi::new(client.clone()), metrics.node.clone(), shutdown.clone());
+        let (node_config, facts) = (node_config.clone(), facts.clone());
+        async move { node::run_node_with(&api, node_config, facts, readiness, &node_metrics, &shutdown).await }
+    });
 
     let Some(pod_cidr) = pod_cidr::resolve(&client, &local.node_name, local.pod_cidr, &shutdown).await else {
         return finish(heartbeats).await; // shut down before a pod CIDR was known
@@ -99,10 +109,12 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
         client.clone(),
         host_runtime::pod_config(local, host_ip),
         host.node_runtime.clone(),
+        &metrics.pods,
         shutdown.clone(),
     );
     let proxy = run_proxy(cfg.proxy_enabled, client.clone(), local, shutdown.clone());
     tokio::join!(pods, proxy);
+    drop(endpoint);
     finish(heartbeats).await
 }
 
@@ -124,7 +136,7 @@ async fn run_proxy(enabled: bool, client: kube::Client, local: &LocalConfig, shu
     }
     let config = host_runtime::proxy_config(local);
     if let Err(err) = nodelet_proxy::run(client, config, shutdown).await {
-        tracing::error!(error = %crate::pod::runtime_port::error_chain(&err), "the Service proxy stopped; Services are not load-balanced on this node");
+        tracing::error!(error = %nodelet_runtime::error_chain(&err), "the Service proxy stopped; Services are not load-balanced on this node");
     }
 }
 

@@ -1,10 +1,12 @@
 //! `nodelet run DIR`: standalone mode, static pods and Services from manifests.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use nodelet_kubelet::local::LocalConfig;
+use nodelet_kubelet::serve;
 
 /// Settings shared by `agent` and `run`: where state lives and how pods are wired on this host.
 #[derive(clap::Args, Debug)]
@@ -28,6 +30,17 @@ pub struct LocalArgs {
     /// so every process of the node reaches Services).
     #[arg(long)]
     proxy_attach_cgroup: Option<PathBuf>,
+    /// Where to serve /healthz and /metrics (ip:port; "" or "0" serves nothing).
+    #[arg(long, default_value = serve::DEFAULT_BIND_ADDRESS, value_parser = parse_bind_address)]
+    healthz_bind_address: BindAddress,
+}
+
+/// `--healthz-bind-address`, wrapped so that clap does not read `Option` as "flag optional".
+#[derive(Clone, Debug)]
+struct BindAddress(Option<SocketAddr>);
+
+fn parse_bind_address(text: &str) -> Result<BindAddress, std::net::AddrParseError> {
+    serve::parse_bind_address(text).map(BindAddress)
 }
 
 impl LocalArgs {
@@ -42,6 +55,7 @@ impl LocalArgs {
             netns_dir: self.netns_dir,
             proxy_attach_cgroup: self.proxy_attach_cgroup,
             self_exe,
+            healthz_bind_address: self.healthz_bind_address.0,
         })
     }
 }

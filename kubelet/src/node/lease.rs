@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::api::{NodeApi, NODE_LEASE_NAMESPACE};
 use super::metrics::{HeartbeatResult, NodeMetrics};
-use super::register::error_chain;
 use super::{Backoff, NodeError};
+use nodelet_runtime::error_chain;
 
 /// kubelet's lease retry backoff: 200ms doubling to 7s.
 pub const LEASE_INITIAL_BACKOFF: Duration = Duration::from_millis(200);

@@ -2,6 +2,7 @@
 //! re-assert the default labels and this machine's status. Retries with backoff until it
 //! works or the agent shuts down.
 
+use nodelet_runtime::error_chain;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -79,16 +80,4 @@ pub async fn try_register<A: NodeApi>(
             .map_err(|source| NodeError::api("patch node status", name, source))?;
     }
     Ok(existing)
-}
-
-/// The error and its causes on one line, for logs.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

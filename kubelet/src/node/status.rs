@@ -14,8 +14,8 @@ use super::config::NodeConfig;
 use super::facts::NodeFacts;
 use super::metrics::{HeartbeatResult, NodeMetrics};
 use super::object::{desired_status, status_changed, status_patch};
-use super::register::error_chain;
 use super::NodeError;
+use nodelet_runtime::error_chain;
 
 /// kubelet's `nodeStatusUpdateRetry`: attempts per update before waiting for the next tick.
 const STATUS_UPDATE_RETRIES: usize = 5;

@@ -9,6 +9,7 @@ pub mod expand;
 pub mod ids;
 pub mod layout;
 pub mod manager;
+pub mod metrics;
 pub mod model;
 pub mod node_runtime;
 pub mod pod_files;
@@ -35,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::PodConfig;
 pub use manager::{PodManager, SourceEvent};
+pub use metrics::PodMetrics;
 pub use node_runtime::NodeRuntime;
 pub use runtime_port::PodRuntime;
 pub use source::SourceError;
@@ -47,13 +49,15 @@ pub const STATIC_RESCAN: Duration = Duration::from_secs(5);
 
 /// Agent mode: run the pods the API server binds to `cfg.node_name`, report their status
 /// and finish their deletions, until `shutdown`. Containers keep running after shutdown.
+/// The statuses reported update `metrics`.
 pub async fn run_api_pods(
     client: kube::Client,
     cfg: PodConfig,
     runtime: Arc<dyn PodRuntime>,
+    metrics: &PodMetrics,
     shutdown: CancellationToken,
 ) {
-    let sink: Arc<dyn StatusSink> = Arc::new(ApiStatusSink::new(client.clone()));
+    let sink = metrics.observe(Arc::new(ApiStatusSink::new(client.clone())));
     let node_name = cfg.node_name.clone();
     let manager = PodManager::new(WorkerContext { cfg: Arc::new(cfg), runtime, sink }, shutdown.clone());
     let (tx, rx) = mpsc::channel(64);

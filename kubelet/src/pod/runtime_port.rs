@@ -32,17 +32,7 @@ impl PortError {
     }
 }
 
-/// The error and all its causes on one line, as a status message shows it.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(inner) = cause {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        cause = inner.source();
-    }
-    text
-}
+pub use nodelet_runtime::error_chain;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SandboxInfo {

@@ -32,6 +32,8 @@ pub trait StatusSink: Send + Sync {
     async fn report(&self, pod: &Pod, status: &PodStatus) -> Result<(), SinkError>;
     /// The pod was deleted through the API and everything is released: remove the object.
     async fn finish_deletion(&self, pod: &Pod) -> Result<(), SinkError>;
+    /// The worker released everything of the pod and stops: what is kept about it can go.
+    async fn released(&self, _pod: &Pod) {}
 }
 
 fn key(pod: &Pod) -> (String, String) {

@@ -132,6 +132,7 @@ impl Worker {
             if matches!(plan.removal, Some(Removal::Deleted { .. })) {
                 self.ctx.sink.finish_deletion(pod).await?;
             }
+            self.ctx.sink.released(pod).await;
             return Ok(StepOutcome::Released);
         }
         if decision.actions.is_empty() {

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::host_runtime::{self, HostRuntimeError};
 use crate::local::LocalConfig;
 use crate::pod::{self, MemoryStatusSink, PodManager, SourceEvent, StatusSink};
+use crate::serve::{self, AgentMetrics, ServeError};
 
 pub use endpoints::slices_for_pods;
 
@@ -26,12 +27,18 @@ pub enum StandaloneError {
     Manifests(#[source] pod::SourceError),
     #[error(transparent)]
     HostRuntime(#[from] HostRuntimeError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
 }
 
 pub async fn run_standalone(dir: &Path, cfg: LocalConfig, shutdown: CancellationToken) -> Result<(), StandaloneError> {
     let pod_cidr = cfg.pod_cidr.ok_or(StandaloneError::NoPodCidr)?;
     // Fail before touching the host when the directory is unusable.
     pod::source::load_static_pods(dir, &cfg.node_name).map_err(StandaloneError::Manifests)?;
+    let metrics = AgentMetrics::register();
+    metrics.node.set_node_name(&cfg.node_name);
+    // Held until the pods stop: /healthz answers only while they run.
+    let endpoint = serve::start(cfg.healthz_bind_address, metrics.registry.clone(), &shutdown).await?;
     let host = host_runtime::open(&cfg, pod_cidr).await?;
     let pod_config = host_runtime::pod_config(&cfg, None);
     let sink = Arc::new(MemoryStatusSink::new());
@@ -41,7 +48,7 @@ pub async fn run_standalone(dir: &Path, cfg: LocalConfig, shutdown: Cancellation
         dir.to_path_buf(),
         pod_config.clone(),
         host.node_runtime.clone(),
-        sink.clone(),
+        metrics.pods.observe(sink.clone()),
         running.clone(),
     );
     let proxy = services::run(dir, &cfg, sink.clone(), running.clone());
@@ -50,8 +57,9 @@ pub async fn run_standalone(dir: &Path, cfg: LocalConfig, shutdown: Cancellation
         running.cancel();
     };
     let (pods_result, (), ()) = tokio::join!(pods, proxy, stop);
+    drop(endpoint);
     if let Err(err) = pods_result {
-        tracing::error!(error = %pod::runtime_port::error_chain(&err), "static pods");
+        tracing::error!(error = %nodelet_runtime::error_chain(&err), "static pods");
     }
 
     release_everything(pod_config, host, sink).await;
@@ -70,10 +78,10 @@ async fn release_everything(pod_config: pod::PodConfig, host: host_runtime::Host
     drop(events);
     manager.run(receiver).await;
     if let Err(err) = host.network.remove_bridge().await {
-        tracing::warn!(error = %pod::runtime_port::error_chain(&err), "removing the pod bridge");
+        tracing::warn!(error = %nodelet_runtime::error_chain(&err), "removing the pod bridge");
     }
     if let Err(err) = host.network.release_netns_dir() {
-        tracing::warn!(error = %pod::runtime_port::error_chain(&err), "releasing the netns directory");
+        tracing::warn!(error = %nodelet_runtime::error_chain(&err), "releasing the netns directory");
     }
     host_runtime::stop_idle_monitor(&host.monitor).await;
 }

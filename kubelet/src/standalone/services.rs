@@ -24,7 +24,7 @@ pub async fn run(dir: &Path, cfg: &LocalConfig, statuses: Arc<MemoryStatusSink>,
     let datapath = match EbpfDatapath::new(&crate::host_runtime::proxy_config(cfg)) {
         Ok(datapath) => datapath,
         Err(err) => {
-            tracing::error!(error = %pod::runtime_port::error_chain(&err), "the Service proxy cannot start; Services are not load-balanced");
+            tracing::error!(error = %nodelet_runtime::error_chain(&err), "the Service proxy cannot start; Services are not load-balanced");
             return;
         }
     };
@@ -39,7 +39,7 @@ pub async fn run(dir: &Path, cfg: &LocalConfig, statuses: Arc<MemoryStatusSink>,
                     applied = Some(desired);
                 }
                 Err(err) => {
-                    tracing::warn!(error = %pod::runtime_port::error_chain(&err), "syncing the Service datapath; retrying")
+                    tracing::warn!(error = %nodelet_runtime::error_chain(&err), "syncing the Service datapath; retrying")
                 }
             }
         }
@@ -62,7 +62,7 @@ fn read_manifest_objects(dir: &Path) -> ServiceObjects {
     let mut objects = ServiceObjects::default();
     for path in pod::source::manifest_files(dir).unwrap_or_default() {
         let parsed = std::fs::read_to_string(&path).map_err(|e| e.to_string()).and_then(|text| {
-            parse_service_objects(&text, &path.display().to_string()).map_err(|e| pod::runtime_port::error_chain(&e))
+            parse_service_objects(&text, &path.display().to_string()).map_err(|e| nodelet_runtime::error_chain(&e))
         });
         match parsed {
             Ok(mut found) => {

@@ -1,6 +1,7 @@
 //! The container's init, run in the cloned child: each setup step in order, the report to
 //! the monitor, the wait for `start`, and the exec of the user process.
 
+use crate::error_chain;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -192,16 +193,4 @@ fn wait_for_start(mut fifo: std::fs::File, path: &std::path::Path) -> Result<(),
             Err(source) => return Err(InitError::WaitForStart { path: path.to_path_buf(), source }),
         }
     }
-}
-
-/// "outer: inner: root cause", so the monitor's error names every level.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

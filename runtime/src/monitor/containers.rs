@@ -79,7 +79,7 @@ impl Containers {
 
     fn persist(&self, record: &Record) {
         if let Err(e) = store::save(&self.root, record) {
-            tracing::error!(id = %record.state.id, error = %super::error_chain(&e), "cannot save container state");
+            tracing::error!(id = %record.state.id, error = %crate::error_chain(&e), "cannot save container state");
         }
     }
 

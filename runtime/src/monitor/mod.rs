@@ -153,17 +153,5 @@ pub enum RuntimeError {
 
 /// "outer: inner: root cause" of a runtime error, for logs and the wire.
 pub fn error_text(error: &RuntimeError) -> String {
-    error_chain(error)
-}
-
-/// "outer: inner: root cause", for errors that cross the socket as text.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    crate::error_chain(error)
 }

@@ -17,7 +17,8 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use super::containers::{reap_children, Containers};
 use super::protocol::{ErrorKind, Request, Response};
 use super::store;
-use super::{error_chain, RuntimeError, PID_FILE_NAME, SOCKET_NAME};
+use super::{RuntimeError, PID_FILE_NAME, SOCKET_NAME};
+use crate::error_chain;
 
 const LOCK_FILE_NAME: &str = "monitor.lock";
 /// A client that sends more than this without a newline is dropped.

@@ -57,6 +57,9 @@ impl NodeletProcess {
             .arg(&self.netns_dir)
             .arg("--bridge")
             .arg(&self.bridge)
+            // Tests run agents side by side: each takes a free port, never kubelet's 10248.
+            .arg("--healthz-bind-address")
+            .arg("127.0.0.1:0")
             .arg("-v")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
@@ -108,6 +111,27 @@ impl NodeletProcess {
         let text = std::fs::read_to_string(self.root_dir.join("runtime/monitor.pid")).ok()?;
         let pid: i32 = text.trim().parse().ok()?;
         Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+    }
+
+    /// The pid of the nodelet process, while it is started.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Every mount under the test's root or netns directory, the netns directory's own bind
+    /// mount included.
+    pub fn all_mounts(&self) -> Vec<String> {
+        self.mounts_below()
+    }
+
+    /// The pid of a container's init process as the monitor's state file records it
+    /// (`state.pid` in `<root>/runtime/containers/<id>/state.json`); `id` with or without
+    /// the `nodelet://` scheme.
+    pub fn container_pid(&self, id: &str) -> Option<i32> {
+        let id = id.strip_prefix("nodelet://").unwrap_or(id);
+        let path = self.root_dir.join("runtime/containers").join(id).join("state.json");
+        let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+        state.pointer("/state/pid")?.as_i64().and_then(|pid| i32::try_from(pid).ok())
     }
 
     /// Mounts still present under the test's root or netns directory: pods' root

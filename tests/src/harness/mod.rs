@@ -3,12 +3,14 @@
 
 mod agent;
 mod cgroup;
+mod host;
 mod names;
 mod registry;
 mod wait;
 
 pub use agent::{nodelet_binary, NodeletProcess};
 pub use cgroup::TestCgroup;
+pub use host::{bpf_programs_on, http_get_from_cgroup, link_exists, process_alive};
 pub use names::unique_suffix;
 pub use registry::TestRegistry;
 pub use wait::wait_for;

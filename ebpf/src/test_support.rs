@@ -1,7 +1,5 @@
-//! Helpers of the root-only BPF tests: a cgroup of the test's own, loopback
+//! Helpers of the root-only datapath tests (this crate's and the proxy's): a cgroup of the test's own, loopback
 //! backends, and a client process placed in that cgroup.
-
-#![allow(dead_code)] // each test binary uses a different subset
 
 use std::fs;
 use std::io::Write;
