@@ -6,6 +6,7 @@ use super::report::Check;
 
 pub const SYSCALL_NAME: &str = "bpf syscall";
 pub const BTF_NAME: &str = "btf";
+pub const PROGRAMS_NAME: &str = "bpf programs";
 
 /// The sysctl exists exactly when the kernel has the bpf syscall (CONFIG_BPF_SYSCALL); the
 /// kernel config, when readable, also tells whether cgroup programs exist (CONFIG_CGROUP_BPF).
@@ -34,5 +35,19 @@ pub fn check_btf(host_root: &Path) -> Check {
         Check::ok(BTF_NAME, "/sys/kernel/btf/vmlinux")
     } else {
         Check::warn(BTF_NAME, "no /sys/kernel/btf/vmlinux: BPF programs may fail to load")
+    }
+}
+
+/// Load the Service load-balancer's programs and maps into this kernel, through the verifier,
+/// without attaching them anywhere; they are unloaded again when dropped. This answers what
+/// the version checks can only guess: whether the `cgroup/connect4` program and its helpers
+/// (bpf_set_retval needs 5.18) are accepted here.
+pub fn check_programs_load() -> Check {
+    match nodelet_ebpf::SockLb::load() {
+        Ok(_loaded) => Check::ok(PROGRAMS_NAME, "cgroup/connect4 load-balancer and its maps load (not attached)"),
+        Err(err) => Check::warn(
+            PROGRAMS_NAME,
+            format!("cannot load the Service load-balancer ({}): Services are not load-balanced", nodelet_runtime::error_chain(&err)),
+        ),
     }
 }

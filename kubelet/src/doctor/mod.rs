@@ -20,7 +20,7 @@ pub use report::{Check, CheckStatus, DoctorReport};
 
 /// Names of the checks, as they appear in the report.
 pub mod check_names {
-    pub use super::bpf::{BTF_NAME as BTF, SYSCALL_NAME as BPF_SYSCALL};
+    pub use super::bpf::{BTF_NAME as BTF, PROGRAMS_NAME as BPF_PROGRAMS, SYSCALL_NAME as BPF_SYSCALL};
     pub use super::cgroups::{CONTROLLERS_NAME as CGROUP_CONTROLLERS, MODE_NAME as CGROUP_MODE};
     pub use super::filesystems::{BPFFS_NAME as BPFFS, OVERLAY_NAME as OVERLAYFS};
     pub use super::kernel::NAME as KERNEL;
@@ -34,12 +34,14 @@ pub struct DoctorOptions {
     pub host_root: PathBuf,
     /// Check that this process runs as root (off for fake roots in tests).
     pub check_privileges: bool,
+    /// Load the BPF programs into the running kernel (off for fake roots in tests).
+    pub probe_bpf: bool,
 }
 
 impl DoctorOptions {
     /// The real host.
     pub fn host() -> Self {
-        DoctorOptions { host_root: PathBuf::from("/"), check_privileges: true }
+        DoctorOptions { host_root: PathBuf::from("/"), check_privileges: true, probe_bpf: true }
     }
 }
 
@@ -66,6 +68,9 @@ pub fn diagnose(options: &DoctorOptions) -> DoctorReport {
     }
     checks.push(bpf::check_bpf_syscall(root));
     checks.push(bpf::check_btf(root));
+    if options.probe_bpf {
+        checks.push(bpf::check_programs_load());
+    }
     DoctorReport { checks }
 }
 
