@@ -13,6 +13,9 @@ const CLANG: &str = "clang-19";
 const BPFTOOL: &str = "bpftool";
 const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 const PROGRAMS: &[&str] = &["sock_lb"];
+/// Variants compiled besides each program: `<program><suffix>.bpf.o` with `-D<define>`.
+/// The pinned variant declares its maps `LIBBPF_PIN_BY_NAME` (see sock_lb.bpf.c).
+const VARIANTS: &[(&str, &str)] = &[("", ""), ("_pinned", "NODELET_PIN_BY_NAME")];
 /// Structs of `bpf/lb.h` whose layout the Rust mirrors are checked against.
 const MIRRORED_STRUCTS: &[&str] = &["lb4_key", "lb4_value"];
 /// The layout of `bpf/lb.h` when the C is not compiled (skip mode only).
@@ -35,8 +38,8 @@ fn main() {
     let skip = env::var("NODELET_SKIP_BPF_BUILD").is_ok_and(|v| v == "1");
     let layout_rs = out_dir.join("c_layout.rs");
     if skip {
-        for program in PROGRAMS {
-            let object = out_dir.join(format!("{program}.bpf.o"));
+        for (program, (suffix, _)) in PROGRAMS.iter().flat_map(|p| VARIANTS.iter().map(move |v| (p, v))) {
+            let object = out_dir.join(format!("{program}{suffix}.bpf.o"));
             fs::write(&object, []).expect("write empty BPF object");
             println!("cargo:warning=NODELET_SKIP_BPF_BUILD=1: {program} not built, loading it will fail");
         }
@@ -45,7 +48,9 @@ fn main() {
     }
     let vmlinux_h = generate_vmlinux_h(&out_dir);
     for program in PROGRAMS {
-        compile(program, &vmlinux_h, &out_dir.join(format!("{program}.bpf.o")));
+        for (suffix, define) in VARIANTS {
+            compile(program, define, &vmlinux_h, &out_dir.join(format!("{program}{suffix}.bpf.o")));
+        }
     }
     let layout = c_layout_from_btf(&out_dir.join("sock_lb.bpf.o"));
     fs::write(&layout_rs, layout).expect("write c_layout.rs");
@@ -132,10 +137,14 @@ fn generate_vmlinux_h(out_dir: &Path) -> PathBuf {
     header
 }
 
-fn compile(program: &str, vmlinux_h: &Path, object: &Path) {
+fn compile(program: &str, define: &str, vmlinux_h: &Path, object: &Path) {
     let source = format!("bpf/{program}.bpf.c");
     let include_generated = vmlinux_h.parent().expect("vmlinux.h has a parent dir");
-    let output = Command::new(CLANG)
+    let mut clang = Command::new(CLANG);
+    if !define.is_empty() {
+        clang.arg(format!("-D{define}"));
+    }
+    let output = clang
         .args(["-target", "bpf", "-O2", "-g", "-Wall", "-Werror"])
         .arg(format!("-D__TARGET_ARCH_{}", bpf_target_arch()))
         .arg("-I")

@@ -22,6 +22,15 @@ struct {
 	__type(value, struct lb4_value);
 	/* Overridden by the loader from MapSizes. */
 	__uint(max_entries, 65536);
+#ifdef NODELET_PIN_BY_NAME
+	/*
+	 * The pinned build (sock_lb_pinned.bpf.o): the loader opens
+	 * <pin dir>/lb4_services if it exists, so a restarted agent programs the
+	 * map the attached program reads. A separate object because aya pins
+	 * such maps under /sys/fs/bpf when no pin directory is given.
+	 */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+#endif
 } lb4_services SEC(".maps");
 
 /*

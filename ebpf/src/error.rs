@@ -39,6 +39,21 @@ pub enum EbpfError {
         #[source]
         source: Box<ProgramError>,
     },
+    #[error("attach and pin bpf program sock4_connect to cgroup {path}")]
+    AttachPinned {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("pin directory {path}: {reason}")]
+    PinDir { path: PathBuf, reason: String },
+    #[error("{operation} the pinned bpf object {path}")]
+    Pin {
+        path: PathBuf,
+        operation: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("detach bpf program from cgroup {path}")]
     Detach {
         path: PathBuf,

@@ -3,13 +3,16 @@
 //! The C programs live in `bpf/` (`lb.h` defines the map layouts), `build.rs`
 //! compiles them with clang and this crate embeds the object. [`SockLb`] loads
 //! the socket load-balancer, attaches it to a cgroup2 directory and hands out
-//! [`LbMaps`], a typed view of its maps: no raw bytes leave this crate.
+//! [`LbMaps`], a typed view of its maps: no raw bytes leave this crate. Loaded with
+//! [`SockLb::load_pinned`], maps and link are pinned in bpffs and outlive the process.
 
 mod error;
 mod layout;
 mod loader;
 mod maps;
 mod object;
+mod pin;
+mod sys;
 mod types;
 
 #[cfg(feature = "test-support")]
@@ -18,4 +21,5 @@ pub mod test_support;
 pub use error::EbpfError;
 pub use loader::{CgroupAttachment, MapSizes, SockLb};
 pub use maps::LbMaps;
-pub use types::{Backend, Frontend, Protocol, MAX_BACKENDS};
+pub use pin::Unpinned;
+pub use types::{Backend, Frontend, Protocol, ServiceList, MAX_BACKENDS};

@@ -1,6 +1,7 @@
 //! Loading the socket load-balancer and attaching it to cgroups.
 
 use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData};
@@ -11,7 +12,10 @@ use aya::{Ebpf, EbpfLoader};
 use crate::error::EbpfError;
 use crate::layout::{Lb4Key, Lb4Value};
 use crate::maps::LbMaps;
-use crate::object::{CONNECT4_PROGRAM, SERVICES_MAP, SOCK_LB};
+use crate::object::{CONNECT4_PROGRAM, SERVICES_MAP, SOCK_LB, SOCK_LB_PINNED};
+use crate::pin::{self, Unpinned};
+use crate::sys;
+use crate::types::ServiceList;
 
 /// Capacity of the maps, fixed when they are created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +36,9 @@ impl Default for MapSizes {
 pub struct SockLb {
     ebpf: Ebpf,
     services: HashMap<MapData, Lb4Key, Lb4Value>,
+    /// Set when loaded by [`SockLb::load_pinned`]: maps and link live in this bpffs directory.
+    pin_dir: Option<PathBuf>,
+    maps_reused: bool,
 }
 
 impl SockLb {
@@ -42,13 +49,51 @@ impl SockLb {
 
     /// Load the programs and create their maps with the given capacity.
     pub fn load_with(sizes: MapSizes) -> Result<SockLb, EbpfError> {
-        if SOCK_LB.is_empty() {
+        SockLb::load_object(SOCK_LB, EbpfLoader::new().set_max_entries(SERVICES_MAP, sizes.services), None)
+    }
+
+    /// Load with the maps pinned in `pin_dir` (a directory on a bpffs, created if needed;
+    /// bpffs is mounted at /sys/fs/bpf when the directory is under it and nothing is
+    /// mounted there). Maps already pinned there are reused with their contents, so a
+    /// restarted agent sees what it programmed before; [`attach`](Self::attach) then pins
+    /// the link there too, and nothing is detached when this value is dropped.
+    pub fn load_pinned(sizes: MapSizes, pin_dir: &Path) -> Result<SockLb, EbpfError> {
+        pin::prepare_pin_dir(pin_dir)?;
+        let maps_reused = pin_dir.join(SERVICES_MAP).exists();
+        let mut lb = SockLb::load_object(
+            SOCK_LB_PINNED,
+            EbpfLoader::new().set_max_entries(SERVICES_MAP, sizes.services).map_pin_path(pin_dir),
+            Some(pin_dir.to_path_buf()),
+        )?;
+        lb.maps_reused = maps_reused;
+        if maps_reused {
+            tracing::info!(pin_dir = %pin_dir.display(), "reusing the pinned load-balancer maps");
+        }
+        Ok(lb)
+    }
+
+    /// Whether [`load_pinned`](Self::load_pinned) found the maps already pinned.
+    pub fn maps_reused(&self) -> bool {
+        self.maps_reused
+    }
+
+    /// Detach the link pinned in `pin_dir` (even while a process still holds it) and remove
+    /// every pin there: the `nodelet proxy cleanup` path. Nothing pinned is not an error.
+    pub fn unpin_and_detach(pin_dir: &Path) -> Result<Unpinned, EbpfError> {
+        pin::unpin_and_detach(pin_dir)
+    }
+
+    /// The service table held by the maps pinned in `pin_dir`, without loading anything;
+    /// `None` when nothing is pinned there.
+    pub fn pinned_services(pin_dir: &Path) -> Result<Option<ServiceList>, EbpfError> {
+        pin::pinned_services(pin_dir)
+    }
+
+    fn load_object(object: &[u8], loader: &mut EbpfLoader<'_>, pin_dir: Option<PathBuf>) -> Result<SockLb, EbpfError> {
+        if object.is_empty() {
             return Err(EbpfError::ObjectNotBuilt);
         }
-        let mut ebpf = EbpfLoader::new()
-            .set_max_entries(SERVICES_MAP, sizes.services)
-            .load(SOCK_LB)
-            .map_err(|source| EbpfError::Load(Box::new(source)))?;
+        let mut ebpf = loader.load(object).map_err(|source| EbpfError::Load(Box::new(source)))?;
         connect4(&mut ebpf)?
             .load()
             .map_err(|source| EbpfError::Program { name: CONNECT4_PROGRAM, source: Box::new(source) })?;
@@ -59,14 +104,18 @@ impl SockLb {
             frontend: String::from("all frontends"),
             source: Box::new(source),
         })?;
-        Ok(SockLb { ebpf, services })
+        Ok(SockLb { ebpf, services, pin_dir, maps_reused: false })
     }
 
     /// Attach connect4 to a cgroup2 directory: sockets of every process in it
-    /// and its descendants are load-balanced. The guard detaches on drop.
+    /// and its descendants are load-balanced. The guard detaches on drop, unless the
+    /// load-balancer was loaded pinned: then the link is pinned and outlives the guard.
     pub fn attach(&mut self, cgroup2_dir: &Path) -> Result<CgroupAttachment, EbpfError> {
         let cgroup = File::open(cgroup2_dir)
             .map_err(|source| EbpfError::OpenCgroup { path: cgroup2_dir.to_path_buf(), source })?;
+        if let Some(pin_dir) = self.pin_dir.clone() {
+            return self.attach_pinned(&cgroup, cgroup2_dir, &pin_dir);
+        }
         let attach_error = |source| EbpfError::Attach {
             name: CONNECT4_PROGRAM,
             path: cgroup2_dir.to_path_buf(),
@@ -78,7 +127,53 @@ impl SockLb {
         let link_id = program.attach(&cgroup, CgroupAttachMode::Single).map_err(attach_error)?;
         let link = program.take_link(link_id).map_err(attach_error)?;
         tracing::info!(cgroup = %cgroup2_dir.display(), "attached connect4 load-balancer");
-        Ok(CgroupAttachment { link: Some(link), cgroup: cgroup2_dir.to_path_buf() })
+        Ok(CgroupAttachment { link: Some(Attached::Owned(link)), cgroup: cgroup2_dir.to_path_buf(), reused: false })
+    }
+
+    /// Reuse the link pinned in `pin_dir` when it is attached to this cgroup, swapping in
+    /// the program just loaded (one BPF_LINK_UPDATE, so no connect() goes unbalanced, and
+    /// the running program is always the one using the maps this value programs). A pinned
+    /// link of another cgroup, or a defunct one, is replaced.
+    fn attach_pinned(&mut self, cgroup: &File, path: &Path, pin_dir: &Path) -> Result<CgroupAttachment, EbpfError> {
+        let link_path = pin::link_pin_path(pin_dir);
+        let pin_error = |operation, source| EbpfError::Pin { path: link_path.clone(), operation, source };
+        let cgroup_id = pin::cgroup_id(cgroup, path)?;
+        let program = connect4(&mut self.ebpf)?;
+        let prog_fd = program
+            .fd()
+            .map_err(|source| EbpfError::Program { name: CONNECT4_PROGRAM, source: Box::new(source) })?
+            .as_fd();
+        if let Some(existing) = pin::open_link(pin_dir)? {
+            let info = existing.info;
+            if info.cgroup_id == cgroup_id && info.attach_type == sys::CGROUP_INET4_CONNECT {
+                sys::link_update(existing.fd.as_fd(), prog_fd).map_err(|e| pin_error("replace the program of", e))?;
+                tracing::info!(cgroup = %path.display(), link = info.id, "reusing the pinned connect4 link, program replaced");
+                return Ok(CgroupAttachment {
+                    link: Some(Attached::Pinned { _link: existing.fd }),
+                    cgroup: path.to_path_buf(),
+                    reused: true,
+                });
+            }
+            tracing::warn!(
+                link = info.id,
+                cgroup_id = info.cgroup_id,
+                "the pinned connect4 link is not attached to {}: replacing it",
+                path.display()
+            );
+            // A defunct link (its cgroup removed) refuses detach; unpinning frees it anyway.
+            if let Err(error) = sys::link_detach(existing.fd.as_fd()) {
+                tracing::debug!(%error, "detach the previous pinned link");
+            }
+            std::fs::remove_file(&link_path).map_err(|e| pin_error("unpin", e))?;
+        }
+        let link = sys::link_create_cgroup(prog_fd, cgroup.as_fd(), sys::CGROUP_INET4_CONNECT)
+            .map_err(|e| EbpfError::AttachPinned { path: path.to_path_buf(), source: e })?;
+        if let Err(error) = sys::obj_pin(link.as_fd(), &link_path) {
+            // Dropping `link` detaches it: nothing is left half-done.
+            return Err(pin_error("pin", error));
+        }
+        tracing::info!(cgroup = %path.display(), pin = %link_path.display(), "attached and pinned connect4 load-balancer");
+        Ok(CgroupAttachment { link: Some(Attached::Pinned { _link: link }), cgroup: path.to_path_buf(), reused: false })
     }
 
     /// Typed view of the maps.
@@ -93,11 +188,21 @@ fn connect4(ebpf: &mut Ebpf) -> Result<&mut CgroupSockAddr, EbpfError> {
     program.try_into().map_err(|source| EbpfError::Program { name: CONNECT4_PROGRAM, source: Box::new(source) })
 }
 
-/// connect4 attached to one cgroup; detached when dropped or by [`detach`](Self::detach).
-#[must_use = "dropping the attachment detaches the program"]
+/// How the program is attached.
+enum Attached {
+    /// Owned by this process: detached with the guard.
+    Owned(CgroupSockAddrLink),
+    /// Pinned in bpffs: the fd is only our handle, the pin keeps the link attached.
+    Pinned { _link: OwnedFd },
+}
+
+/// connect4 attached to one cgroup; detached when dropped or by [`detach`](Self::detach),
+/// unless pinned (see [`SockLb::load_pinned`]).
+#[must_use = "dropping the attachment detaches the program (unless pinned)"]
 pub struct CgroupAttachment {
-    link: Option<CgroupSockAddrLink>,
+    link: Option<Attached>,
     cgroup: PathBuf,
+    reused: bool,
 }
 
 impl CgroupAttachment {
@@ -106,24 +211,35 @@ impl CgroupAttachment {
         &self.cgroup
     }
 
-    /// Detach now, reporting failure (dropping detaches too, but only logs).
+    /// Whether the attachment is pinned (it stays when this guard is dropped).
+    pub fn is_pinned(&self) -> bool {
+        matches!(self.link, Some(Attached::Pinned { .. }))
+    }
+
+    /// Whether a link pinned by an earlier run was reused.
+    pub fn reused_pinned_link(&self) -> bool {
+        self.reused
+    }
+
+    /// Detach now, reporting failure (dropping detaches too, but only logs). A pinned
+    /// attachment is only released: use [`SockLb::unpin_and_detach`] to remove it.
     pub fn detach(mut self) -> Result<(), EbpfError> {
         self.detach_link()
     }
 
     fn detach_link(&mut self) -> Result<(), EbpfError> {
         match self.link.take() {
-            Some(link) => link
+            Some(Attached::Owned(link)) => link
                 .detach()
                 .map_err(|source| EbpfError::Detach { path: self.cgroup.clone(), source: Box::new(source) }),
-            None => Ok(()),
+            Some(Attached::Pinned { .. }) | None => Ok(()),
         }
     }
 }
 
 impl Drop for CgroupAttachment {
     fn drop(&mut self) {
-        if self.link.is_none() {
+        if !matches!(self.link, Some(Attached::Owned(_))) {
             return;
         }
         if let Err(error) = self.detach_link() {

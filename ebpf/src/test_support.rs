@@ -181,3 +181,47 @@ fn run_bash(script: &str) -> Output {
     assert_ne!(output.status.code(), Some(99), "could not join the test cgroup: {output:?}");
     output
 }
+
+/// Detaches and unpins the load-balancer pinned in a directory when dropped, even when an
+/// assertion fails first.
+pub struct UnpinOnDrop<'a>(pub &'a Path);
+
+impl Drop for UnpinOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = crate::SockLb::unpin_and_detach(self.0);
+    }
+}
+
+/// A bpffs instance of the test's own, mounted on a fresh directory under the temp dir;
+/// unmounted (dropping whatever is still pinned in it) and removed on drop.
+pub struct TestBpffs {
+    pub path: PathBuf,
+}
+
+impl TestBpffs {
+    pub fn mount() -> TestBpffs {
+        use nix::mount::{mount, MsFlags};
+        let path = std::env::temp_dir().join(format!("nodelet-test-bpffs-{:08x}", rand::random::<u32>()));
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        if let Err(e) = mount(Some("bpffs"), &path, Some("bpf"), MsFlags::empty(), None::<&str>) {
+            let _ = fs::remove_dir(&path);
+            panic!("mount bpffs on {}: {e}", path.display());
+        }
+        TestBpffs { path }
+    }
+}
+
+impl Drop for TestBpffs {
+    fn drop(&mut self) {
+        if let Err(e) = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH) {
+            eprintln!("could not unmount test bpffs {}: {e}", self.path.display());
+            return;
+        }
+        let _ = fs::remove_dir(&self.path);
+    }
+}
+
+/// How many programs `bpftool cgroup show` lists for the cgroup.
+pub fn attached_program_count(cgroup: &TestCgroup) -> usize {
+    cgroup.attached_programs().lines().filter(|line| line.contains("sock4_connect")).count()
+}

@@ -76,3 +76,6 @@ impl fmt::Display for Backend {
         }
     }
 }
+
+/// Frontends with their backends in slot order, as read from the maps.
+pub type ServiceList = Vec<(Frontend, Vec<Backend>)>;

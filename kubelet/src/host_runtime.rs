@@ -77,9 +77,10 @@ pub fn pod_config(cfg: &LocalConfig, host_ip: Option<String>) -> PodConfig {
 
 /// The Service proxy's settings from the local ones.
 pub fn proxy_config(cfg: &LocalConfig) -> nodelet_proxy::ProxyConfig {
-    match &cfg.proxy_attach_cgroup {
-        Some(dir) => nodelet_proxy::ProxyConfig { attach_cgroup: dir.clone() },
-        None => nodelet_proxy::ProxyConfig::default(),
+    let defaults = nodelet_proxy::ProxyConfig::default();
+    nodelet_proxy::ProxyConfig {
+        attach_cgroup: cfg.proxy_attach_cgroup.clone().unwrap_or(defaults.attach_cgroup),
+        pin_dir: cfg.proxy_pin_dir.clone(),
     }
 }
 

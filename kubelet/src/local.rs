@@ -22,6 +22,9 @@ pub struct LocalConfig {
     pub netns_dir: PathBuf,
     /// cgroup2 directory for the Service connect hook; `None` = the cgroup2 root.
     pub proxy_attach_cgroup: Option<PathBuf>,
+    /// bpffs directory the Service datapath is pinned in, so that it keeps serving while
+    /// nodelet restarts; `None` = not pinned, released on exit (always so for `nodelet run`).
+    pub proxy_pin_dir: Option<PathBuf>,
     /// This executable, re-run as `nodelet monitor` for the container monitor.
     pub self_exe: PathBuf,
     /// Where /healthz and /metrics are served; `None` = not at all.
@@ -112,6 +115,7 @@ mod tests {
             bridge: "nodelet0".into(),
             netns_dir: "/run/nodelet/netns".into(),
             proxy_attach_cgroup: None,
+            proxy_pin_dir: None,
             self_exe: "/usr/bin/nodelet".into(),
             healthz_bind_address: None,
         }

@@ -4,6 +4,9 @@ use std::path::{Path, PathBuf};
 
 use crate::error::ProxyError;
 
+/// The pin directory of `nodelet agent` and `nodelet proxy` (cilium pins under /sys/fs/bpf too).
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/nodelet";
+
 /// The default cgroup mount point.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// Where systemd mounts cgroup2 on hybrid hosts (v1 controllers beside it).
@@ -16,13 +19,17 @@ pub struct ProxyConfig {
     /// The cgroup2 directory the connect hook is attached to: every process
     /// in it or below is load-balanced (the node: the cgroup2 root).
     pub attach_cgroup: PathBuf,
+    /// A bpffs directory to pin the maps and the cgroup link in: the datapath then keeps
+    /// serving after the proxy exits, and the next start reuses it. `None`: everything is
+    /// released when the proxy stops.
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl Default for ProxyConfig {
     /// The cgroup2 root: `/sys/fs/cgroup` when pure v2,
     /// `/sys/fs/cgroup/unified` on hybrid hosts.
     fn default() -> Self {
-        ProxyConfig { attach_cgroup: cgroup2_root_under(Path::new(CGROUP_ROOT)) }
+        ProxyConfig { attach_cgroup: cgroup2_root_under(Path::new(CGROUP_ROOT)), pin_dir: None }
     }
 }
 
@@ -74,9 +81,9 @@ mod tests {
     #[test]
     fn validate_rejects_non_cgroup2_directories() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let missing = ProxyConfig { attach_cgroup: dir.path().join("absent") };
+        let missing = ProxyConfig { attach_cgroup: dir.path().join("absent"), pin_dir: None };
         assert!(missing.validate().is_err());
-        let plain = ProxyConfig { attach_cgroup: dir.path().to_path_buf() };
+        let plain = ProxyConfig { attach_cgroup: dir.path().to_path_buf(), pin_dir: None };
         let error = plain.validate().expect_err("not cgroup2");
         assert!(error.to_string().contains("not a cgroup2 directory"), "{error}");
         fs::write(dir.path().join(CGROUP2_MARKER), "").expect("marker");

@@ -15,11 +15,11 @@ pub mod sync;
 pub mod table;
 mod watch;
 
-pub use config::{cgroup2_root_under, ProxyConfig};
+pub use config::{cgroup2_root_under, ProxyConfig, DEFAULT_PIN_DIR};
 pub use error::ProxyError;
 pub use manifest::{parse_service_objects, ServiceObjects};
 pub use metrics::register_metrics;
-pub use nodelet_ebpf::{Backend, Frontend, Protocol};
+pub use nodelet_ebpf::{Backend, Frontend, Protocol, SockLb, Unpinned};
 pub use sync::{Reconciler, SyncTiming};
 pub use table::{build_table, ServiceTable};
 
@@ -33,7 +33,7 @@ use sync::{reconcile_loop, StaticSource};
 
 /// Watch Services and EndpointSlices through the API and keep the datapath in
 /// line, until `shutdown`. Fails only when the datapath cannot be set up;
-/// the load-balancer is detached when this returns.
+/// the load-balancer is detached when this returns, unless `cfg.pin_dir` pins it.
 pub async fn run(client: kube::Client, cfg: ProxyConfig, shutdown: CancellationToken) -> Result<(), ProxyError> {
     let datapath = EbpfDatapath::new(&cfg)?;
     run_with_datapath(client, datapath, SyncTiming::default(), shutdown).await;

@@ -9,6 +9,7 @@ mod error_chain;
 pub mod image;
 pub mod monitor;
 pub mod network;
+pub mod runc;
 pub mod sys;
 
 pub use error_chain::error_chain;

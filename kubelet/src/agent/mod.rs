@@ -3,6 +3,7 @@
 //! side by side until shutdown. Containers keep running after the agent stops.
 
 mod pod_cidr;
+pub mod proxy_only;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -60,6 +61,8 @@ pub enum AgentError {
     HostRuntime(#[from] HostRuntimeError),
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error("the Service proxy")]
+    Proxy(#[source] nodelet_proxy::ProxyError),
 }
 
 pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
@@ -140,7 +143,7 @@ async fn run_proxy(enabled: bool, client: kube::Client, local: &LocalConfig, shu
     }
 }
 
-async fn client_from_kubeconfig(path: &std::path::Path) -> Result<kube::Client, AgentError> {
+pub(crate) async fn client_from_kubeconfig(path: &std::path::Path) -> Result<kube::Client, AgentError> {
     let kubeconfig = kube::config::Kubeconfig::read_from(path)
         .map_err(|source| AgentError::Kubeconfig { path: path.into(), source })?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use nodelet_kubelet::agent::AgentConfig;
 
-use super::run::LocalArgs;
+use super::run::{LocalArgs, PinPolicy};
 
 #[derive(clap::Args, Debug)]
 pub struct AgentArgs {
@@ -33,7 +33,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         Some(name) => name,
         None => nodelet_kubelet::local::default_node_name().context("reading the host name for --node-name")?,
     };
-    let local = args.local.into_config(&node_name)?;
+    let local = args.local.into_config(&node_name, PinPolicy::PinByDefault)?;
     let config =
         AgentConfig { kubeconfig: args.kubeconfig, node_ip: args.node_ip, proxy_enabled: !args.disable_proxy, local };
     config.validate()?;

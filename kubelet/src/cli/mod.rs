@@ -4,7 +4,9 @@ pub mod logging;
 
 mod agent;
 mod doctor;
+mod image;
 mod monitor;
+mod proxy;
 mod run;
 
 use std::process::ExitCode;
@@ -31,8 +33,12 @@ pub enum Command {
     Agent(agent::AgentArgs),
     /// Standalone mode: run the static pods and Services of a manifest directory, no API server.
     Run(run::RunArgs),
+    /// The eBPF Service proxy alone, as kube-proxy runs (and `proxy list`, `proxy cleanup`).
+    Proxy(proxy::ProxyArgs),
     /// Check whether this host can run pods, and print a report.
     Doctor(doctor::DoctorArgs),
+    /// Manage the node's images: pull, ls, inspect, rm, prune.
+    Image(image::ImageArgs),
     /// The node's container monitor (started by the agent; parents every container).
     #[command(hide = true)]
     Monitor(monitor::MonitorArgs),
@@ -42,7 +48,9 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Agent(args) => agent::run(args),
         Command::Run(args) => run::run(args),
+        Command::Proxy(args) => proxy::run(args),
         Command::Doctor(args) => doctor::run(args),
+        Command::Image(args) => image::run(args),
         Command::Monitor(args) => monitor::run(args),
     }
 }

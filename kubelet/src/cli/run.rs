@@ -30,6 +30,11 @@ pub struct LocalArgs {
     /// so every process of the node reaches Services).
     #[arg(long)]
     proxy_attach_cgroup: Option<PathBuf>,
+    /// The bpffs directory the eBPF Service datapath is pinned in, so that Services keep
+    /// working while nodelet restarts. `agent`: default /sys/fs/bpf/nodelet, "" disables.
+    /// `run` never pins (it releases everything on exit) and accepts only "".
+    #[arg(long, value_name = "DIR", value_parser = parse_pin_dir)]
+    proxy_pin_dir: Option<PathBuf>,
     /// Where to serve /healthz and /metrics (ip:port; "" or "0" serves nothing).
     #[arg(long, default_value = serve::DEFAULT_BIND_ADDRESS, value_parser = parse_bind_address)]
     healthz_bind_address: BindAddress,
@@ -37,14 +42,50 @@ pub struct LocalArgs {
 
 /// `--healthz-bind-address`, wrapped so that clap does not read `Option` as "flag optional".
 #[derive(Clone, Debug)]
-struct BindAddress(Option<SocketAddr>);
+pub(super) struct BindAddress(pub(super) Option<SocketAddr>);
 
-fn parse_bind_address(text: &str) -> Result<BindAddress, std::net::AddrParseError> {
+pub(super) fn parse_bind_address(text: &str) -> Result<BindAddress, std::net::AddrParseError> {
     serve::parse_bind_address(text).map(BindAddress)
 }
 
+/// `--proxy-pin-dir` accepts "" (clap's own PathBuf parser refuses empty values).
+pub(super) fn parse_pin_dir(text: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(text))
+}
+
+/// How `--proxy-pin-dir` is read by the subcommand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PinPolicy {
+    /// `agent`: pin, by default in [`nodelet_proxy::DEFAULT_PIN_DIR`]; "" disables.
+    PinByDefault,
+    /// `run`: never pin; a non-empty directory is an error, not silently ignored.
+    NeverPin,
+}
+
+/// `--proxy-pin-dir` as given (`None`: not given) to the directory to pin in.
+pub fn resolve_pin_dir(flag: Option<PathBuf>, policy: PinPolicy) -> anyhow::Result<Option<PathBuf>> {
+    // Not given and given as "" differ: only the first means the default.
+    let pin_by_default = flag.is_none() && policy == PinPolicy::PinByDefault;
+    if pin_by_default {
+        return Ok(Some(PathBuf::from(nodelet_proxy::DEFAULT_PIN_DIR)));
+    }
+    match (policy, flag.filter(|dir| !dir.as_os_str().is_empty())) {
+        (PinPolicy::PinByDefault, None) => Ok(None),
+        (PinPolicy::PinByDefault, Some(dir)) if dir.is_absolute() => Ok(Some(dir)),
+        (PinPolicy::PinByDefault, Some(dir)) => {
+            anyhow::bail!("--proxy-pin-dir {} must be an absolute path", dir.display())
+        }
+        (PinPolicy::NeverPin, None) => Ok(None),
+        (PinPolicy::NeverPin, Some(dir)) => anyhow::bail!(
+            "--proxy-pin-dir {}: `nodelet run` never pins the Service datapath (it releases everything on exit); \
+             leave the flag out or pass \"\"",
+            dir.display()
+        ),
+    }
+}
+
 impl LocalArgs {
-    pub fn into_config(self, node_name: &str) -> anyhow::Result<LocalConfig> {
+    pub fn into_config(self, node_name: &str, pin: PinPolicy) -> anyhow::Result<LocalConfig> {
         let self_exe = std::env::current_exe().context("finding the nodelet executable (for the container monitor)")?;
         Ok(LocalConfig {
             node_name: node_name.to_string(),
@@ -54,6 +95,7 @@ impl LocalArgs {
             bridge: self.bridge,
             netns_dir: self.netns_dir,
             proxy_attach_cgroup: self.proxy_attach_cgroup,
+            proxy_pin_dir: resolve_pin_dir(self.proxy_pin_dir, pin)?,
             self_exe,
             healthz_bind_address: self.healthz_bind_address.0,
         })
@@ -76,7 +118,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(name) => name,
         None => nodelet_kubelet::local::default_node_name().context("reading the host name for --node-name")?,
     };
-    let mut local = args.local.into_config(&node_name)?;
+    let mut local = args.local.into_config(&node_name, PinPolicy::NeverPin)?;
     if local.pod_cidr.is_none() {
         local.pod_cidr = Some(nodelet_kubelet::local::DEFAULT_STANDALONE_POD_CIDR.parse()?);
     }
@@ -88,4 +130,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         nodelet_kubelet::standalone::run_standalone(&args.manifest_dir, local, shutdown).await
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_pins_by_default_and_run_never_does() {
+        let default = Some(PathBuf::from(nodelet_proxy::DEFAULT_PIN_DIR));
+        assert_eq!(resolve_pin_dir(None, PinPolicy::PinByDefault).unwrap(), default);
+        assert_eq!(resolve_pin_dir(Some("".into()), PinPolicy::PinByDefault).unwrap(), None);
+        assert_eq!(resolve_pin_dir(Some("/x".into()), PinPolicy::PinByDefault).unwrap(), Some("/x".into()));
+        assert!(resolve_pin_dir(Some("x".into()), PinPolicy::PinByDefault).is_err());
+        assert_eq!(resolve_pin_dir(None, PinPolicy::NeverPin).unwrap(), None);
+        assert_eq!(resolve_pin_dir(Some("".into()), PinPolicy::NeverPin).unwrap(), None);
+        let error = resolve_pin_dir(Some("/x".into()), PinPolicy::NeverPin).unwrap_err();
+        assert!(error.to_string().contains("never pins"), "{error}");
+    }
 }

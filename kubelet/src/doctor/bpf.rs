@@ -47,7 +47,10 @@ pub fn check_programs_load() -> Check {
         Ok(_loaded) => Check::ok(PROGRAMS_NAME, "cgroup/connect4 load-balancer and its maps load (not attached)"),
         Err(err) => Check::warn(
             PROGRAMS_NAME,
-            format!("cannot load the Service load-balancer ({}): Services are not load-balanced", nodelet_runtime::error_chain(&err)),
+            format!(
+                "cannot load the Service load-balancer ({}): Services are not load-balanced",
+                nodelet_runtime::error_chain(&err)
+            ),
         ),
     }
 }

@@ -14,7 +14,12 @@ use prometheus_client::registry::Registry;
 const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 pub fn router(registry: Arc<Registry>) -> Router {
-    Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics)).with_state(registry)
+    // /livez as kube-proxy serves it on its healthz port; same meaning here.
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/livez", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(registry)
 }
 
 /// The endpoint only runs while the agent's loops do, so answering at all means healthy.

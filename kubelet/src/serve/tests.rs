@@ -33,6 +33,7 @@ async fn serves_healthz_metrics_and_404() {
     let addr = server.local_addr();
 
     assert_eq!(get(addr, "/healthz").await, (200, "ok".to_string()));
+    assert_eq!(get(addr, "/livez").await, (200, "ok".to_string()));
     let (code, text) = get(addr, "/metrics").await;
     assert_eq!(code, 200);
     for name in [

@@ -1,6 +1,6 @@
 //! The real datapath: the nodelet-ebpf socket load-balancer.
 
-use nodelet_ebpf::{CgroupAttachment, EbpfError, Frontend, SockLb};
+use nodelet_ebpf::{CgroupAttachment, EbpfError, Frontend, MapSizes, SockLb};
 
 use super::plan::plan;
 use super::{Datapath, SyncStats};
@@ -9,7 +9,7 @@ use crate::error::ProxyError;
 use crate::table::ServiceTable;
 
 /// The connect4 load-balancer, attached to the configured cgroup for as long
-/// as this value lives.
+/// as this value lives, or for good when pinned (`ProxyConfig::pin_dir`).
 pub struct EbpfDatapath {
     // Field order: detach before the programs and maps are dropped.
     _attachment: CgroupAttachment,
@@ -18,14 +18,25 @@ pub struct EbpfDatapath {
 }
 
 impl EbpfDatapath {
-    /// Load the programs and attach them to `cfg.attach_cgroup`.
+    /// Load the programs and attach them to `cfg.attach_cgroup`. When pinned maps are
+    /// reused, what they hold is read back first: the first apply then writes only the
+    /// frontends that differ, and connections to the others never see a change.
     pub fn new(cfg: &ProxyConfig) -> Result<EbpfDatapath, ProxyError> {
         cfg.validate()?;
-        let mut lb = SockLb::load().map_err(ProxyError::Load)?;
+        let mut lb = match &cfg.pin_dir {
+            Some(pin_dir) => SockLb::load_pinned(MapSizes::default(), pin_dir),
+            None => SockLb::load(),
+        }
+        .map_err(ProxyError::Load)?;
         let attachment = lb
             .attach(&cfg.attach_cgroup)
             .map_err(|source| ProxyError::Attach { path: cfg.attach_cgroup.clone(), source })?;
-        Ok(EbpfDatapath { _attachment: attachment, lb, programmed: ServiceTable::new() })
+        let mut datapath = EbpfDatapath { _attachment: attachment, lb, programmed: ServiceTable::new() };
+        datapath.programmed = datapath.read_back()?;
+        if !datapath.programmed.is_empty() {
+            tracing::info!(frontends = datapath.programmed.len(), "resuming from the pinned service table");
+        }
+        Ok(datapath)
     }
 
     /// What the maps hold now, read back from the kernel.

@@ -3,7 +3,7 @@
 
 use crate::error_chain;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use nix::fcntl::{open, OFlag};
@@ -16,7 +16,7 @@ use super::mounts::{mount_all, MountError};
 use super::namespaces::{self, NamespaceError};
 use super::process::{self, Command, ProcessError};
 use super::rootfs::{self, RootfsError};
-use super::InitSpec;
+use super::{InitSpec, Stdio};
 use crate::sys;
 
 /// What the child writes on the sync pipe when it is ready; anything else is an error text.
@@ -102,8 +102,9 @@ fn child_main(init: InitSpec, sync: OwnedFd) -> i32 {
         eprintln!("nodelet: {}", error_chain(&e));
         return EXEC_FAILED;
     }
-    // Nothing of the host may reach the user process (CVE-2024-21626).
-    if let Err(e) = sys::close_fds_except(&[0, 1, 2]) {
+    // Nothing of the host may reach the user process (CVE-2024-21626), except the fds the
+    // caller asked to preserve.
+    if let Err(e) = sys::close_fds_except(&kept_fds(&init, &[])) {
         eprintln!("nodelet: {}", error_chain(&InitError::CloseFds(e)));
         return EXEC_FAILED;
     }
@@ -117,7 +118,11 @@ fn set_up(init: &InitSpec, sync: &std::fs::File) -> Result<(Command, std::fs::Fi
     sys::reset_signals().map_err(InitError::Signals)?;
     // Keep 0-2 open (they are replaced by set_stdio) so that no fd opened during setup
     // lands on a stdio number and is then silently closed by the dup2.
-    sys::close_fds_except(&[0, 1, 2, init.log.as_raw_fd(), sync.as_raw_fd()]).map_err(InitError::CloseFds)?;
+    let mut own = vec![sync.as_raw_fd()];
+    if let Stdio::Log(log) = &init.stdio {
+        own.push(log.as_raw_fd());
+    }
+    sys::close_fds_except(&kept_fds(init, &own)).map_err(InitError::CloseFds)?;
     join_cgroups(&init.cgroup_procs)?;
     namespaces::join_by_path(&init.spec).map_err(InitError::Namespaces)?;
     namespaces::unshare_cgroup(&init.spec).map_err(InitError::Namespaces)?;
@@ -127,7 +132,9 @@ fn set_up(init: &InitSpec, sync: &std::fs::File) -> Result<(Command, std::fs::Fi
     set_hostname(&init.spec)?;
     let process =
         init.spec.process().as_ref().ok_or(InitError::Process(ProcessError::NotFound { program: String::new() }))?;
-    process::set_stdio(&init.log).map_err(InitError::Process)?;
+    if let Stdio::Log(log) = &init.stdio {
+        process::set_stdio(log).map_err(InitError::Process)?;
+    }
     process::set_rlimits(process).map_err(InitError::Process)?;
     let spec_caps = process.capabilities().as_ref();
     caps::limit_bounding_set(spec_caps).map_err(InitError::Caps)?;
@@ -137,6 +144,12 @@ fn set_up(init: &InitSpec, sync: &std::fs::File) -> Result<(Command, std::fs::Fi
     let command = process::resolve_command(process).map_err(InitError::Process)?;
     process::set_no_new_privileges(process).map_err(InitError::Process)?;
     Ok((command, fifo))
+}
+
+/// 0-2, the preserved fds 3..3+N, and `own` (fds the init itself still needs).
+fn kept_fds(init: &InitSpec, own: &[RawFd]) -> Vec<RawFd> {
+    let preserved = (3..3i64.saturating_add(i64::from(init.preserve_fds))).filter_map(|fd| RawFd::try_from(fd).ok());
+    (0..3).chain(preserved).chain(own.iter().copied()).collect()
 }
 
 /// Writing "0" to cgroup.procs moves the writer itself: no pid translation needed from
@@ -163,7 +176,11 @@ fn build_root(init: &InitSpec) -> Result<(), InitError> {
     mount_all(&init.rootfs, spec.mounts().as_deref().unwrap_or(&[]), &init.cgroup_views)
         .map_err(|e| InitError::Mounts(Box::new(e)))?;
     create_default_devices(&init.rootfs).map_err(|e| InitError::Devices(Box::new(e)))?;
-    rootfs::pivot(&init.rootfs).map_err(rootfs_err)?;
+    if init.no_pivot {
+        rootfs::move_root(&init.rootfs).map_err(rootfs_err)?;
+    } else {
+        rootfs::pivot(&init.rootfs).map_err(rootfs_err)?;
+    }
     rootfs::set_root_propagation(linux.and_then(|l| l.rootfs_propagation().as_deref())).map_err(rootfs_err)?;
     rootfs::mask_paths(linux.and_then(|l| l.masked_paths().as_deref()).unwrap_or(&[])).map_err(rootfs_err)?;
     rootfs::readonly_paths(linux.and_then(|l| l.readonly_paths().as_deref()).unwrap_or(&[])).map_err(rootfs_err)?;

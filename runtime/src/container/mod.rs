@@ -70,10 +70,24 @@ pub struct InitSpec {
     /// Host cgroup directories to show at a spec mount of type "cgroup": (name, dir); the name
     /// is empty for a pure v2 host (the dir is mounted at the destination itself).
     pub cgroup_views: Vec<(String, PathBuf)>,
-    /// The container's log file, opened O_APPEND by the monitor: its stdout and stderr.
-    pub log: OwnedFd,
+    /// Where the user process's stdin, stdout and stderr come from.
+    pub stdio: Stdio,
     /// A FIFO the child reads one byte from before exec (written by `start`).
     pub exec_fifo: PathBuf,
+    /// Inherited fds 3..3+N passed on to the user process (runc's `--preserve-fds`).
+    pub preserve_fds: u32,
+    /// chroot instead of pivot_root (runc's `--no-pivot`, for rootfs on ramfs).
+    pub no_pivot: bool,
+}
+
+/// The user process's stdio.
+pub enum Stdio {
+    /// stdin from /dev/null, stdout and stderr on this log file (opened O_APPEND by the
+    /// monitor), so logs land with no relay process.
+    Log(OwnedFd),
+    /// Keep the caller's fds 0-2, as runc does without a terminal: the caller (a shim, a
+    /// shell) owns the pipes.
+    Inherit,
 }
 
 /// Clone the container process for `init` and wait until it is set up and paused before exec.

@@ -72,6 +72,17 @@ pub(super) fn pivot(rootfs: &Path) -> Result<(), RootfsError> {
     chdir("/").map_err(pivot_err)
 }
 
+/// Without pivot_root (a rootfs on ramfs, where pivot_root fails): move the rootfs mount
+/// over "/" and chroot into it, as runc's `--no-pivot` does. The old root stays reachable
+/// to a process that can escape the chroot, which is why pivot is the default.
+pub(super) fn move_root(rootfs: &Path) -> Result<(), RootfsError> {
+    let move_err = |source| RootfsError::PivotRoot { path: rootfs.to_path_buf(), source };
+    chdir(rootfs).map_err(move_err)?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(move_err)?;
+    nix::unistd::chroot(".").map_err(move_err)?;
+    chdir("/").map_err(move_err)
+}
+
 /// Apply `linux.rootfsPropagation` to the new root, when given.
 pub(super) fn set_root_propagation(propagation: Option<&str>) -> Result<(), RootfsError> {
     let Some(name) = propagation else {

@@ -1,11 +1,13 @@
-//! Anonymous bearer-token authentication (the Docker/OCI token flow): a registry answers 401
-//! with `WWW-Authenticate: Bearer realm=...,service=...,scope=...`; we ask the realm for a token
-//! without credentials and retry with `Authorization: Bearer <token>`.
+//! Bearer-token authentication (the Docker/OCI token flow): a registry answers 401 with
+//! `WWW-Authenticate: Bearer realm=...,service=...,scope=...`; we ask the realm for a token
+//! (with basic credentials when we have some for the registry, anonymously otherwise) and retry
+//! with `Authorization: Bearer <token>`.
 
 use std::collections::HashMap;
 
 use serde::Deserialize;
 
+use super::credentials::Credentials;
 use super::ImageError;
 
 /// A parsed `Bearer` challenge.
@@ -70,12 +72,13 @@ struct TokenResponse {
     access_token: Option<String>,
 }
 
-/// Fetch an anonymous token for `challenge`; `default_scope` is used when the challenge has
-/// none (some registries only send realm and service).
+/// Fetch a token for `challenge`; `default_scope` is used when the challenge has none (some
+/// registries only send realm and service).
 pub async fn fetch_token(
     http: &reqwest::Client,
     challenge: &BearerChallenge,
     default_scope: &str,
+    credentials: Option<&Credentials>,
 ) -> Result<String, ImageError> {
     let token_error = |reason: String| ImageError::Token { url: challenge.realm.clone(), reason };
     let mut url = reqwest::Url::parse(&challenge.realm).map_err(|e| token_error(format!("bad realm url: {e}")))?;
@@ -86,7 +89,11 @@ pub async fn fetch_token(
         }
         query.append_pair("scope", challenge.scope.as_deref().unwrap_or(default_scope));
     }
-    let response = http.get(url.clone()).send().await.map_err(|e| token_error(format!("request failed: {e}")))?;
+    let mut request = http.get(url.clone());
+    if let Some(credentials) = credentials {
+        request = request.header(reqwest::header::AUTHORIZATION, credentials.basic_header());
+    }
+    let response = request.send().await.map_err(|e| token_error(format!("request failed: {e}")))?;
     let status = response.status();
     if !status.is_success() {
         return Err(token_error(format!("status {}", status.as_u16())));

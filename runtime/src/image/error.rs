@@ -35,8 +35,11 @@ pub enum ImageError {
     #[error("registry answered {status} for {url}: {message}")]
     RegistryStatus { url: String, status: u16, message: String },
 
-    #[error("access denied to {reference} at {url} ({status}); nodelet pulls anonymously only")]
-    Unauthorized { reference: String, url: String, status: u16 },
+    #[error("access denied to {reference} at {url} ({status}){hint}")]
+    Unauthorized { reference: String, url: String, status: u16, hint: &'static str },
+
+    #[error("docker config {path}: {reason}")]
+    DockerConfig { path: String, reason: String },
 
     #[error("unsupported authentication challenge from {url}: {challenge:?}")]
     UnsupportedChallenge { url: String, challenge: String },

@@ -1,39 +1,61 @@
 //! OCI images: pull from registries (OCI distribution spec), a content-addressed store with
 //! each layer unpacked once, and container root filesystems as overlayfs mounts.
 //!
-//! Submodules, one job each: [`reference`] (Docker's reference rules), [`registry`] and
-//! [`auth`] (HTTP), [`manifest`] (manifest/index formats), [`store`] (on-disk layout, crash-safe
-//! writes), [`unpack`] and [`beneath`] (layer tarballs, confined to their directory),
-//! [`overlay`] (mounts), [`progress`].
+//! Submodules, one job each: [`reference`] (Docker's reference rules), [`registry`],
+//! [`auth`], [`credentials`] and [`retry`] (HTTP), [`manifest`] (manifest/index formats),
+//! [`store`] (on-disk layout, crash-safe writes), [`inflight`] (one download per digest),
+//! [`gc`] (removal of unreferenced content), [`unpack`] and [`beneath`] (layer tarballs,
+//! confined to their directory), [`overlay`] (mounts), [`progress`].
 
 pub mod auth;
 pub mod beneath;
+pub mod credentials;
 mod digest;
 mod error;
+pub mod gc;
+mod inflight;
 pub mod manifest;
 pub mod overlay;
 mod progress;
 mod pull;
 pub mod reference;
 pub mod registry;
+mod retry;
 pub mod store;
 pub mod unpack;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+pub use credentials::{Credentials, DockerConfig};
 pub use digest::Digest;
 pub use error::ImageError;
+pub use gc::Collected;
 pub use progress::{NoProgress, PullProgress};
+pub use pull::PARALLEL_LAYERS;
 pub use reference::Reference;
 
-use store::{ImageRecord, Layout};
+use inflight::Inflight;
+use store::{ImageRecord, Index, Layout};
 
 /// The node's image store (see [`store`] for the layout under its root).
 pub struct ImageStore {
     layout: Layout,
     /// Serialises read-modify-write of `index.json` within this process.
     index_lock: Mutex<()>,
+    /// Per-digest download locks and pins of pulls not yet indexed.
+    inflight: Inflight,
+    /// Registry credentials (a Docker config.json), when configured.
+    docker_config: Option<DockerConfig>,
+}
+
+/// What [`ImageStore::remove`] and [`ImageStore::prune`] did.
+#[derive(Clone, Debug, Default)]
+pub struct Removed {
+    /// References removed from the index.
+    pub images: Vec<String>,
+    pub collected: Collected,
 }
 
 /// A pulled image.
@@ -45,6 +67,8 @@ pub struct Image {
     pub digest: String,
     /// "<repository>@sha256:..." (Kubernetes imageID).
     pub repo_digest: String,
+    /// The config digest "sha256:..." (what Docker and crictl call the image ID).
+    pub id: String,
     pub config: oci_spec::image::ImageConfiguration,
     /// Sum of compressed layer sizes.
     pub size: u64,
@@ -52,7 +76,18 @@ pub struct Image {
 
 impl ImageStore {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, ImageError> {
-        Ok(ImageStore { layout: Layout::create(root.into())?, index_lock: Mutex::new(()) })
+        Ok(ImageStore {
+            layout: Layout::create(root.into())?,
+            index_lock: Mutex::new(()),
+            inflight: Inflight::default(),
+            docker_config: None,
+        })
+    }
+
+    /// Pull with the credentials of a Docker `config.json` (`auths`, by registry host).
+    pub fn with_docker_config(mut self, path: &Path) -> Result<Self, ImageError> {
+        self.docker_config = Some(DockerConfig::load(path)?);
+        Ok(self)
     }
 
     pub fn root(&self) -> &Path {
@@ -61,10 +96,14 @@ impl ImageStore {
 
     /// Pull by reference ("127.0.0.1:5000/web:1", "busybox", "name@sha256:..."), verify every
     /// digest, unpack layers once each. Plain HTTP only for registries on 127.0.0.0/8 (and ::1).
+    /// Concurrent pulls through the same store download each blob once.
     pub async fn pull(&self, reference: &str, progress: &dyn PullProgress) -> Result<Image, ImageError> {
         let parsed = Reference::parse(reference)?;
         tracing::info!(reference = %parsed, "pulling image");
-        let record = pull::pull(&self.layout, &parsed, progress).await?;
+        let credentials =
+            self.docker_config.as_ref().and_then(|config| config.credentials_for(&parsed.registry)).cloned();
+        let context = pull::PullContext { layout: &self.layout, inflight: &self.inflight, credentials };
+        let (record, _pin) = pull::pull(&context, &parsed, progress).await?;
         {
             let _guard = self.lock_index();
             let mut index = self.layout.load_index()?;
@@ -87,6 +126,66 @@ impl ImageStore {
     pub fn list(&self) -> Result<Vec<Image>, ImageError> {
         let index = self.layout.load_index()?;
         index.images.values().map(|record| self.image(record)).collect()
+    }
+
+    /// Remove an image from the index (by reference, by manifest digest, which removes every
+    /// tag of it, or by image ID or a prefix of at least 12 hex digits), then its blobs and
+    /// layers that no other image uses. Layers a mounted rootfs uses stay on disk until a
+    /// later collection. Ok with nothing removed when no image matches.
+    pub fn remove(&self, reference: &str) -> Result<Removed, ImageError> {
+        let _guard = self.lock_index();
+        let mut index = self.layout.load_index()?;
+        let matching = matching_references(&index, reference)?;
+        for key in &matching {
+            index.images.remove(key);
+        }
+        self.commit_removal(index, matching)
+    }
+
+    /// Remove every image none of whose layers a mounted rootfs uses, and their content.
+    ///
+    /// The image store has no container records, so "in use" is read from the mounts: an
+    /// image is kept when any of its layers is a lower dir of a mounted overlay (a running or
+    /// created container's rootfs). An image that shares a base layer with a running
+    /// container's image is therefore kept too: pruning never removes what might be in use.
+    pub fn prune(&self) -> Result<Removed, ImageError> {
+        let _guard = self.lock_index();
+        let mut index = self.layout.load_index()?;
+        let in_use = gc::layers_in_use(&self.layout)?;
+        let unused: Vec<String> = index
+            .images
+            .iter()
+            .filter(|(_, record)| !record.layers.iter().any(|layer| in_use.contains(&layer.diff_id)))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &unused {
+            index.images.remove(key);
+        }
+        self.commit_removal(index, unused)
+    }
+
+    /// Diff ids of the store's layers that mounted overlays use (see [`gc`]).
+    pub fn layers_in_use(&self) -> Result<HashSet<Digest>, ImageError> {
+        gc::layers_in_use(&self.layout)
+    }
+
+    /// Remove unreferenced blobs and layers (left by failed or interrupted pulls, or by
+    /// removals whose layers were mounted at the time).
+    pub fn collect_garbage(&self) -> Result<Collected, ImageError> {
+        let _guard = self.lock_index();
+        let index = self.layout.load_index()?;
+        gc::collect(&self.layout, &index, &self.inflight)
+    }
+
+    /// Save the index without `removed`, then collect. The index goes first: a crash in
+    /// between leaves unreferenced content (collected next time), never a record without it.
+    fn commit_removal(&self, index: Index, removed: Vec<String>) -> Result<Removed, ImageError> {
+        if !removed.is_empty() {
+            self.layout.save_index(&index)?;
+            tracing::info!(images = ?removed, "removed images");
+        }
+        let collected = gc::collect(&self.layout, &index, &self.inflight)?;
+        Ok(Removed { images: removed, collected })
     }
 
     /// Mount an overlayfs of the image's layers at `<container_dir>/rootfs`, upper and work
@@ -152,8 +251,42 @@ impl ImageStore {
             reference: record.reference.clone(),
             digest: record.digest.to_string(),
             repo_digest: record.repo_digest.clone(),
+            id: record.config_digest.to_string(),
             config,
             size: record.size,
         })
     }
 }
+
+/// Index keys matching what a user typed for removal (see [`ImageStore::remove`]).
+fn matching_references(index: &Index, text: &str) -> Result<Vec<String>, ImageError> {
+    let keys = |matches: &dyn Fn(&ImageRecord) -> bool| -> Vec<String> {
+        index.images.iter().filter(|(_, r)| matches(r)).map(|(k, _)| k.clone()).collect()
+    };
+    if let Ok(digest) = Digest::parse(text) {
+        return Ok(keys(&|r| r.digest == digest || r.config_digest == digest));
+    }
+    let is_id_prefix = (12..=64).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_hexdigit());
+    if is_id_prefix {
+        let by_id = keys(&|r| r.config_digest.hex().starts_with(text));
+        if !by_id.is_empty() {
+            return Ok(by_id);
+        }
+    }
+    let parsed = Reference::parse(text)?;
+    let shown = parsed.to_string();
+    if index.images.contains_key(&shown) {
+        return Ok(vec![shown]);
+    }
+    // "name@digest": every tag of that repository with that manifest.
+    Ok(match &parsed.digest {
+        Some(digest) => {
+            let repo_digest = format!("{}@{digest}", parsed.name());
+            keys(&|r| r.repo_digest == repo_digest)
+        }
+        None => Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,10 +1,13 @@
 //! One pull: resolve the manifest (through an index when needed), fetch the config, download
-//! and unpack each missing layer, record the image.
+//! and unpack the missing layers (a few at once), record the image.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use futures::StreamExt as _;
 use oci_spec::image::ImageConfiguration;
 
+use super::credentials::Credentials;
+use super::inflight::{Inflight, PinGuard};
 use super::manifest::{self, layer_compression, ImageManifest, Manifest};
 use super::registry::RegistryClient;
 use super::store::{ImageRecord, LayerRecord, Layout};
@@ -13,14 +16,27 @@ use super::{unpack, Digest, ImageError, PullProgress, Reference};
 const CONFIG_MEDIA_TYPES: [&str; 2] =
     ["application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"];
 
-/// Fetch everything `reference` needs into `layout`; returns the record to index.
-pub async fn pull(
-    layout: &Layout,
+/// Layers downloaded and unpacked at the same time, per pull: enough to fill a link and keep
+/// both cores unpacking, few enough not to hammer a registry (containerd's default is 3).
+pub const PARALLEL_LAYERS: usize = 3;
+
+/// What a pull needs beyond the reference.
+pub struct PullContext<'a> {
+    pub layout: &'a Layout,
+    pub inflight: &'a Inflight,
+    pub credentials: Option<Credentials>,
+}
+
+/// Fetch everything `reference` needs into the store; returns the record to index and a pin
+/// that keeps the content from the garbage collector until the caller has indexed it.
+pub async fn pull<'a>(
+    context: &PullContext<'a>,
     reference: &Reference,
     progress: &dyn PullProgress,
-) -> Result<ImageRecord, ImageError> {
+) -> Result<(ImageRecord, PinGuard<'a>), ImageError> {
+    let layout = context.layout;
     let shown = reference.to_string();
-    let client = RegistryClient::new(reference)?;
+    let client = RegistryClient::new(reference, context.credentials.clone())?;
     let (manifest, manifest_digest, manifest_body) = resolve_manifest(&client, reference).await?;
 
     let config_digest = &manifest.config.digest;
@@ -41,12 +57,19 @@ pub async fn pull(
         }
     }
 
-    let config_bytes = if layout.has_blob(config_digest) {
-        layout.read_blob(config_digest)?
-    } else {
-        let bytes = client.fetch_config(&manifest.config).await?;
-        layout.write_blob(config_digest, &bytes)?;
-        bytes
+    let mut pinned = vec![manifest_digest.clone(), config_digest.clone()];
+    pinned.extend(manifest.layers.iter().map(|l| l.digest.clone()));
+    let mut pin = context.inflight.pin(pinned);
+
+    let config_bytes = {
+        let _fetching = context.inflight.lock(config_digest).await;
+        if layout.has_blob(config_digest) {
+            layout.read_blob(config_digest)?
+        } else {
+            let bytes = client.fetch_config(&manifest.config).await?;
+            layout.write_blob(config_digest, &bytes)?;
+            bytes
+        }
     };
     let config: ImageConfiguration = serde_json::from_slice(&config_bytes).map_err(|source| ImageError::Parse {
         reference: shown.clone(),
@@ -62,27 +85,45 @@ pub async fn pull(
         });
     }
 
-    let mut layers = Vec::with_capacity(manifest.layers.len());
-    for (descriptor, diff_id) in manifest.layers.iter().zip(diff_ids) {
-        ensure_layer(layout, &client, descriptor, &diff_id, progress).await?;
-        layers.push(LayerRecord {
-            digest: descriptor.digest.clone(),
-            diff_id,
-            size: descriptor.size,
-            media_type: descriptor.media_type.clone(),
-        });
-    }
+    pin.extend(diff_ids.clone());
+
+    // A few layers at a time, in manifest order. After a failure the other layers still run
+    // to their end rather than being cancelled: a cancelled unpack would go on in its
+    // blocking thread, unlocked, and land in the store after the pull has returned.
+    let client = &client;
+    // Indices, not (&descriptor, diff id) pairs: a closure taking a borrowed argument makes
+    // the future not provably Send for callers behind async-trait.
+    let (descriptors, diff_ids) = (&manifest.layers, &diff_ids);
+    let results: Vec<Result<LayerRecord, ImageError>> = futures::stream::iter(0..descriptors.len())
+        .map(|i| async move {
+            let (descriptor, diff_id) = (&descriptors[i], &diff_ids[i]);
+            // One download per blob within the process: a concurrent pull of the same layer
+            // waits here and then finds it unpacked.
+            let _fetching = context.inflight.lock(&descriptor.digest).await;
+            ensure_layer(layout, client, descriptor, diff_id, progress).await?;
+            Ok::<_, ImageError>(LayerRecord {
+                digest: descriptor.digest.clone(),
+                diff_id: diff_id.clone(),
+                size: descriptor.size,
+                media_type: descriptor.media_type.clone(),
+            })
+        })
+        .buffered(PARALLEL_LAYERS)
+        .collect()
+        .await;
+    let layers = results.into_iter().collect::<Result<Vec<_>, _>>()?;
     // The manifest goes in last: its presence means the whole image is here.
     layout.write_blob(&manifest_digest, &manifest_body)?;
 
-    Ok(ImageRecord {
+    let record = ImageRecord {
         reference: shown,
         repo_digest: reference.with_digest(&manifest_digest),
         digest: manifest_digest,
         config_digest: config_digest.clone(),
         size: layers.iter().map(|l| l.size).sum(),
         layers,
-    })
+    };
+    Ok((record, pin))
 }
 
 /// The image manifest for linux/amd64, its digest and body.
@@ -127,17 +168,11 @@ async fn ensure_layer(
     if layout.has_blob(digest) {
         progress.layer(digest.as_str(), descriptor.size, descriptor.size);
     } else {
-        let temp = layout.temp_path("download");
-        let result = async {
-            let mut file = tokio::fs::File::create(&temp).await.map_err(ImageError::io("create", temp.as_path()))?;
-            client.download_blob(descriptor, &mut file, &temp, progress).await?;
-            layout.commit_blob(&temp, digest)
-        }
-        .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&temp).await;
-        }
-        result?;
+        let temp = TempFile(layout.temp_path("download"));
+        let mut file = tokio::fs::File::create(&temp.0).await.map_err(ImageError::io("create", temp.0.as_path()))?;
+        client.download_blob(descriptor, &mut file, &temp.0, progress).await?;
+        drop(file);
+        layout.commit_blob(&temp.0, digest)?;
     }
 
     let blob = layout.blob_path(digest);
@@ -154,6 +189,20 @@ async fn ensure_layer(
         let _ = tokio::task::spawn_blocking(move || super::store::remove_dir_all_quiet(&dir)).await;
     }
     unpacked
+}
+
+/// A download in `tmp/`, removed when dropped (failed, or cancelled because another layer of
+/// the pull failed); after a successful commit it no longer exists and the removal is a no-op.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        match std::fs::remove_file(&self.0) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(path = %self.0.display(), error = %e, "cannot remove partial download"),
+        }
+    }
 }
 
 fn unpack_checked(layout: &Layout, blob: &Path, dir: &Path, layer: &str, expected: &Digest) -> Result<(), ImageError> {

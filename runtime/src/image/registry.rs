@@ -1,17 +1,21 @@
 //! A registry client for one repository (OCI distribution spec, pull side only): manifests,
-//! blobs streamed with their digests verified, anonymous bearer tokens.
+//! blobs streamed with their digests verified and resumed after a dropped connection, bearer
+//! tokens and basic auth, retries of transient failures.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, RANGE, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 use sha2::{Digest as _, Sha256};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
 use super::auth::{fetch_token, parse_challenge};
+use super::credentials::Credentials;
 use super::manifest::{self, Descriptor};
 use super::reference::is_loopback_host;
+use super::retry::{backoff, is_transient, retry_after, MAX_ATTEMPTS};
 use super::{Digest, ImageError, PullProgress, Reference};
 
 /// Manifests are small JSON documents; anything bigger is not a manifest.
@@ -21,12 +25,17 @@ const CONFIG_LIMIT: u64 = 32 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Per read, not per request: big layers may take long, a stalled connection may not.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Range requests after dropped connections, per blob.
+const MAX_RESUMES: u32 = 5;
 
 pub struct RegistryClient {
     http: reqwest::Client,
     reference: Reference,
     base: String,
     token: Mutex<Option<String>>,
+    credentials: Option<Credentials>,
+    /// The registry asked for Basic auth: send the credentials with every request.
+    basic: AtomicBool,
 }
 
 /// A manifest body with its computed digest.
@@ -37,7 +46,9 @@ pub struct FetchedManifest {
 }
 
 impl RegistryClient {
-    pub fn new(reference: &Reference) -> Result<RegistryClient, ImageError> {
+    /// `credentials` are used for Basic challenges and for token requests; without them the
+    /// client pulls anonymously.
+    pub fn new(reference: &Reference, credentials: Option<Credentials>) -> Result<RegistryClient, ImageError> {
         let base = reference.api_base();
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
@@ -61,7 +72,14 @@ impl RegistryClient {
             }))
             .build()
             .map_err(|source| ImageError::Http { url: base.clone(), source })?;
-        Ok(RegistryClient { http, reference: reference.clone(), base, token: Mutex::new(None) })
+        Ok(RegistryClient {
+            http,
+            reference: reference.clone(),
+            base,
+            token: Mutex::new(None),
+            credentials,
+            basic: AtomicBool::new(false),
+        })
     }
 
     fn url(&self, kind: &str, target: &str) -> String {
@@ -76,27 +94,61 @@ impl RegistryClient {
         }
     }
 
-    /// GET with the cached token; on 401 with a Bearer challenge, fetch a token and retry once.
-    async fn get(&self, url: &str, accept: Option<&str>) -> Result<reqwest::Response, ImageError> {
-        let mut fetched_token = false;
+    /// GET with the cached authorization. Transient failures (connect errors, 429, 5xx) are
+    /// retried with backoff, honouring Retry-After; a 401 is answered once (a Bearer token,
+    /// or Basic credentials) and the request repeated. `range_from` asks for the bytes from
+    /// that offset on (a resumed download).
+    async fn get(
+        &self,
+        url: &str,
+        accept: Option<&str>,
+        range_from: Option<u64>,
+    ) -> Result<reqwest::Response, ImageError> {
+        let mut authenticated = false;
+        let mut attempt = 0;
         loop {
+            attempt += 1;
             let mut request = self.http.get(url);
             if let Some(accept) = accept {
                 request = request.header(ACCEPT, accept);
             }
-            if let Some(token) = self.token.lock().await.as_ref() {
-                request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+            if let Some(from) = range_from {
+                request = request.header(RANGE, format!("bytes={from}-"));
             }
-            let response = request.send().await.map_err(|e| self.request_error(url, e))?;
-            if response.status() != StatusCode::UNAUTHORIZED {
+            if let Some(authorization) = self.authorization().await {
+                request = request.header(AUTHORIZATION, authorization);
+            }
+            let response = match request.send().await {
+                Ok(response) => response,
+                Err(e) if attempt < MAX_ATTEMPTS && (e.is_connect() || e.is_timeout()) => {
+                    let wait = backoff(attempt);
+                    tracing::warn!(url, error = %e, attempt, ?wait, "registry request failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                Err(e) => return Err(self.request_error(url, e)),
+            };
+            let status = response.status();
+            if is_transient(status) && attempt < MAX_ATTEMPTS {
+                let wait = retry_after(response.headers()).unwrap_or_else(|| backoff(attempt));
+                tracing::warn!(url, status = status.as_u16(), attempt, ?wait, "registry busy; retrying");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            if status != StatusCode::UNAUTHORIZED {
                 return Ok(response);
             }
             let denied = ImageError::Unauthorized {
                 reference: self.reference.to_string(),
                 url: url.to_string(),
-                status: response.status().as_u16(),
+                status: status.as_u16(),
+                hint: if self.credentials.is_some() {
+                    "; the registry refused the configured credentials"
+                } else {
+                    "; no credentials are configured for this registry"
+                },
             };
-            if fetched_token {
+            if authenticated {
                 return Err(denied);
             }
             let header =
@@ -104,14 +156,45 @@ impl RegistryClient {
             if header.is_empty() {
                 return Err(denied);
             }
-            let challenge = parse_challenge(&header)
-                .ok_or_else(|| ImageError::UnsupportedChallenge { url: url.to_string(), challenge: header.clone() })?;
-            let default_scope = format!("repository:{}:pull", self.reference.repository);
-            let token = fetch_token(&self.http, &challenge, &default_scope).await?;
-            tracing::debug!(realm = %challenge.realm, "got anonymous registry token");
-            *self.token.lock().await = Some(token);
-            fetched_token = true;
+            self.authenticate(url, &header).await.map_err(|e| match e {
+                None => denied,
+                Some(e) => e,
+            })?;
+            authenticated = true;
+            // A fresh budget of attempts for the authenticated request.
+            attempt = 0;
         }
+    }
+
+    async fn authorization(&self) -> Option<String> {
+        if let Some(token) = self.token.lock().await.as_ref() {
+            return Some(format!("Bearer {token}"));
+        }
+        if self.basic.load(Ordering::Relaxed) {
+            return self.credentials.as_ref().map(Credentials::basic_header);
+        }
+        None
+    }
+
+    /// Answer a challenge: fetch a bearer token, or switch to Basic auth. `Err(None)` when
+    /// the challenge needs credentials we do not have.
+    async fn authenticate(&self, url: &str, header: &str) -> Result<(), Option<ImageError>> {
+        let scheme = header.split_whitespace().next().unwrap_or("");
+        if scheme.eq_ignore_ascii_case("basic") {
+            if self.credentials.is_none() {
+                return Err(None);
+            }
+            tracing::debug!(url, "registry asks for basic auth");
+            self.basic.store(true, Ordering::Relaxed);
+            return Ok(());
+        }
+        let challenge = parse_challenge(header)
+            .ok_or_else(|| ImageError::UnsupportedChallenge { url: url.to_string(), challenge: header.to_string() })?;
+        let default_scope = format!("repository:{}:pull", self.reference.repository);
+        let token = fetch_token(&self.http, &challenge, &default_scope, self.credentials.as_ref()).await?;
+        tracing::debug!(realm = %challenge.realm, with_credentials = self.credentials.is_some(), "got registry token");
+        *self.token.lock().await = Some(token);
+        Ok(())
     }
 
     /// Read a whole (small) body, refusing more than `limit` bytes.
@@ -150,7 +233,7 @@ impl RegistryClient {
         expected: Option<&Digest>,
     ) -> Result<FetchedManifest, ImageError> {
         let url = self.url("manifests", manifest_ref);
-        let response = self.get(&url, Some(manifest::ACCEPT)).await?;
+        let response = self.get(&url, Some(manifest::ACCEPT), None).await?;
         let status = response.status();
         if status == StatusCode::NOT_FOUND {
             let shown = if manifest_ref.starts_with("sha256:") {
@@ -183,9 +266,13 @@ impl RegistryClient {
         Ok(FetchedManifest { body, content_type, digest })
     }
 
-    async fn blob_response(&self, digest: &Digest) -> Result<(String, reqwest::Response), ImageError> {
+    async fn blob_response(
+        &self,
+        digest: &Digest,
+        range_from: Option<u64>,
+    ) -> Result<(String, reqwest::Response), ImageError> {
         let url = self.url("blobs", digest.as_str());
-        let response = self.get(&url, None).await?;
+        let response = self.get(&url, None, range_from).await?;
         let status = response.status();
         if status == StatusCode::NOT_FOUND {
             return Err(ImageError::BlobUnknown { digest: digest.to_string(), url, status: status.as_u16() });
@@ -198,7 +285,7 @@ impl RegistryClient {
 
     /// Fetch the image config blob into memory, verified.
     pub async fn fetch_config(&self, descriptor: &Descriptor) -> Result<Vec<u8>, ImageError> {
-        let (url, response) = self.blob_response(&descriptor.digest).await?;
+        let (url, response) = self.blob_response(&descriptor.digest, None).await?;
         let body = self.read_limited(&url, response, "image config", CONFIG_LIMIT).await?;
         let actual = Digest::of(&body);
         if actual != descriptor.digest {
@@ -213,7 +300,9 @@ impl RegistryClient {
     }
 
     /// Stream a blob into `file` (at `path`, for error messages), checking its size and
-    /// digest, then fsync. The caller renames the file into place only after this succeeds.
+    /// digest, then fsync. A connection dropped mid-way is resumed with a Range request for
+    /// the rest (or restarted when the registry ignores the Range). The caller renames the
+    /// file into place only after this succeeds.
     pub async fn download_blob(
         &self,
         descriptor: &Descriptor,
@@ -222,24 +311,59 @@ impl RegistryClient {
         progress: &dyn PullProgress,
     ) -> Result<(), ImageError> {
         let digest = &descriptor.digest;
-        let (url, mut response) = self.blob_response(digest).await?;
         let total = descriptor.size;
-        let size_mismatch =
-            |actual| ImageError::SizeMismatch { digest: digest.to_string(), url: url.clone(), expected: total, actual };
+        // The hasher sees every byte of the file in order (resumed parts are appended, a
+        // restart resets both), so its digest is the whole file's.
         let mut hasher = Sha256::new();
         let mut downloaded: u64 = 0;
+        let mut resumes = 0;
         progress.layer(digest.as_str(), 0, total);
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.request_error(&url, e))? {
-            downloaded += chunk.len() as u64;
-            if downloaded > total {
-                return Err(size_mismatch(downloaded));
+        let url = loop {
+            let range_from = (downloaded > 0).then_some(downloaded);
+            let (url, mut response) = self.blob_response(digest, range_from).await?;
+            if downloaded > 0 && !resumed_at(&response, downloaded) {
+                tracing::info!(%url, downloaded, "registry ignored the range request; downloading from the start");
+                file.set_len(0).await.map_err(ImageError::io("truncate", path))?;
+                file.seek(std::io::SeekFrom::Start(0)).await.map_err(ImageError::io("seek", path))?;
+                hasher = Sha256::new();
+                downloaded = 0;
             }
-            hasher.update(&chunk);
-            file.write_all(&chunk).await.map_err(ImageError::io("write", path))?;
-            progress.layer(digest.as_str(), downloaded, total);
-        }
+            let dropped = loop {
+                let chunk = match response.chunk().await {
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => break None,
+                    Err(e) => break Some(e),
+                };
+                downloaded += chunk.len() as u64;
+                if downloaded > total {
+                    return Err(ImageError::SizeMismatch {
+                        digest: digest.to_string(),
+                        url,
+                        expected: total,
+                        actual: downloaded,
+                    });
+                }
+                hasher.update(&chunk);
+                file.write_all(&chunk).await.map_err(ImageError::io("write", path))?;
+                progress.layer(digest.as_str(), downloaded, total);
+            };
+            match dropped {
+                None => break url,
+                Some(e) if resumes < MAX_RESUMES && downloaded < total => {
+                    resumes += 1;
+                    tracing::warn!(%url, downloaded, total, error = %e, "blob download interrupted; resuming");
+                    tokio::time::sleep(backoff(resumes)).await;
+                }
+                Some(e) => return Err(self.request_error(&url, e)),
+            }
+        };
         if downloaded != total {
-            return Err(size_mismatch(downloaded));
+            return Err(ImageError::SizeMismatch {
+                digest: digest.to_string(),
+                url,
+                expected: total,
+                actual: downloaded,
+            });
         }
         let actual = Digest::from_hasher(hasher);
         if actual != *digest {
@@ -254,6 +378,16 @@ impl RegistryClient {
         file.sync_all().await.map_err(ImageError::io("fsync", path))?;
         Ok(())
     }
+}
+
+/// A 206 whose Content-Range starts where we stopped.
+fn resumed_at(response: &reqwest::Response, offset: u64) -> bool {
+    response.status() == StatusCode::PARTIAL_CONTENT
+        && header_text(response, CONTENT_RANGE.as_str())
+            .strip_prefix("bytes ")
+            .and_then(|range| range.split('-').next())
+            .and_then(|start| start.parse::<u64>().ok())
+            == Some(offset)
 }
 
 fn header_text(response: &reqwest::Response, name: &str) -> String {

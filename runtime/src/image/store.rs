@@ -68,11 +68,11 @@ impl Layout {
         &self.root
     }
 
-    fn blobs_dir(&self) -> PathBuf {
+    pub fn blobs_dir(&self) -> PathBuf {
         self.root.join("blobs").join("sha256")
     }
 
-    fn layers_dir(&self) -> PathBuf {
+    pub fn layers_dir(&self) -> PathBuf {
         self.root.join("layers").join("sha256")
     }
 
@@ -167,7 +167,7 @@ fn write_atomic(temp: &Path, path: &Path, bytes: &[u8]) -> Result<(), ImageError
     Ok(())
 }
 
-fn sync_dir(dir: &Path) -> Result<(), ImageError> {
+pub fn sync_dir(dir: &Path) -> Result<(), ImageError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(ImageError::io("fsync", dir))
 }
 

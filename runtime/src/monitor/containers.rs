@@ -17,7 +17,7 @@ use super::procfs;
 use super::store::{self, Record};
 use super::{ContainerState, ContainerStatus, RuntimeError};
 use crate::cgroups::{CgroupLimits, ContainerCgroup};
-use crate::container::{self, InitSpec};
+use crate::container::{self, InitSpec, Stdio};
 
 /// Exit code reported for a container that ended while no monitor watched it.
 pub(crate) const UNKNOWN_EXIT_CODE: i32 = 255;
@@ -149,8 +149,10 @@ impl Containers {
             rootfs,
             cgroup_procs: cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
             cgroup_views: cgroup.as_ref().map(|c| c.hierarchy_dirs()).unwrap_or_default(),
-            log,
+            stdio: Stdio::Log(log),
             exec_fifo,
+            preserve_fds: 0,
+            no_pivot: false,
         };
         let pid = match container::spawn(init) {
             Ok(pid) => pid,
@@ -161,22 +163,7 @@ impl Containers {
                 return Err(RuntimeError::Container { id: id.to_string(), source: Box::new(source) });
             }
         };
-        let record = Record {
-            state: ContainerState {
-                id: id.to_string(),
-                status: ContainerStatus::Created,
-                pid: Some(pid.as_raw()),
-                bundle: bundle.to_path_buf(),
-                created_at: chrono::Utc::now(),
-                started_at: None,
-                finished_at: None,
-                exit_code: None,
-                oom_killed: false,
-                annotations,
-            },
-            pid_start_time: procfs::start_time(pid),
-            cgroups_path,
-        };
+        let record = Record::created(id, pid, bundle.to_path_buf(), annotations, cgroups_path);
         self.persist(&record);
         tracing::info!(%id, %pid, "created container");
         Ok(record)

@@ -3,10 +3,10 @@
 
 mod client;
 mod containers;
-mod procfs;
+pub(crate) mod procfs;
 mod protocol;
 mod server;
-mod store;
+pub(crate) mod store;
 
 use std::path::PathBuf;
 

@@ -19,6 +19,34 @@ pub(crate) struct Record {
     pub cgroups_path: Option<String>,
 }
 
+impl Record {
+    /// A container just forked and waiting for `start`.
+    pub(crate) fn created(
+        id: &str,
+        pid: nix::unistd::Pid,
+        bundle: PathBuf,
+        annotations: std::collections::BTreeMap<String, String>,
+        cgroups_path: Option<String>,
+    ) -> Record {
+        Record {
+            state: ContainerState {
+                id: id.to_string(),
+                status: super::ContainerStatus::Created,
+                pid: Some(pid.as_raw()),
+                bundle,
+                created_at: chrono::Utc::now(),
+                started_at: None,
+                finished_at: None,
+                exit_code: None,
+                oom_killed: false,
+                annotations,
+            },
+            pid_start_time: super::procfs::start_time(pid),
+            cgroups_path,
+        }
+    }
+}
+
 pub(crate) fn containers_dir(root: &Path) -> PathBuf {
     root.join("containers")
 }
@@ -28,7 +56,21 @@ pub(crate) fn container_dir(root: &Path, id: &str) -> PathBuf {
 }
 
 pub(crate) fn save(root: &Path, record: &Record) -> Result<(), RuntimeError> {
-    let dir = container_dir(root, &record.state.id);
+    save_in(&container_dir(root, &record.state.id), record, Durability::Fsync)
+}
+
+/// Whether a save must survive a machine crash.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// fsync the file and the directory: the monitor's records outlive reboots of the agent.
+    Fsync,
+    /// Rename only: state under /run dies with the machine anyway (nodelet-runc, like runc).
+    Volatile,
+}
+
+/// Atomically replace `<dir>/state.json` with `value` (also used by nodelet-runc, whose
+/// records wrap a [`Record`] with the fields runc's `state` shows).
+pub(crate) fn save_in(dir: &Path, value: &impl Serialize, durability: Durability) -> Result<(), RuntimeError> {
     let path = dir.join(STATE_FILE);
     let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
     let io_err = |path: &Path| {
@@ -36,12 +78,26 @@ pub(crate) fn save(root: &Path, record: &Record) -> Result<(), RuntimeError> {
         move |source| RuntimeError::StateFile { path, source }
     };
     let json =
-        serde_json::to_vec_pretty(record).map_err(|source| RuntimeError::Encode { what: "container state", source })?;
+        serde_json::to_vec_pretty(value).map_err(|source| RuntimeError::Encode { what: "container state", source })?;
     let mut file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
     file.write_all(&json).map_err(io_err(&tmp))?;
+    if durability == Durability::Volatile {
+        return std::fs::rename(&tmp, &path).map_err(io_err(&path));
+    }
     file.sync_all().map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io_err(&dir))
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+}
+
+/// `<dir>/state.json`; None when the file is missing (a create that never finished).
+pub(crate) fn load_from<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Option<T>, RuntimeError> {
+    let path = dir.join(STATE_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(RuntimeError::StateFile { path, source }),
+    };
+    serde_json::from_slice(&bytes).map(Some).map_err(|source| RuntimeError::Decode { what: "container state", source })
 }
 
 /// Every container record on disk. Directories without a state file (a create that never

@@ -60,6 +60,10 @@ impl NodeletProcess {
             // Tests run agents side by side: each takes a free port, never kubelet's 10248.
             .arg("--healthz-bind-address")
             .arg("127.0.0.1:0")
+            // The agent pins the Service datapath in /sys/fs/bpf/nodelet by default; tests
+            // must leave nothing on the host after they stop, so they never pin.
+            .arg("--proxy-pin-dir")
+            .arg("")
             .arg("-v")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))

@@ -1,0 +1,160 @@
+//! `nodelet proxy`: the eBPF Service proxy alone, as kube-proxy runs; `nodelet proxy list`
+//! prints the service table programmed in the pinned maps, as `cilium service list` does;
+//! `nodelet proxy cleanup` detaches the pinned datapath and removes its pins.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use nodelet_kubelet::agent::proxy_only::{ProxyOnlyConfig, DEFAULT_PROXY_BIND_ADDRESS};
+use nodelet_proxy::{Backend, Frontend, ProxyConfig, SockLb, DEFAULT_PIN_DIR};
+
+use super::run::{parse_bind_address, parse_pin_dir, resolve_pin_dir, BindAddress, PinPolicy};
+
+#[derive(clap::Args, Debug)]
+#[command(subcommand_negates_reqs = true)]
+pub struct ProxyArgs {
+    #[command(subcommand)]
+    action: Option<ProxyAction>,
+    /// Path to a kubeconfig file with kube-proxy's permissions (system:node-proxier).
+    #[arg(long, env = "KUBECONFIG", required = true)]
+    kubeconfig: Option<PathBuf>,
+    /// The cgroup2 directory the eBPF connect hook is attached to (default: the cgroup2 root).
+    #[arg(long)]
+    proxy_attach_cgroup: Option<PathBuf>,
+    /// The bpffs directory the datapath is pinned in, so that Services keep working while the
+    /// proxy restarts (default /sys/fs/bpf/nodelet; "" = not pinned, detached on exit).
+    #[arg(long, value_name = "DIR", value_parser = parse_pin_dir)]
+    proxy_pin_dir: Option<PathBuf>,
+    /// Where to serve /healthz, /livez and /metrics (ip:port; "" or "0" serves nothing).
+    #[arg(long, default_value = DEFAULT_PROXY_BIND_ADDRESS, value_parser = parse_bind_address)]
+    healthz_bind_address: BindAddress,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum ProxyAction {
+    /// Print the service table programmed in the pinned maps (exit 1 when nothing is pinned).
+    List(PinDirArgs),
+    /// Detach the pinned datapath and remove its pins (Services stop being load-balanced).
+    Cleanup(PinDirArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct PinDirArgs {
+    /// The bpffs directory the datapath is pinned in.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    proxy_pin_dir: PathBuf,
+}
+
+pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
+    match args.action {
+        Some(ProxyAction::List(pin)) => list(&pin.proxy_pin_dir),
+        Some(ProxyAction::Cleanup(pin)) => cleanup(&pin.proxy_pin_dir),
+        None => serve(args),
+    }
+}
+
+fn serve(args: ProxyArgs) -> anyhow::Result<ExitCode> {
+    let kubeconfig = args.kubeconfig.context("--kubeconfig is required")?;
+    let defaults = ProxyConfig::default();
+    let proxy = ProxyConfig {
+        attach_cgroup: args.proxy_attach_cgroup.unwrap_or(defaults.attach_cgroup),
+        pin_dir: resolve_pin_dir(args.proxy_pin_dir, PinPolicy::PinByDefault)?,
+    };
+    proxy.validate()?;
+    let config = ProxyOnlyConfig { kubeconfig, proxy, healthz_bind_address: args.healthz_bind_address.0 };
+    let runtime = super::tokio_runtime()?;
+    runtime.block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        super::cancel_on_signals(shutdown.clone());
+        nodelet_kubelet::agent::proxy_only::run_proxy_only(config, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(pin_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let services = SockLb::pinned_services(pin_dir)
+        .with_context(|| format!("reading the service table pinned in {}", pin_dir.display()))?;
+    let Some(services) = services else {
+        eprintln!(
+            "nothing is pinned in {}: no nodelet agent or proxy has run with --proxy-pin-dir {0} since boot",
+            pin_dir.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    print!("{}", service_table(&services));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cleanup(pin_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let unpinned = SockLb::unpin_and_detach(pin_dir)
+        .with_context(|| format!("removing the datapath pinned in {}", pin_dir.display()))?;
+    if unpinned.link || unpinned.maps > 0 {
+        println!("detached and unpinned the Service datapath in {}", pin_dir.display());
+    } else {
+        println!("nothing was pinned in {}", pin_dir.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cilium service list`'s layout: one row per frontend, one line per backend. IDs number
+/// the frontends in order (the maps keep no service ids). Only ClusterIP frontends are
+/// programmed by this datapath so far.
+fn service_table(services: &[(Frontend, Vec<Backend>)]) -> String {
+    let rows: Vec<(String, String, Vec<String>)> = services
+        .iter()
+        .enumerate()
+        .map(|(index, (frontend, backends))| {
+            let protocol = frontend.protocol.to_string().to_uppercase();
+            let lines = if backends.is_empty() {
+                vec![String::from("(none: connections refused)")]
+            } else {
+                backends
+                    .iter()
+                    .enumerate()
+                    .map(|(slot, backend)| format!("{} => {backend}/{protocol} (active)", slot + 1))
+                    .collect()
+            };
+            ((index + 1).to_string(), frontend.to_string().to_uppercase(), lines)
+        })
+        .collect();
+    let id_width = rows.iter().map(|r| r.0.len()).chain(["ID".len()]).max().unwrap_or(2);
+    let frontend_width = rows.iter().map(|r| r.1.len()).chain(["Frontend".len()]).max().unwrap_or(8);
+    let type_width = "Service Type".len();
+    let mut out = String::new();
+    let _ =
+        writeln!(out, "{:id_width$}   {:frontend_width$}   {:type_width$}   Backend", "ID", "Frontend", "Service Type");
+    for (id, frontend, lines) in rows {
+        for (n, line) in lines.iter().enumerate() {
+            let (id, frontend, kind) =
+                if n == 0 { (id.as_str(), frontend.as_str(), "ClusterIP") } else { ("", "", "") };
+            let _ = writeln!(out, "{id:id_width$}   {frontend:frontend_width$}   {kind:type_width$}   {line}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nodelet_proxy::Protocol;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    #[test]
+    fn lists_frontends_and_backends_as_cilium_does() {
+        let frontend = |last, protocol| Frontend { ip: IpAddr::V4(Ipv4Addr::new(10, 96, 0, last)), port: 53, protocol };
+        let backend = |last| Backend { ip: IpAddr::V4(Ipv4Addr::new(10, 244, 0, last)), port: 5353 };
+        let table = service_table(&[
+            (frontend(10, Protocol::Udp), vec![backend(2), backend(3)]),
+            (frontend(11, Protocol::Tcp), vec![]),
+        ]);
+        let expected = [
+            "ID   Frontend            Service Type   Backend",
+            "1    10.96.0.10:53/UDP   ClusterIP      1 => 10.244.0.2:5353/UDP (active)",
+            "                                        2 => 10.244.0.3:5353/UDP (active)",
+            "2    10.96.0.11:53/TCP   ClusterIP      (none: connections refused)",
+        ];
+        assert_eq!(table.lines().collect::<Vec<_>>(), expected);
+    }
+}

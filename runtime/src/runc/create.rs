@@ -1,0 +1,160 @@
+//! `create`: prepare the container (state dir, exec FIFO, cgroup), clone its init and leave
+//! it waiting on the FIFO. This process then exits, so the init is re-parented to the
+//! caller's subreaper, as with runc.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use nix::sys::stat::Mode;
+use nix::unistd::Pid;
+use oci_spec::runtime::Spec;
+
+use super::container::{self, RuncRecord, EXEC_FIFO};
+use super::{io_err, RuncError};
+use crate::cgroups::{CgroupLimits, ContainerCgroup};
+use crate::container::{InitSpec, Stdio};
+use crate::monitor::store::Record;
+
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// Path to the bundle (the directory holding config.json).
+    #[arg(short, long, default_value = ".")]
+    pub bundle: PathBuf,
+    /// Write the init's pid to this file.
+    #[arg(long = "pid-file")]
+    pub pid_file: Option<PathBuf>,
+    /// Unix socket to send the terminal's master fd to (terminals are not supported yet).
+    #[arg(long = "console-socket")]
+    pub console_socket: Option<PathBuf>,
+    /// Use chroot instead of pivot_root (for a rootfs on ramfs).
+    #[arg(long = "no-pivot")]
+    pub no_pivot: bool,
+    /// Pass on N extra fds (3..3+N) to the container process.
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    pub preserve_fds: u32,
+    /// Accepted for runc compatibility; the kernel keyring is not touched.
+    #[arg(long = "no-new-keyring", hide = true)]
+    pub no_new_keyring: bool,
+    pub id: String,
+}
+
+/// Create the container; returns its init's pid (we are its parent until we exit).
+pub(super) fn create(root: &Path, args: &CreateArgs) -> Result<Pid, RuncError> {
+    container::validate_id(&args.id)?;
+    let bundle = args.bundle.canonicalize().map_err(io_err("cannot open bundle", &args.bundle))?;
+    let spec = crate::container::load_bundle(&bundle).map_err(RuncError::Spec)?;
+    check_spec(&spec)?;
+    let rootfs = crate::container::rootfs_path(&bundle, &spec);
+    let rootfs = rootfs.canonicalize().map_err(|source| RuncError::Rootfs { path: rootfs.clone(), source })?;
+
+    std::fs::create_dir_all(root).map_err(io_err("cannot create state root", root))?;
+    let dir = container::container_dir(root, &args.id);
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(RuncError::Exists { id: args.id.clone() })
+        }
+        Err(e) => return Err(io_err("cannot create state dir", &dir)(e)),
+    }
+    let mut undo = Undo { dir: dir.clone(), cgroup: None, pid: None };
+    let rec = create_in(&mut undo, args, bundle, rootfs, spec)?;
+    if let Some(pid_file) = &args.pid_file {
+        write_pid_file(pid_file, rec.record.state.pid.unwrap_or(0))?;
+    }
+    undo.disarm();
+    Ok(Pid::from_raw(rec.record.state.pid.unwrap_or(0)))
+}
+
+fn create_in(
+    undo: &mut Undo,
+    args: &CreateArgs,
+    bundle: PathBuf,
+    rootfs: PathBuf,
+    spec: Spec,
+) -> Result<RuncRecord, RuncError> {
+    let exec_fifo = undo.dir.join(EXEC_FIFO);
+    nix::unistd::mkfifo(&exec_fifo, Mode::S_IRUSR | Mode::S_IWUSR)
+        .map_err(|source| RuncError::Sys { what: "cannot create exec fifo", source })?;
+    let linux = spec.linux().as_ref();
+    // runc's cgroupfs default: a cgroup named after the container at the hierarchy's root.
+    let cgroups_path = linux
+        .and_then(|l| l.cgroups_path().as_ref())
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| format!("/{}", args.id));
+    let cgroup = container::on_host(&cgroups_path)?;
+    let limits = CgroupLimits::from_spec(linux.and_then(|l| l.resources().as_ref()));
+    undo.cgroup = Some(cgroup.clone());
+    cgroup.create(&limits).map_err(|e| RuncError::Cgroup { path: cgroups_path.clone(), source: Box::new(e) })?;
+
+    let annotations: BTreeMap<String, String> = spec.annotations().clone().unwrap_or_default().into_iter().collect();
+    let oci_version = spec.version().clone();
+    let init = InitSpec {
+        id: args.id.clone(),
+        spec,
+        rootfs: rootfs.clone(),
+        cgroup_procs: cgroup.procs_files(),
+        cgroup_views: cgroup.hierarchy_dirs(),
+        stdio: Stdio::Inherit,
+        exec_fifo,
+        preserve_fds: args.preserve_fds,
+        no_pivot: args.no_pivot,
+    };
+    let pid = crate::container::spawn(init).map_err(|e| RuncError::Spawn(Box::new(e)))?;
+    undo.pid = Some(pid);
+    let rec = RuncRecord {
+        record: Record::created(&args.id, pid, bundle, annotations, Some(cgroups_path)),
+        oci_version,
+        rootfs,
+    };
+    container::save(&undo.dir, &rec)?;
+    tracing::debug!(id = %args.id, %pid, "created container");
+    Ok(rec)
+}
+
+/// What the container code cannot do yet, refused before anything is made.
+fn check_spec(spec: &Spec) -> Result<(), RuncError> {
+    let process = spec.process().as_ref();
+    if process.and_then(|p| p.terminal()).unwrap_or(false) {
+        return Err(RuncError::Terminal);
+    }
+    Ok(())
+}
+
+/// runc writes the pid without a newline, through a temp file and a rename, so a reader
+/// never sees a partial file.
+fn write_pid_file(path: &Path, pid: i32) -> Result<(), RuncError> {
+    let tmp_name = format!(".{}.tmp", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
+    let tmp = path.with_file_name(tmp_name);
+    std::fs::write(&tmp, pid.to_string()).map_err(io_err("cannot write pid file", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err("cannot write pid file", path))
+}
+
+/// Removes what a failed create made: the init, the cgroup, the state directory.
+struct Undo {
+    dir: PathBuf,
+    cgroup: Option<ContainerCgroup>,
+    pid: Option<Pid>,
+}
+
+impl Undo {
+    fn disarm(&mut self) {
+        self.cgroup = None;
+        self.pid = None;
+        self.dir = PathBuf::new();
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None); // our child: reap it
+        }
+        if let Some(cgroup) = &self.cgroup {
+            let _ = cgroup.remove();
+        }
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
