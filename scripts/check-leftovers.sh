@@ -20,10 +20,16 @@ done
 while IFS= read -r dir; do report "cgroup $dir"; done < <(
   find /sys/fs/cgroup -maxdepth 3 -type d -name 'nodelet-test*' -o -maxdepth 3 -type d -name 'nodelet-e2e*' 2>/dev/null)
 
-for pidfile in /proc/[0-9]*/cmdline; do
-  cmd=$(tr '\0' ' ' < "$pidfile" 2>/dev/null) || continue
-  case "$cmd" in *"nodelet monitor"*|*nodelet-monitor*|*nodelet-test-apiserver*|*"nodelet agent"*)
-    pid=${pidfile#/proc/}; report "process ${pid%/cmdline}: $cmd" ;; esac
+# Processes by executable and subcommand (not by substring: a `cargo build --bin nodelet-…`
+# is not a leftover).
+for cmdline in /proc/[0-9]*/cmdline; do
+  mapfile -d '' -t argv < "$cmdline" 2>/dev/null || continue
+  ((${#argv[@]})) || continue
+  pid=${cmdline#/proc/}; pid=${pid%/cmdline}
+  case "$(basename -- "${argv[0]}") ${argv[1]:-}" in
+    "nodelet monitor"|"nodelet agent"|"nodelet run"|"nodelet proxy"|nodelet-monitor\ *|nodelet-test-apiserver\ *)
+      report "process $pid: ${argv[*]}" ;;
+  esac
 done
 
 if [ "$found" = 0 ]; then echo "no leftovers"; fi
