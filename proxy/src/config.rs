@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use nodelet_ebpf::MapSizes;
+
 use crate::error::ProxyError;
 
 /// The pin directory of `nodelet agent` and `nodelet proxy` (cilium pins under /sys/fs/bpf too).
@@ -23,13 +25,20 @@ pub struct ProxyConfig {
     /// serving after the proxy exits, and the next start reuses it. `None`: everything is
     /// released when the proxy stops.
     pub pin_dir: Option<PathBuf>,
+    /// Capacity of the load-balancer's maps, fixed when they are created (maps reused
+    /// from `pin_dir` keep the size they were created with).
+    pub map_sizes: MapSizes,
 }
 
 impl Default for ProxyConfig {
     /// The cgroup2 root: `/sys/fs/cgroup` when pure v2,
     /// `/sys/fs/cgroup/unified` on hybrid hosts.
     fn default() -> Self {
-        ProxyConfig { attach_cgroup: cgroup2_root_under(Path::new(CGROUP_ROOT)), pin_dir: None }
+        ProxyConfig {
+            attach_cgroup: cgroup2_root_under(Path::new(CGROUP_ROOT)),
+            pin_dir: None,
+            map_sizes: MapSizes::default(),
+        }
     }
 }
 
@@ -79,11 +88,20 @@ mod tests {
     }
 
     #[test]
+    fn default_map_sizes_hold_ten_thousand_services_of_ten_endpoints() {
+        let sizes = ProxyConfig::default().map_sizes;
+        assert_eq!(sizes, MapSizes::default());
+        assert!(sizes.services >= MapSizes::services_needed(10_000, 10), "{sizes:?}");
+    }
+
+    #[test]
     fn validate_rejects_non_cgroup2_directories() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let missing = ProxyConfig { attach_cgroup: dir.path().join("absent"), pin_dir: None };
+        let missing =
+            ProxyConfig { attach_cgroup: dir.path().join("absent"), pin_dir: None, map_sizes: MapSizes::default() };
         assert!(missing.validate().is_err());
-        let plain = ProxyConfig { attach_cgroup: dir.path().to_path_buf(), pin_dir: None };
+        let plain =
+            ProxyConfig { attach_cgroup: dir.path().to_path_buf(), pin_dir: None, map_sizes: MapSizes::default() };
         let error = plain.validate().expect_err("not cgroup2");
         assert!(error.to_string().contains("not a cgroup2 directory"), "{error}");
         fs::write(dir.path().join(CGROUP2_MARKER), "").expect("marker");

@@ -19,7 +19,7 @@ pub use config::{cgroup2_root_under, ProxyConfig, DEFAULT_PIN_DIR};
 pub use error::ProxyError;
 pub use manifest::{parse_service_objects, ServiceObjects};
 pub use metrics::register_metrics;
-pub use nodelet_ebpf::{Backend, Frontend, Protocol, SockLb, Unpinned};
+pub use nodelet_ebpf::{Backend, Frontend, MapSizes, Protocol, SockLb, Unpinned};
 pub use sync::{Reconciler, SyncTiming};
 pub use table::{build_table, ServiceTable};
 

@@ -54,7 +54,7 @@ fn slice_changes_move_the_vip_to_the_new_backend() {
     let cgroup = TestCgroup::create();
     let first = TcpBackend::start();
     let second = TcpBackend::start();
-    let cfg = ProxyConfig { attach_cgroup: cgroup.path.clone(), pin_dir: None };
+    let cfg = ProxyConfig { attach_cgroup: cgroup.path.clone(), pin_dir: None, ..ProxyConfig::default() };
     let mut reconciler = Reconciler::new(EbpfDatapath::new(&cfg).expect("datapath"));
 
     let (services, slices) = web_objects(VIP, first.port);
@@ -84,7 +84,7 @@ async fn run_static_serves_the_vip_until_shutdown() {
     require_root();
     let cgroup = TestCgroup::create();
     let backend = TcpBackend::start();
-    let cfg = ProxyConfig { attach_cgroup: cgroup.path.clone(), pin_dir: None };
+    let cfg = ProxyConfig { attach_cgroup: cgroup.path.clone(), pin_dir: None, ..ProxyConfig::default() };
     let (services, slices) = web_objects(LOOPBACK_VIP, backend.port);
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(run_static(services, slices, cfg, shutdown.clone()));
@@ -111,7 +111,7 @@ async fn run_static_serves_the_vip_until_shutdown() {
 #[test]
 fn a_non_cgroup2_attach_dir_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = ProxyConfig { attach_cgroup: dir.path().to_path_buf(), pin_dir: None };
+    let cfg = ProxyConfig { attach_cgroup: dir.path().to_path_buf(), pin_dir: None, ..ProxyConfig::default() };
     let error = EbpfDatapath::new(&cfg).err().expect("not a cgroup2 dir");
     assert!(error.to_string().contains("not a cgroup2 directory"), "{error}");
 }

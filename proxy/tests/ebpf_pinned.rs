@@ -55,7 +55,8 @@ fn a_restarted_proxy_resumes_from_the_pinned_maps() {
     let cgroup = TestCgroup::create();
     let pin_dir = bpffs.path.join("nodelet");
     let _cleanup = UnpinOnDrop(&pin_dir);
-    let cfg = ProxyConfig { attach_cgroup: cgroup.path.clone(), pin_dir: Some(pin_dir.clone()) };
+    let cfg =
+        ProxyConfig { attach_cgroup: cgroup.path.clone(), pin_dir: Some(pin_dir.clone()), ..ProxyConfig::default() };
     let (first, second) = (TcpBackend::start(), TcpBackend::start());
     let (services, slices) = objects(&[first.port]);
 

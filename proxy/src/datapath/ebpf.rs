@@ -1,6 +1,6 @@
 //! The real datapath: the nodelet-ebpf socket load-balancer.
 
-use nodelet_ebpf::{CgroupAttachment, EbpfError, Frontend, MapSizes, SockLb};
+use nodelet_ebpf::{CgroupAttachment, EbpfError, Frontend, SockLb};
 
 use super::plan::plan;
 use super::{Datapath, SyncStats};
@@ -18,14 +18,14 @@ pub struct EbpfDatapath {
 }
 
 impl EbpfDatapath {
-    /// Load the programs and attach them to `cfg.attach_cgroup`. When pinned maps are
+    /// Load the programs (maps of `cfg.map_sizes`) and attach them to `cfg.attach_cgroup`. When pinned maps are
     /// reused, what they hold is read back first: the first apply then writes only the
     /// frontends that differ, and connections to the others never see a change.
     pub fn new(cfg: &ProxyConfig) -> Result<EbpfDatapath, ProxyError> {
         cfg.validate()?;
         let mut lb = match &cfg.pin_dir {
-            Some(pin_dir) => SockLb::load_pinned(MapSizes::default(), pin_dir),
-            None => SockLb::load(),
+            Some(pin_dir) => SockLb::load_pinned(cfg.map_sizes, pin_dir),
+            None => SockLb::load_with(cfg.map_sizes),
         }
         .map_err(ProxyError::Load)?;
         let attachment = lb
