@@ -187,3 +187,66 @@ async fn only_stdio_reaches_the_process() {
     assert_eq!(std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(), Path::new("/"));
     runtime.delete(id, true).await.expect("delete");
 }
+
+#[tokio::test]
+async fn watchers_see_every_change_numbered_in_order() {
+    use nodelet_runtime::monitor::ContainerEvent;
+
+    let mut env = TestEnv::new();
+    let runtime = env.runtime().await;
+    let start = runtime.watch().await.expect("watch");
+    assert!(start.states.is_empty(), "{:?}", start.states);
+    let (mut events, mut seq) = (start.events, start.seq);
+    let id = "watched";
+    let (bundle, spec) = env.bundle(id, &["sh", "-c", "exit 7"]);
+    write_bundle(&bundle, &spec);
+
+    // An answer carries the number of the change it made: a watcher that has read that far
+    // has seen the change.
+    runtime.create(id, &bundle, &env.log_path(id)).await.expect("create");
+    match next_event(&mut events).await {
+        Some(ContainerEvent::Changed { state, seq: n }) => {
+            assert_eq!((state.id.as_str(), state.status), (id, ContainerStatus::Created));
+            assert_eq!(n, runtime.answered_seq());
+            assert!(n > seq);
+            seq = n;
+        }
+        other => panic!("expected created, got {other:?}"),
+    }
+    runtime.start(id).await.expect("start");
+    match next_event(&mut events).await {
+        Some(ContainerEvent::Changed { state, seq: n }) => {
+            assert_eq!(state.status, ContainerStatus::Running);
+            assert!(n > seq);
+            seq = n;
+        }
+        other => panic!("expected running, got {other:?}"),
+    }
+    // The exit is pushed, not polled for.
+    match next_event(&mut events).await {
+        Some(ContainerEvent::Changed { state, seq: n }) => {
+            assert_eq!((state.status, state.exit_code), (ContainerStatus::Stopped, Some(7)));
+            assert!(n > seq);
+        }
+        other => panic!("expected the exit, got {other:?}"),
+    }
+    runtime.delete(id, false).await.expect("delete");
+    match next_event(&mut events).await {
+        Some(ContainerEvent::Deleted { id: gone, seq: n }) => {
+            assert_eq!(gone, id);
+            assert_eq!(n, runtime.answered_seq());
+        }
+        other => panic!("expected the deletion, got {other:?}"),
+    }
+
+    // A second watcher starts from the list as it is now.
+    let second = runtime.watch().await.expect("second watch");
+    assert!(second.states.is_empty(), "{:?}", second.states);
+    assert_eq!(second.seq, runtime.answered_seq());
+}
+
+async fn next_event(
+    events: &mut nodelet_runtime::monitor::ContainerEvents,
+) -> Option<nodelet_runtime::monitor::ContainerEvent> {
+    tokio::time::timeout(Duration::from_secs(10), events.next()).await.expect("event in time").expect("read event")
+}

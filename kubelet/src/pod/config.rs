@@ -16,6 +16,9 @@ pub struct PodConfig {
     pub host_resolv_conf: PathBuf,
     /// How often a worker looks at its containers when nothing else wakes it.
     pub sync_interval: Duration,
+    /// The same when the runtime pushes every container change to the worker: only a
+    /// safety net then.
+    pub resync_interval: Duration,
 }
 
 impl PodConfig {
@@ -27,6 +30,7 @@ impl PodConfig {
             host_ip: None,
             host_resolv_conf: super::pod_files::default_host_resolv_conf(),
             sync_interval: Duration::from_secs(1),
+            resync_interval: Duration::from_secs(10),
         }
     }
 }

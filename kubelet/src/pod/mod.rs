@@ -5,6 +5,7 @@
 //! Entry points: [`run_api_pods`] (agent mode) and [`run_static_pods`] (`nodelet run DIR`).
 
 pub mod config;
+pub mod container_cache;
 pub mod expand;
 pub mod ids;
 pub mod layout;

@@ -3,21 +3,41 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use tokio::task::AbortHandle;
+
 use nodelet_runtime::image::{Image, ImageStore, NoProgress};
 use nodelet_runtime::monitor::{ContainerState, ContainerStatus, Runtime, RuntimeError};
 use nodelet_runtime::network::{PodNetwork, SandboxNetwork};
 
+use super::container_cache::{keep_current, ContainerCache};
 use super::runtime_port::{ContainerInfo, ImageInfo, PodRuntime, PortError, RunState, SandboxInfo};
 
 pub struct NodeRuntime {
     images: Arc<ImageStore>,
     monitor: Runtime,
     network: Arc<PodNetwork>,
+    containers: Arc<ContainerCache>,
+    watch: AbortHandle,
+}
+
+impl Drop for NodeRuntime {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
 }
 
 impl NodeRuntime {
+    /// Starts watching the monitor's containers (call within a tokio runtime).
     pub fn new(images: Arc<ImageStore>, monitor: Runtime, network: Arc<PodNetwork>) -> NodeRuntime {
-        NodeRuntime { images, monitor, network }
+        let containers = ContainerCache::new();
+        let watch = tokio::spawn(keep_current(containers.clone(), monitor.clone())).abort_handle();
+        NodeRuntime { images, monitor, network, containers, watch }
+    }
+
+    /// After a change through the monitor: wait until the watch shows it, so the next read
+    /// sees what was just done.
+    async fn see_own_change(&self) {
+        self.containers.caught_up(self.monitor.answered_seq()).await;
     }
 
     /// Run a blocking image-store call off the async threads.
@@ -120,15 +140,15 @@ impl PodRuntime for NodeRuntime {
     }
 
     async fn create_container(&self, id: &str, bundle: &Path, log_path: &Path) -> Result<ContainerInfo, PortError> {
-        self.monitor
-            .create(id, bundle, log_path)
-            .await
-            .map(container_info)
-            .map_err(|e| PortError::runtime("create container", id, e))
+        let created = self.monitor.create(id, bundle, log_path).await;
+        self.see_own_change().await;
+        created.map(container_info).map_err(|e| PortError::runtime("create container", id, e))
     }
 
     async fn start_container(&self, id: &str) -> Result<(), PortError> {
-        self.monitor.start(id).await.map_err(|e| PortError::runtime("start container", id, e))
+        let started = self.monitor.start(id).await;
+        self.see_own_change().await;
+        started.map_err(|e| PortError::runtime("start container", id, e))
     }
 
     async fn container_state(&self, id: &str) -> Result<Option<ContainerInfo>, PortError> {
@@ -147,7 +167,9 @@ impl PodRuntime for NodeRuntime {
     }
 
     async fn delete_container(&self, id: &str, force: bool) -> Result<(), PortError> {
-        match self.monitor.delete(id, force).await {
+        let deleted = self.monitor.delete(id, force).await;
+        self.see_own_change().await;
+        match deleted {
             Ok(()) | Err(RuntimeError::NotFound { .. }) => Ok(()),
             Err(e) => Err(PortError::runtime("delete container", id, e)),
         }
@@ -159,5 +181,16 @@ impl PodRuntime for NodeRuntime {
             .await
             .map(|list| list.into_iter().map(container_info).collect())
             .map_err(|e| PortError::runtime("list containers", "", e))
+    }
+
+    async fn pod_containers(&self, pod_uid: &str) -> Result<Vec<ContainerInfo>, PortError> {
+        match self.containers.pod(pod_uid) {
+            Some(states) => Ok(states.into_iter().map(container_info).collect()),
+            None => self.list_containers().await,
+        }
+    }
+
+    fn container_changes(&self, pod_uid: &str) -> Option<tokio::sync::watch::Receiver<()>> {
+        Some(self.containers.subscribe(pod_uid))
     }
 }

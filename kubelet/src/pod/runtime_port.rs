@@ -125,6 +125,15 @@ pub trait PodRuntime: Send + Sync {
     /// Remove a container; `force` kills it first when running. Unknown ids are Ok.
     async fn delete_container(&self, id: &str, force: bool) -> Result<(), PortError>;
     async fn list_containers(&self) -> Result<Vec<ContainerInfo>, PortError>;
+    /// The containers of one pod (by the pod-uid annotation); may include others.
+    async fn pod_containers(&self, _pod_uid: &str) -> Result<Vec<ContainerInfo>, PortError> {
+        self.list_containers().await
+    }
+    /// Fires when one of the pod's containers changes. None when the runtime cannot tell:
+    /// the worker then polls.
+    fn container_changes(&self, _pod_uid: &str) -> Option<tokio::sync::watch::Receiver<()>> {
+        None
+    }
 
     /// The image to run, by pull policy: present -> use it unless Always; absent -> pull unless
     /// Never.

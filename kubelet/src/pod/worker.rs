@@ -64,6 +64,9 @@ pub async fn run_worker(
     shutdown: CancellationToken,
 ) -> WorkerExit {
     let first = updates.borrow().clone();
+    let uid = PodPlan::from_pod(&first.pod, first.gone).uid;
+    let mut changes = ctx.runtime.container_changes(&uid);
+    let interval = if changes.is_some() { ctx.cfg.resync_interval } else { ctx.cfg.sync_interval };
     let start_time = first.pod.status.as_ref().and_then(|s| s.start_time.as_ref()).map_or_else(Utc::now, |t| t.0);
     let mut worker = Worker {
         ctx,
@@ -84,7 +87,7 @@ pub async fn run_worker(
             }
         };
         let now = Instant::now();
-        let poll = now + worker.ctx.cfg.sync_interval;
+        let poll = now + interval;
         let until = wake_at.map_or(poll, |w| w.min(poll)).max(now);
         tokio::select! {
             _ = shutdown.cancelled() => return WorkerExit::Shutdown,
@@ -93,9 +96,20 @@ pub async fn run_worker(
                     return WorkerExit::Shutdown;
                 }
             }
+            _ = containers_changed(&mut changes) => {}
             _ = tokio::time::sleep_until(until) => {}
         }
     }
+}
+
+/// Resolves when one of the pod's containers changed; never when the runtime cannot tell.
+async fn containers_changed(changes: &mut Option<watch::Receiver<()>>) {
+    if let Some(receiver) = changes {
+        if receiver.changed().await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 enum StepOutcome {
@@ -119,7 +133,7 @@ impl Worker {
     async fn step(&mut self, update: &PodUpdate) -> Result<StepOutcome, StepError> {
         let pod = &update.pod;
         let plan = PodPlan::from_pod(pod, update.gone);
-        let all = self.ctx.runtime.list_containers().await?;
+        let all = self.ctx.runtime.pod_containers(&plan.uid).await?;
         let observed = Observed::for_pod(&plan.uid, &all);
         let now = Instant::now();
         self.note_exits(&plan, &observed, now);

@@ -1,15 +1,19 @@
 //! The agent's async client of the monitor: a new connection per request, one JSON line each
-//! way.
+//! way; and [`Runtime::watch`], one long-lived connection on which the monitor pushes every
+//! change.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 
-use super::protocol::{ErrorKind, Request, Response};
+use super::protocol::{ContainerEvent, ErrorKind, Line, Request, Response};
 use super::{ContainerState, RuntimeError, LOG_FILE_NAME, PID_FILE_NAME, SOCKET_NAME};
 
 /// How long a freshly spawned monitor may take to answer.
@@ -20,6 +24,8 @@ const SPAWN_POLL: Duration = Duration::from_millis(50);
 #[derive(Clone, Debug)]
 pub struct Runtime {
     root: PathBuf,
+    /// The highest change number on any answer this client (and its clones) got.
+    answered_seq: Arc<AtomicU64>,
 }
 
 impl Runtime {
@@ -48,7 +54,7 @@ impl Runtime {
 
     /// Connect to a running monitor without spawning one.
     pub async fn connect(root: &Path) -> Result<Runtime, RuntimeError> {
-        let runtime = Runtime { root: root.to_path_buf() };
+        let runtime = Runtime { root: root.to_path_buf(), answered_seq: Arc::default() };
         match runtime.call(&Request::Ping).await? {
             Response::Ok => Ok(runtime),
             other => Err(unexpected(other)),
@@ -57,6 +63,13 @@ impl Runtime {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The number of the last change the monitor had pushed to its watchers when it wrote
+    /// the newest answer this client got: a watcher that has read up to it has seen every
+    /// change those answers reflect.
+    pub fn answered_seq(&self) -> u64 {
+        self.answered_seq.load(Ordering::Acquire)
     }
 
     /// The pid the running monitor wrote to `<root>/monitor.pid`.
@@ -93,6 +106,24 @@ impl Runtime {
         }
     }
 
+    /// Every container now (as of change number `seq`), and a stream of the changes that
+    /// follow, in the order the monitor made them. The monitor sends a change to its
+    /// watchers before it answers the request that made it.
+    pub async fn watch(&self) -> Result<WatchStart, RuntimeError> {
+        let path = self.root.join(SOCKET_NAME);
+        let (mut lines, writer) = self.send(&Request::Watch).await?;
+        let io_err = |source| RuntimeError::Connect { path: path.clone(), source };
+        let first =
+            lines.next_line().await.map_err(io_err)?.ok_or_else(|| RuntimeError::NoAnswer { path: path.clone() })?;
+        let line = decode(&first)?;
+        match line.response {
+            Response::List { states } => {
+                Ok(WatchStart { states, seq: line.seq, events: ContainerEvents { lines, _writer: writer, path } })
+            }
+            other => Err(into_error(other, None)),
+        }
+    }
+
     /// Send `signal` to the container's init. A stopped container is not an error.
     pub async fn kill(&self, id: &str, signal: i32) -> Result<(), RuntimeError> {
         let request = Request::Kill { id: id.to_string(), signal };
@@ -121,6 +152,21 @@ impl Runtime {
 
     async fn call(&self, request: &Request) -> Result<Response, RuntimeError> {
         let path = self.root.join(SOCKET_NAME);
+        let (mut lines, _writer) = self.send(request).await?;
+        match lines.next_line().await {
+            Ok(Some(answer)) => {
+                let line = decode(&answer)?;
+                self.answered_seq.fetch_max(line.seq, Ordering::AcqRel);
+                Ok(line.response)
+            }
+            Ok(None) => Err(RuntimeError::NoAnswer { path }),
+            Err(source) => Err(RuntimeError::Connect { path, source }),
+        }
+    }
+
+    /// Connect and send one request; the answer lines are read from what is returned.
+    async fn send(&self, request: &Request) -> Result<(Lines<BufReader<OwnedReadHalf>>, OwnedWriteHalf), RuntimeError> {
+        let path = self.root.join(SOCKET_NAME);
         let io_err = |source| RuntimeError::Connect { path: path.clone(), source };
         let mut line =
             serde_json::to_vec(request).map_err(|source| RuntimeError::Encode { what: "request", source })?;
@@ -128,13 +174,47 @@ impl Runtime {
         let stream = UnixStream::connect(&path).await.map_err(io_err)?;
         let (reader, mut writer) = stream.into_split();
         writer.write_all(&line).await.map_err(io_err)?;
-        let mut answer = String::new();
-        BufReader::new(reader).read_line(&mut answer).await.map_err(io_err)?;
-        if answer.is_empty() {
-            return Err(RuntimeError::NoAnswer { path });
-        }
-        serde_json::from_str(&answer).map_err(|source| RuntimeError::Decode { what: "monitor answer", source })
+        Ok((BufReader::new(reader).lines(), writer))
     }
+}
+
+/// What [`Runtime::watch`] starts with.
+#[derive(Debug)]
+pub struct WatchStart {
+    pub states: Vec<ContainerState>,
+    /// The change number `states` reflect.
+    pub seq: u64,
+    pub events: ContainerEvents,
+}
+
+/// The changes a [`Runtime::watch`] receives.
+#[derive(Debug)]
+pub struct ContainerEvents {
+    lines: Lines<BufReader<OwnedReadHalf>>,
+    /// Kept open: the monitor drops a watcher whose connection closes.
+    _writer: OwnedWriteHalf,
+    path: PathBuf,
+}
+
+impl ContainerEvents {
+    /// The next change; None when the monitor closed the connection (it stopped).
+    pub async fn next(&mut self) -> Result<Option<ContainerEvent>, RuntimeError> {
+        let line = match self.lines.next_line().await {
+            Ok(Some(line)) => line,
+            Ok(None) => return Ok(None),
+            Err(source) => return Err(RuntimeError::Connect { path: self.path.clone(), source }),
+        };
+        let Line { response, seq } = decode(&line)?;
+        match response {
+            Response::Changed { state } => Ok(Some(ContainerEvent::Changed { state: *state, seq })),
+            Response::Deleted { id } => Ok(Some(ContainerEvent::Deleted { id, seq })),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn decode(line: &str) -> Result<Line, RuntimeError> {
+    serde_json::from_str(line).map_err(|source| RuntimeError::Decode { what: "monitor answer", source })
 }
 
 fn request_id(request: &Request) -> Option<&str> {
@@ -144,7 +224,7 @@ fn request_id(request: &Request) -> Option<&str> {
         | Request::State { id }
         | Request::Kill { id, .. }
         | Request::Delete { id, .. } => Some(id),
-        Request::Ping | Request::List => None,
+        Request::Ping | Request::List | Request::Watch => None,
     }
 }
 

@@ -34,12 +34,15 @@ struct Entry {
 pub(crate) struct Containers {
     root: PathBuf,
     entries: BTreeMap<String, Entry>,
+    /// Ids whose state changed (or that were deleted) since the last [`Containers::take_changes`],
+    /// for the monitor's watchers.
+    changed: Vec<String>,
 }
 
 impl Containers {
     /// Load the records on disk and find which of their processes still live.
     pub fn load(root: &Path) -> Result<Self, RuntimeError> {
-        let mut containers = Containers { root: root.to_path_buf(), entries: BTreeMap::new() };
+        let mut containers = Containers { root: root.to_path_buf(), entries: BTreeMap::new(), changed: Vec::new() };
         for record in store::load_all(root)? {
             let id = record.state.id.clone();
             let entry = containers.adopt(record);
@@ -83,6 +86,14 @@ impl Containers {
         }
     }
 
+    /// The ids changed since the last call, each once, in the order they first changed.
+    pub fn take_changes(&mut self) -> Vec<String> {
+        let mut seen = std::collections::HashSet::new();
+        let mut changes = std::mem::take(&mut self.changed);
+        changes.retain(|id| seen.insert(id.clone()));
+        changes
+    }
+
     fn entry(&mut self, id: &str) -> Result<&mut Entry, RuntimeError> {
         self.entries.get_mut(id).ok_or_else(|| RuntimeError::NotFound { id: id.to_string() })
     }
@@ -110,6 +121,7 @@ impl Containers {
             Ok(record) => {
                 let state = record.state.clone();
                 self.entries.insert(id.to_string(), Entry { record, pidfd: None });
+                self.changed.push(id.to_string());
                 Ok(state)
             }
             Err(e) => {
@@ -192,6 +204,7 @@ impl Containers {
         entry.record.state.started_at = Some(chrono::Utc::now());
         let record = entry.record.clone();
         self.persist(&record);
+        self.changed.push(id.to_string());
         tracing::info!(%id, "started container");
         Ok(())
     }
@@ -224,6 +237,7 @@ impl Containers {
             kill_and_wait(id, entry);
             let record = entry.record.clone();
             self.persist(&record);
+            self.changed.push(id.to_string());
         }
         let record = self.entry(id)?.record.clone();
         if let Some(path) = &record.cgroups_path {
@@ -240,6 +254,7 @@ impl Containers {
             Err(source) => return Err(RuntimeError::RemoveDir { path: dir, source }),
         }
         self.entries.remove(id);
+        self.changed.push(id.to_string());
         tracing::info!(%id, "deleted container");
         Ok(())
     }
@@ -258,6 +273,7 @@ impl Containers {
         tracing::info!(id = %entry.record.state.id, %pid, exit_code, oom, "container exited");
         let record = entry.record.clone();
         self.persist(&record);
+        self.changed.push(record.state.id.clone());
     }
 
     /// An adopted container's pidfd became readable: it is gone, its status unknowable.
@@ -270,6 +286,7 @@ impl Containers {
         tracing::info!(%id, "adopted container exited");
         let record = entry.record.clone();
         self.persist(&record);
+        self.changed.push(id.to_string());
     }
 }
 

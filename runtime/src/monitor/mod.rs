@@ -10,8 +10,8 @@ pub(crate) mod store;
 
 use std::path::PathBuf;
 
-pub use client::Runtime;
-pub use protocol::{ContainerState, ContainerStatus};
+pub use client::{ContainerEvents, Runtime, WatchStart};
+pub use protocol::{ContainerEvent, ContainerState, ContainerStatus};
 pub use server::run_monitor;
 
 use crate::cgroups::CgroupError;

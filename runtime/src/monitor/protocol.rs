@@ -34,21 +34,81 @@ pub struct ContainerState {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub(crate) enum Request {
     Ping,
-    Create { id: String, bundle: PathBuf, log_path: PathBuf },
-    Start { id: String },
-    State { id: String },
+    Create {
+        id: String,
+        bundle: PathBuf,
+        log_path: PathBuf,
+    },
+    Start {
+        id: String,
+    },
+    State {
+        id: String,
+    },
     List,
-    Kill { id: String, signal: i32 },
-    Delete { id: String, force: bool },
+    Kill {
+        id: String,
+        signal: i32,
+    },
+    Delete {
+        id: String,
+        force: bool,
+    },
+    /// Answered with a `List` of every container, then the connection stays open and the
+    /// monitor sends a `Changed` or `Deleted` line each time a container's state changes.
+    Watch,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub(crate) enum Response {
     Ok,
-    State { state: Box<ContainerState> },
-    List { states: Vec<ContainerState> },
-    Error { kind: ErrorKind, message: String },
+    State {
+        state: Box<ContainerState>,
+    },
+    List {
+        states: Vec<ContainerState>,
+    },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
+    /// To watchers: the container's state after a change.
+    Changed {
+        state: Box<ContainerState>,
+    },
+    /// To watchers: the container is gone.
+    Deleted {
+        id: String,
+    },
+}
+
+/// One line from the monitor: an answer or a pushed change, and `seq`, the number of the
+/// last change the monitor had sent to its watchers when it wrote the line. A client that
+/// saw `seq` on an answer knows that a watcher has every change the answer reflects once
+/// it has read up to that number.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Line {
+    #[serde(flatten)]
+    pub response: Response,
+    /// Absent from monitors that predate watching.
+    #[serde(default)]
+    pub seq: u64,
+}
+
+/// One change a watcher of the monitor sees.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ContainerEvent {
+    Changed { state: ContainerState, seq: u64 },
+    Deleted { id: String, seq: u64 },
+}
+
+impl ContainerEvent {
+    pub fn seq(&self) -> u64 {
+        match self {
+            ContainerEvent::Changed { seq, .. } | ContainerEvent::Deleted { seq, .. } => *seq,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

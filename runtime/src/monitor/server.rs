@@ -15,7 +15,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use super::containers::{reap_children, Containers};
-use super::protocol::{ErrorKind, Request, Response};
+use super::protocol::{ErrorKind, Line, Request, Response};
 use super::store;
 use super::{RuntimeError, PID_FILE_NAME, SOCKET_NAME};
 use crate::error_chain;
@@ -25,9 +25,19 @@ const LOCK_FILE_NAME: &str = "monitor.lock";
 const MAX_REQUEST_BYTES: usize = 1 << 20;
 const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The connected clients, and the number of the last change sent to watchers.
+struct Clients {
+    list: Vec<Client>,
+    seq: u64,
+}
+
 struct Client {
     stream: UnixStream,
     pending: Vec<u8>,
+    /// Sent `watch`: gets every change pushed to it.
+    watching: bool,
+    /// Done or broken: removed at the end of the poll round (indices stay valid until then).
+    closed: bool,
 }
 
 /// The monitor's main loop; the `nodelet monitor --root DIR` subcommand calls it. Never
@@ -100,9 +110,12 @@ struct Ready {
 }
 
 fn serve(listener: &UnixListener, signals: &SignalFd, containers: &mut Containers) -> Result<(), RuntimeError> {
-    let mut clients: Vec<Client> = Vec::new();
+    // Change numbers start at the clock, so a restarted monitor's numbers are higher than
+    // any its predecessor gave out and a client waiting for an old number is not stuck.
+    let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let mut clients = Clients { list: Vec::new(), seq: u64::try_from(start.as_micros()).unwrap_or(0) };
     loop {
-        let ready = wait_ready(listener, signals, &clients, containers)?;
+        let ready = wait_ready(listener, signals, &clients.list, containers)?;
         if ready.signals {
             drain_signals(signals);
             for (pid, code, killed) in reap_children() {
@@ -112,14 +125,13 @@ fn serve(listener: &UnixListener, signals: &SignalFd, containers: &mut Container
         for id in &ready.adopted_exits {
             containers.adopted_exited(id);
         }
-        // Highest index first, so removing a client keeps the other indices valid.
-        for index in ready.clients.iter().rev() {
-            if !serve_client(&mut clients[*index], containers) {
-                clients.swap_remove(*index);
-            }
+        broadcast(&mut clients, containers);
+        for index in ready.clients {
+            serve_client(index, &mut clients, containers);
         }
+        clients.list.retain(|client| !client.closed);
         if ready.listener {
-            accept_clients(listener, &mut clients);
+            accept_clients(listener, &mut clients.list);
         }
     }
 }
@@ -170,7 +182,7 @@ fn accept_clients(listener: &UnixListener, clients: &mut Vec<Client>) {
                 {
                     continue;
                 }
-                clients.push(Client { stream, pending: Vec::new() });
+                clients.push(Client { stream, pending: Vec::new(), watching: false, closed: false });
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -182,35 +194,87 @@ fn accept_clients(listener: &UnixListener, clients: &mut Vec<Client>) {
     }
 }
 
-/// Read what the client sent and answer each complete line. False when the client is done.
-fn serve_client(client: &mut Client, containers: &mut Containers) -> bool {
-    let mut buf = [0u8; 8192];
-    let n = match client.stream.read(&mut buf) {
-        Ok(0) => return false,
-        Ok(n) => n,
-        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return true,
-        Err(_) => return false,
+/// Read what client `index` sent and answer each complete line; marks it closed when it is
+/// done or misbehaves.
+fn serve_client(index: usize, clients: &mut Clients, containers: &mut Containers) {
+    let Some(lines) = read_lines(&mut clients.list[index]) else {
+        clients.list[index].closed = true;
+        return;
     };
-    client.pending.extend_from_slice(&buf[..n]);
-    while let Some(end) = client.pending.iter().position(|b| *b == b'\n') {
-        let line: Vec<u8> = client.pending.drain(..=end).collect();
-        let response = answer(&line, containers);
-        let Ok(mut json) = serde_json::to_vec(&response) else {
-            return false;
-        };
-        json.push(b'\n');
-        if client.stream.write_all(&json).is_err() {
-            return false;
+    for line in lines {
+        let (response, watch) = answer(&line, containers);
+        // Watchers hear of a change before the client that made it hears the answer.
+        broadcast(clients, containers);
+        let answer = Line { response, seq: clients.seq };
+        let client = &mut clients.list[index];
+        if !send(&mut client.stream, &answer) {
+            client.closed = true;
+            return;
         }
+        client.watching |= watch;
     }
-    client.pending.len() <= MAX_REQUEST_BYTES
 }
 
-fn answer(line: &[u8], containers: &mut Containers) -> Response {
+/// The complete lines the client has sent so far; None when it closed the connection or
+/// sent an overlong line.
+fn read_lines(client: &mut Client) -> Option<Vec<Vec<u8>>> {
+    let mut buf = [0u8; 8192];
+    let n = match client.stream.read(&mut buf) {
+        Ok(0) => return None,
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Some(Vec::new()),
+        Err(_) => return None,
+    };
+    client.pending.extend_from_slice(&buf[..n]);
+    let mut lines = Vec::new();
+    while let Some(end) = client.pending.iter().position(|b| *b == b'\n') {
+        lines.push(client.pending.drain(..=end).collect());
+    }
+    (client.pending.len() <= MAX_REQUEST_BYTES).then_some(lines)
+}
+
+fn send(stream: &mut UnixStream, line: &Line) -> bool {
+    let Ok(mut json) = serde_json::to_vec(line) else {
+        return false;
+    };
+    json.push(b'\n');
+    stream.write_all(&json).is_ok()
+}
+
+/// Send every change since the last broadcast to the watchers: the container's new state,
+/// or `Deleted` when it is gone. A watcher that cannot take it is dropped (it re-lists when
+/// it reconnects).
+fn broadcast(clients: &mut Clients, containers: &mut Containers) {
+    let changes = containers.take_changes();
+    let watched = clients.list.iter().any(|c| c.watching && !c.closed);
+    for id in changes {
+        clients.seq += 1;
+        if !watched {
+            continue;
+        }
+        let response = match containers.state(&id) {
+            Ok(state) => Response::Changed { state: Box::new(state) },
+            Err(_) => Response::Deleted { id },
+        };
+        let line = Line { response, seq: clients.seq };
+        for client in clients.list.iter_mut().filter(|c| c.watching && !c.closed) {
+            if !send(&mut client.stream, &line) {
+                tracing::warn!("dropping a watcher that does not read its events");
+                client.closed = true;
+            }
+        }
+    }
+}
+
+/// The answer to one request line, and whether the client now watches.
+fn answer(line: &[u8], containers: &mut Containers) -> (Response, bool) {
     let request: Request = match serde_json::from_slice(line) {
         Ok(request) => request,
-        Err(e) => return Response::Error { kind: ErrorKind::Failed, message: format!("malformed request: {e}") },
+        Err(e) => {
+            return (Response::Error { kind: ErrorKind::Failed, message: format!("malformed request: {e}") }, false)
+        }
     };
+    let watch = matches!(request, Request::Watch);
     tracing::debug!(?request, "request");
     let result = match request {
         Request::Ping => Ok(Response::Ok),
@@ -219,11 +283,12 @@ fn answer(line: &[u8], containers: &mut Containers) -> Response {
         }
         Request::Start { id } => containers.start(&id).map(|()| Response::Ok),
         Request::State { id } => containers.state(&id).map(|state| Response::State { state: Box::new(state) }),
-        Request::List => Ok(Response::List { states: containers.list() }),
+        // A watch starts with the whole list; the changes follow.
+        Request::List | Request::Watch => Ok(Response::List { states: containers.list() }),
         Request::Kill { id, signal } => containers.kill(&id, signal).map(|()| Response::Ok),
         Request::Delete { id, force } => containers.delete(&id, force).map(|()| Response::Ok),
     };
-    result.unwrap_or_else(|error| {
+    let response = result.unwrap_or_else(|error| {
         let kind = match &error {
             RuntimeError::NotFound { .. } => ErrorKind::NotFound,
             RuntimeError::AlreadyExists { .. } => ErrorKind::AlreadyExists,
@@ -233,5 +298,6 @@ fn answer(line: &[u8], containers: &mut Containers) -> Response {
         let message = error_chain(&error);
         tracing::warn!(%message, "request failed");
         Response::Error { kind, message }
-    })
+    });
+    (response, watch)
 }
