@@ -7,6 +7,7 @@ packages=(
   clang-19 llvm-19 libbpf-dev bpftool   # BPF C programs (ebpf/build.rs)
   docker-registry skopeo umoci          # a local OCI registry and tools to build test images
   busybox-static                        # small root filesystems for test images
+  libseccomp-dev                        # seccomp filters of containers (the libseccomp crate links it)
   runc                                  # reference runtime for comparisons
   iproute2 iptables ipvsadm conntrack   # checks in tests, reference datapaths in benchmarks
   iperf3 wrk containernetworking-plugins

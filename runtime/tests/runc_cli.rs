@@ -228,7 +228,16 @@ fn spec_and_features_documents() {
 
     let features: Value = serde_json::from_str(&cli.ok(&["features"])).expect("features JSON");
     assert_eq!(features["ociVersionMax"], "1.2.0");
-    assert_eq!(features["linux"]["seccomp"]["enabled"], false, "no seccomp yet: say so");
+    let seccomp = &features["linux"]["seccomp"];
+    assert_eq!(seccomp["enabled"], true);
+    let listed = |key: &str| seccomp[key].as_array().unwrap_or_else(|| panic!("seccomp.{key}")).clone();
+    assert!(listed("actions").contains(&Value::from("SCMP_ACT_ERRNO")));
+    assert!(!listed("actions").contains(&Value::from("SCMP_ACT_NOTIFY")), "no seccomp agent support: say so");
+    assert_eq!(listed("operators").len(), 7);
+    assert!(listed("archs").contains(&Value::from("SCMP_ARCH_X86_64")));
+    assert!(listed("knownFlags").contains(&Value::from("SECCOMP_FILTER_FLAG_LOG")));
+    assert!(listed("supportedFlags").contains(&Value::from("SECCOMP_FILTER_FLAG_TSYNC")));
+    assert!(features["annotations"]["io.github.seccomp.libseccomp.version"].as_str().is_some_and(|v| !v.is_empty()));
     let namespaces = features["linux"]["namespaces"].as_array().expect("namespaces");
     assert!(namespaces.contains(&Value::from("pid")) && !namespaces.contains(&Value::from("user")));
 }

@@ -14,8 +14,11 @@ use super::caps::{self, CapsError};
 use super::devices::{create_default_devices, DeviceError};
 use super::mounts::{mount_all, MountError};
 use super::namespaces::{self, NamespaceError};
+use super::personality::{self, PersonalityError};
 use super::process::{self, Command, ProcessError};
 use super::rootfs::{self, RootfsError};
+use super::seccomp::{self, SeccompError};
+use super::sysctl::{self, SysctlError};
 use super::{InitSpec, Stdio};
 use crate::sys;
 
@@ -65,6 +68,14 @@ pub enum InitError {
     },
     #[error("cannot set up the user process")]
     Process(#[source] ProcessError),
+    #[error("invalid linux.sysctl")]
+    InvalidSysctl(#[source] SysctlError),
+    #[error("cannot apply linux.sysctl")]
+    Sysctl(#[source] SysctlError),
+    #[error("cannot set up the seccomp filter")]
+    Seccomp(#[source] Box<SeccompError>),
+    #[error("cannot set linux.personality")]
+    Personality(#[source] PersonalityError),
     #[error("cannot set capabilities")]
     Caps(#[source] CapsError),
     #[error("cannot wait for start on exec fifo {path}")]
@@ -87,7 +98,7 @@ pub(super) fn run_child(init: InitSpec, sync: OwnedFd) -> ! {
 
 fn child_main(init: InitSpec, sync: OwnedFd) -> i32 {
     let mut sync = std::fs::File::from(sync);
-    let (command, fifo) = match set_up(&init, &sync) {
+    let ready = match set_up(&init, &sync) {
         Ok(ready) => ready,
         Err(e) => {
             let _ = sync.write_all(error_chain(&e).as_bytes());
@@ -98,7 +109,7 @@ fn child_main(init: InitSpec, sync: OwnedFd) -> i32 {
         return 1; // the monitor is gone; nobody could ever start us
     }
     drop(sync);
-    if let Err(e) = wait_for_start(fifo, &init.exec_fifo) {
+    if let Err(e) = wait_for_start(ready.fifo, &init.exec_fifo) {
         eprintln!("nodelet: {}", error_chain(&e));
         return EXEC_FAILED;
     }
@@ -108,13 +119,30 @@ fn child_main(init: InitSpec, sync: OwnedFd) -> i32 {
         eprintln!("nodelet: {}", error_chain(&InitError::CloseFds(e)));
         return EXEC_FAILED;
     }
-    let e = process::exec(&command);
+    // The filter goes on last, so that it sees no syscall of ours but the execve.
+    if let Some(filter) = &ready.seccomp {
+        if let Err(e) = filter.load() {
+            eprintln!("nodelet: {}", error_chain(&InitError::Seccomp(Box::new(e))));
+            return EXEC_FAILED;
+        }
+    }
+    let e = process::exec(&ready.command);
     eprintln!("nodelet: {}", error_chain(&InitError::Process(e)));
     EXEC_FAILED
 }
 
-/// Every step before the pause, in order. Returns the resolved command and the exec FIFO.
-fn set_up(init: &InitSpec, sync: &std::fs::File) -> Result<(Command, std::fs::File), InitError> {
+/// What the setup hands over to the wait for `start` and the exec.
+struct Ready {
+    command: Command,
+    fifo: std::fs::File,
+    /// The filter to load right before exec (None: no profile, or already loaded).
+    seccomp: Option<seccomp::Filter>,
+}
+
+/// Every step before the pause, in order.
+fn set_up(init: &InitSpec, sync: &std::fs::File) -> Result<Ready, InitError> {
+    let process =
+        init.spec.process().as_ref().ok_or(InitError::Process(ProcessError::NotFound { program: String::new() }))?;
     sys::reset_signals().map_err(InitError::Signals)?;
     // Keep 0-2 open (they are replaced by set_stdio) so that no fd opened during setup
     // lands on a stdio number and is then silently closed by the dup2.
@@ -123,19 +151,27 @@ fn set_up(init: &InitSpec, sync: &std::fs::File) -> Result<(Command, std::fs::Fi
         own.push(log.as_raw_fd());
     }
     sys::close_fds_except(&kept_fds(init, &own)).map_err(InitError::CloseFds)?;
+    // Checks first, so that a bad spec fails before anything has changed.
+    sysctl::validate(&init.spec, sysctl::is_host_netns).map_err(InitError::InvalidSysctl)?;
+    let filter = seccomp::compile(&init.spec).map_err(|e| InitError::Seccomp(Box::new(e)))?;
     join_cgroups(&init.cgroup_procs)?;
+    process::set_oom_score_adj(process).map_err(InitError::Process)?;
     namespaces::join_by_path(&init.spec).map_err(InitError::Namespaces)?;
     namespaces::unshare_cgroup(&init.spec).map_err(InitError::Namespaces)?;
     nix::unistd::setsid().map_err(InitError::Setsid)?;
     let fifo = open_exec_fifo(init)?;
     build_root(init)?;
     set_hostname(&init.spec)?;
-    let process =
-        init.spec.process().as_ref().ok_or(InitError::Process(ProcessError::NotFound { program: String::new() }))?;
+    // Before /proc/sys becomes read-only with the spec's read-only paths.
+    sysctl::apply(&init.spec, "/proc".as_ref()).map_err(InitError::Sysctl)?;
+    finish_root(init)?;
+    personality::set(init.spec.linux().as_ref().and_then(|l| l.personality().as_ref()))
+        .map_err(InitError::Personality)?;
     if let Stdio::Log(log) = &init.stdio {
         process::set_stdio(log).map_err(InitError::Process)?;
     }
     process::set_rlimits(process).map_err(InitError::Process)?;
+    let seccomp = load_seccomp_if_privileged(filter, process)?;
     let spec_caps = process.capabilities().as_ref();
     caps::limit_bounding_set(spec_caps).map_err(InitError::Caps)?;
     process::set_user(process).map_err(InitError::Process)?;
@@ -143,7 +179,23 @@ fn set_up(init: &InitSpec, sync: &std::fs::File) -> Result<(Command, std::fs::Fi
     process::change_cwd(process).map_err(InitError::Process)?;
     let command = process::resolve_command(process).map_err(InitError::Process)?;
     process::set_no_new_privileges(process).map_err(InitError::Process)?;
-    Ok((command, fifo))
+    Ok(Ready { command, fifo, seccomp })
+}
+
+/// Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it now, before the
+/// capabilities are dropped, as runc does (the rest of the setup then runs under it).
+/// Otherwise keep it for the last moment before exec.
+fn load_seccomp_if_privileged(
+    filter: Option<seccomp::Filter>,
+    process: &oci_spec::runtime::Process,
+) -> Result<Option<seccomp::Filter>, InitError> {
+    match filter {
+        Some(filter) if !process.no_new_privileges().unwrap_or(false) => {
+            filter.load().map_err(|e| InitError::Seccomp(Box::new(e)))?;
+            Ok(None)
+        }
+        filter => Ok(filter),
+    }
 }
 
 /// 0-2, the preserved fds 3..3+N, and `own` (fds the init itself still needs).
@@ -168,6 +220,7 @@ fn open_exec_fifo(init: &InitSpec) -> Result<std::fs::File, InitError> {
         .map_err(|source| InitError::ExecFifo { path: init.exec_fifo.clone(), source })
 }
 
+/// The new root: mounts, devices, pivot_root (or chroot).
 fn build_root(init: &InitSpec) -> Result<(), InitError> {
     let rootfs_err = |source| InitError::Rootfs { path: init.rootfs.clone(), source: Box::new(source) };
     let spec = &init.spec;
@@ -181,7 +234,14 @@ fn build_root(init: &InitSpec) -> Result<(), InitError> {
     } else {
         rootfs::pivot(&init.rootfs).map_err(rootfs_err)?;
     }
-    rootfs::set_root_propagation(linux.and_then(|l| l.rootfs_propagation().as_deref())).map_err(rootfs_err)?;
+    rootfs::set_root_propagation(linux.and_then(|l| l.rootfs_propagation().as_deref())).map_err(rootfs_err)
+}
+
+/// Masked and read-only paths, and a read-only root, once nothing more is written there.
+fn finish_root(init: &InitSpec) -> Result<(), InitError> {
+    let rootfs_err = |source| InitError::Rootfs { path: init.rootfs.clone(), source: Box::new(source) };
+    let spec = &init.spec;
+    let linux = spec.linux().as_ref();
     rootfs::mask_paths(linux.and_then(|l| l.masked_paths().as_deref()).unwrap_or(&[])).map_err(rootfs_err)?;
     rootfs::readonly_paths(linux.and_then(|l| l.readonly_paths().as_deref()).unwrap_or(&[])).map_err(rootfs_err)?;
     if spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) {

@@ -8,9 +8,12 @@ mod init;
 mod mounts;
 mod namespaces;
 mod paths;
+mod personality;
 mod process;
 mod rootfs;
+mod seccomp;
 mod spec;
+mod sysctl;
 
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
@@ -25,6 +28,7 @@ use oci_spec::runtime::Spec;
 use crate::sys::{self, CloneResult};
 
 pub use init::InitError;
+pub use seccomp::{supported as seccomp_support, Supported as SeccompSupport};
 pub use spec::{load_bundle, SpecError};
 
 /// How long the monitor waits for a child to finish its setup.

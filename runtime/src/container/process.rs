@@ -41,6 +41,12 @@ pub enum ProcessError {
     },
     #[error("cannot keep capabilities across the uid change")]
     KeepCaps(#[source] nix::Error),
+    #[error("cannot set oom_score_adj to {score}")]
+    OomScoreAdj {
+        score: i32,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot set no_new_privs")]
     NoNewPrivs(#[source] nix::Error),
     #[error("cannot change to working directory {path}")]
@@ -120,6 +126,16 @@ pub(super) fn set_user(process: &Process) -> Result<(), ProcessError> {
     let uid = Uid::from_raw(user.uid());
     nix::unistd::setresuid(uid, uid, uid).map_err(|source| ProcessError::Uid { uid: user.uid(), source })?;
     nix::sys::prctl::set_keepcaps(false).map_err(ProcessError::KeepCaps)
+}
+
+/// `process.oomScoreAdj`, written while the init still has CAP_SYS_RESOURCE (lowering the
+/// score needs it) and sees the host's /proc.
+pub(super) fn set_oom_score_adj(process: &Process) -> Result<(), ProcessError> {
+    let Some(score) = process.oom_score_adj() else {
+        return Ok(());
+    };
+    std::fs::write("/proc/self/oom_score_adj", score.to_string())
+        .map_err(|source| ProcessError::OomScoreAdj { score, source })
 }
 
 pub(super) fn set_no_new_privileges(process: &Process) -> Result<(), ProcessError> {

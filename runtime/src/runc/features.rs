@@ -1,5 +1,5 @@
 //! `features`: the runtime-spec features document, stating only what this implementation
-//! really does (no hooks, seccomp, AppArmor, SELinux, user or time namespaces yet).
+//! really does (no hooks, seccomp notify, AppArmor, SELinux, user or time namespaces yet).
 
 use super::{print_json, RuncError};
 
@@ -44,6 +44,7 @@ const MOUNT_OPTIONS: &[&str] = &[
 pub(super) fn print_features() -> Result<(), RuncError> {
     let mut caps: Vec<String> = caps::all().iter().map(|c| c.to_string()).collect();
     caps.sort();
+    let seccomp = crate::container::seccomp_support();
     let doc = serde_json::json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": "1.2.0",
@@ -53,11 +54,19 @@ pub(super) fn print_features() -> Result<(), RuncError> {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "uts"],
             "capabilities": caps,
             "cgroup": { "v1": true, "v2": true, "systemd": false, "systemdUser": false },
-            "seccomp": { "enabled": false },
+            "seccomp": {
+                "enabled": true,
+                "actions": seccomp.actions,
+                "operators": seccomp.operators,
+                "archs": seccomp.archs,
+                "knownFlags": seccomp.flags.iter().map(|(flag, _)| flag).collect::<Vec<_>>(),
+                "supportedFlags": seccomp.flags.iter().filter(|(_, ok)| *ok).map(|(flag, _)| flag).collect::<Vec<_>>(),
+            },
             "apparmor": { "enabled": false },
             "selinux": { "enabled": false },
         },
         "annotations": {
+            "io.github.seccomp.libseccomp.version": seccomp.libseccomp_version.unwrap_or_default(),
             "org.nodelet.runtime.version": env!("CARGO_PKG_VERSION"),
         },
     });

@@ -17,7 +17,10 @@ use oci_spec::runtime::{
 use rand::Rng;
 
 pub const BUSYBOX: &str = "/bin/busybox";
-const APPLETS: &[&str] = &["sh", "true", "false", "yes", "echo", "cat", "sleep", "hostname", "pwd", "ls", "env", "id"];
+const APPLETS: &[&str] = &[
+    "sh", "true", "false", "yes", "echo", "cat", "sleep", "hostname", "pwd", "ls", "env", "id", "mkdir", "chmod",
+    "touch", "uname",
+];
 
 pub fn require_root() {
     assert!(
@@ -247,4 +250,21 @@ pub async fn run_to_end(
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     runtime.delete(id, false).await.expect("delete stopped container");
     (state, text)
+}
+
+/// Create a container that must fail to be created; returns the error text, after checking
+/// that the failed create left no container and no cgroup behind.
+pub async fn create_error(env: &mut TestEnv, id: &str, spec_edit: impl FnOnce(&mut Spec)) -> String {
+    let runtime = env.runtime().await;
+    let (bundle, mut spec) = env.bundle(id, &["true"]);
+    spec_edit(&mut spec);
+    write_bundle(&bundle, &spec);
+    let err = runtime.create(id, &bundle, &env.log_path(id)).await.expect_err("create must fail");
+    assert!(runtime.state(id).await.is_err(), "a failed create left container {id}");
+    let leaf = env.cgroups_path(id);
+    for hierarchy in cgroup_hierarchies() {
+        let path = hierarchy.join(leaf.trim_start_matches('/'));
+        assert!(!path.exists(), "a failed create left cgroup {}", path.display());
+    }
+    nodelet_runtime::error_chain(&err)
 }

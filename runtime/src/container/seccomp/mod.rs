@@ -1,0 +1,84 @@
+//! `linux.seccomp`: the spec's profile compiled into a libseccomp filter while the init checks
+//! the spec (so a bad profile fails `create`), and loaded as late as runc loads it: just before
+//! exec when no_new_privs is set, otherwise before the capabilities are dropped (loading a
+//! filter without no_new_privs needs CAP_SYS_ADMIN).
+
+mod build;
+mod features;
+mod plan;
+
+use libseccomp::ScmpFilterContext;
+use oci_spec::runtime::{LinuxSeccompAction, Spec};
+
+pub use features::{supported, Supported};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("seccomp {what}: user notification (SCMP_ACT_NOTIFY) is not supported")]
+    Notify { what: String },
+    #[error(
+        "seccomp errnoRet {errno} of {what}: only SCMP_ACT_ERRNO and SCMP_ACT_TRACE return an errno, not {action}"
+    )]
+    ErrnoRetNotAllowed { what: String, action: LinuxSeccompAction, errno: u32 },
+    #[error("seccomp errnoRet {errno} of {what} is out of range (at most 65535)")]
+    ErrnoRange { what: String, errno: u32 },
+    #[error("seccomp argument index {index} of {names} is out of range (syscalls have 6 arguments, 0 to 5)")]
+    ArgIndex { names: String, index: usize },
+    #[error("empty syscall name in {names:?} of the seccomp profile")]
+    EmptyName { names: String },
+    #[error("cannot create a seccomp filter")]
+    Create(#[source] libseccomp::error::SeccompError),
+    #[error("cannot add architecture {arch} to the seccomp filter")]
+    Arch {
+        arch: String,
+        #[source]
+        source: libseccomp::error::SeccompError,
+    },
+    #[error("cannot set seccomp filter attribute {attribute}")]
+    Attribute {
+        attribute: &'static str,
+        #[source]
+        source: libseccomp::error::SeccompError,
+    },
+    #[error("cannot set seccomp flag {flag} (not supported by this kernel or libseccomp?)")]
+    Flag {
+        flag: String,
+        #[source]
+        source: libseccomp::error::SeccompError,
+    },
+    #[error("cannot add the seccomp rule for syscall {syscall}")]
+    Rule {
+        syscall: String,
+        #[source]
+        source: libseccomp::error::SeccompError,
+    },
+    #[error("cannot generate the seccomp program")]
+    Export(#[source] std::io::Error),
+    #[error("the seccomp program has {instructions} instructions, more than the kernel's limit of {limit}")]
+    TooLarge { instructions: usize, limit: usize },
+    #[error("cannot load the seccomp filter")]
+    Load(#[source] libseccomp::error::SeccompError),
+}
+
+/// A compiled filter, ready to load.
+pub(super) struct Filter {
+    ctx: ScmpFilterContext,
+}
+
+/// Compile the spec's profile, if it has one. Touches no process state.
+pub(super) fn compile(spec: &Spec) -> Result<Option<Filter>, SeccompError> {
+    let Some(seccomp) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) else {
+        return Ok(None);
+    };
+    let plan = plan::translate(seccomp)?;
+    let ctx = build::build(&plan)?;
+    build::check_size(&ctx)?;
+    Ok(Some(Filter { ctx }))
+}
+
+impl Filter {
+    /// Install the filter on this process; every later syscall, exec included, goes through it.
+    pub(super) fn load(&self) -> Result<(), SeccompError> {
+        self.ctx.load().map_err(SeccompError::Load)
+    }
+}
