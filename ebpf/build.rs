@@ -17,12 +17,14 @@ const PROGRAMS: &[&str] = &["sock_lb"];
 /// The pinned variant declares its maps `LIBBPF_PIN_BY_NAME` (see sock_lb.bpf.c).
 const VARIANTS: &[(&str, &str)] = &[("", ""), ("_pinned", "NODELET_PIN_BY_NAME")];
 /// Structs of `bpf/lb.h` whose layout the Rust mirrors are checked against.
-const MIRRORED_STRUCTS: &[&str] = &["lb4_key", "lb4_value"];
+const MIRRORED_STRUCTS: &[&str] = &["lb4_key", "lb4_value", "lb4_reverse_key", "lb4_reverse_value"];
 /// The layout of `bpf/lb.h` when the C is not compiled (skip mode only).
 const SKIPPED_BUILD_LAYOUT: &str = "\
 pub(crate) const LB_MAX_BACKENDS: usize = 1024;
 pub(crate) mod lb4_key { pub const SIZE: usize = 12; pub const ADDRESS: usize = 0; pub const DPORT: usize = 4; pub const PROTO: usize = 6; pub const PAD: usize = 7; pub const SLOT: usize = 8; pub const REV: usize = 10; }
 pub(crate) mod lb4_value { pub const SIZE: usize = 12; pub const ADDRESS: usize = 0; pub const PORT: usize = 4; pub const COUNT: usize = 6; pub const REV: usize = 8; pub const PAD: usize = 10; }
+pub(crate) mod lb4_reverse_key { pub const SIZE: usize = 16; pub const COOKIE: usize = 0; pub const ADDRESS: usize = 8; pub const PORT: usize = 12; pub const PAD: usize = 14; }
+pub(crate) mod lb4_reverse_value { pub const SIZE: usize = 8; pub const ADDRESS: usize = 0; pub const PORT: usize = 4; pub const PAD: usize = 6; }
 ";
 const PACKAGES_HINT: &str = "install the Debian packages clang-19, llvm-19, libbpf-dev and bpftool \
      (or set NODELET_SKIP_BPF_BUILD=1 to build without the BPF programs)";

@@ -24,6 +24,7 @@ name="nodelet-bench-$id"
 export NODELET_BENCH_ID=$id
 cleanup() {
   ip netns delete "$name" 2>/dev/null || true
+  ip netns delete "$name-ipt" 2>/dev/null || true
   for dir in /sys/fs/cgroup/unified/"$name" /sys/fs/cgroup/"$name"; do
     [ -d "$dir" ] && rmdir "$dir" 2>/dev/null || true
   done

@@ -5,7 +5,7 @@
  * used from the object's BTF, and const assertions fail the Rust build when
  * the mirror no longer matches, so any change here must be made there too.
  *
- * Layout (one hash map, keyed by frontend + slot):
+ * Forward layout (lb4_services, one hash map keyed by frontend + slot):
  *
  *   (vip, port, proto, slot 0, rev 0) -> master  { count, rev = r }
  *   (vip, port, proto, slot i, rev r) -> backend { address, port }  i in 1..=count
@@ -50,6 +50,41 @@ struct lb4_value {
 	__be16 port;    /* slot: backend port */
 	__u16 count;    /* master: number of backend slots; 0 = ECONNREFUSED */
 	__u16 rev;      /* master: revision whose slots are current */
+	__u16 pad;      /* always 0 */
+};
+
+/*
+ * Reverse translation (lb4_reverse_sk, an LRU hash map): one entry per socket
+ * and backend that the forward hooks (connect4, sendmsg4) sent somewhere:
+ *
+ *   (socket cookie, backend addr, backend port) -> frontend { addr, port }
+ *
+ * recvmsg4 looks up the source of a datagram and getpeername4 the peer of a
+ * connected socket under the socket's own cookie, and report the frontend the
+ * application dialled instead of the backend. Why keyed by socket cookie
+ * rather than a backend -> frontend map: one pod is often the backend of
+ * several Services (or of both ports of one), so the backend alone cannot
+ * tell which ClusterIP a given socket used; the cookie can, and entries of
+ * different sockets never interfere. Why not socket storage: an unconnected
+ * UDP socket may talk to several Services, each its own entry. The map is
+ * LRU because nothing deletes entries when sockets close: the least recently
+ * used make room when it is full. Eviction never misroutes traffic: a TCP
+ * connection whose entry went reports its backend to getpeername(), and a UDP
+ * socket's next send writes its entry again (only a reply already on its way
+ * when the entry went is shown with the backend's address). An entry whose
+ * frontend no longer exists in lb4_services is deleted by the reverse hooks
+ * on sight instead of being applied.
+ */
+struct lb4_reverse_key {
+	__u64 cookie;   /* bpf_get_socket_cookie() of the client socket */
+	__be32 address; /* backend IPv4 address */
+	__be16 port;    /* backend port */
+	__u16 pad;      /* always 0: keys are compared as bytes */
+};
+
+struct lb4_reverse_value {
+	__be32 address; /* frontend (service) IPv4 address the socket dialled */
+	__be16 port;    /* frontend port */
 	__u16 pad;      /* always 0 */
 };
 

@@ -39,8 +39,9 @@ pub enum EbpfError {
         #[source]
         source: Box<ProgramError>,
     },
-    #[error("attach and pin bpf program sock4_connect to cgroup {path}")]
+    #[error("attach and pin bpf program {name} to cgroup {path}")]
     AttachPinned {
+        name: &'static str,
         path: PathBuf,
         #[source]
         source: io::Error,
@@ -54,8 +55,9 @@ pub enum EbpfError {
         #[source]
         source: io::Error,
     },
-    #[error("detach bpf program from cgroup {path}")]
+    #[error("detach bpf program {name} from cgroup {path}")]
     Detach {
+        name: &'static str,
         path: PathBuf,
         #[source]
         source: Box<ProgramError>,
@@ -68,7 +70,7 @@ pub enum EbpfError {
         #[source]
         source: Box<MapError>,
     },
-    #[error("ipv6 address {address} of {frontend} is not supported yet (only connect4 is implemented)")]
+    #[error("ipv6 address {address} of {frontend} is not supported yet (only the IPv4 hooks are implemented)")]
     Ipv6Unsupported { frontend: Frontend, address: IpAddr },
     #[error("{frontend} has {count} backends, more than the maximum of {max}")]
     TooManyBackends { frontend: Frontend, count: usize, max: usize },

@@ -38,6 +38,25 @@ pub(crate) struct Lb4Value {
     pub pad: u16,
 }
 
+/// `struct lb4_reverse_key`: a socket cookie and a backend it was sent to (network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Lb4ReverseKey {
+    pub cookie: u64,
+    pub address: u32,
+    pub port: u16,
+    pub pad: u16,
+}
+
+/// `struct lb4_reverse_value`: the frontend that socket dialled (network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Lb4ReverseValue {
+    pub address: u32,
+    pub port: u16,
+    pub pad: u16,
+}
+
 const _: () = {
     assert!(size_of::<Lb4Key>() == c::lb4_key::SIZE);
     assert!(offset_of!(Lb4Key, address) == c::lb4_key::ADDRESS);
@@ -56,6 +75,19 @@ const _: () = {
     assert!(offset_of!(Lb4Value, rev) == c::lb4_value::REV);
     assert!(offset_of!(Lb4Value, pad) == c::lb4_value::PAD);
     assert!(size_of::<Lb4Value>() == 4 + 2 + 2 + 2 + 2);
+
+    assert!(size_of::<Lb4ReverseKey>() == c::lb4_reverse_key::SIZE);
+    assert!(offset_of!(Lb4ReverseKey, cookie) == c::lb4_reverse_key::COOKIE);
+    assert!(offset_of!(Lb4ReverseKey, address) == c::lb4_reverse_key::ADDRESS);
+    assert!(offset_of!(Lb4ReverseKey, port) == c::lb4_reverse_key::PORT);
+    assert!(offset_of!(Lb4ReverseKey, pad) == c::lb4_reverse_key::PAD);
+    assert!(size_of::<Lb4ReverseKey>() == 8 + 4 + 2 + 2);
+
+    assert!(size_of::<Lb4ReverseValue>() == c::lb4_reverse_value::SIZE);
+    assert!(offset_of!(Lb4ReverseValue, address) == c::lb4_reverse_value::ADDRESS);
+    assert!(offset_of!(Lb4ReverseValue, port) == c::lb4_reverse_value::PORT);
+    assert!(offset_of!(Lb4ReverseValue, pad) == c::lb4_reverse_value::PAD);
+    assert!(size_of::<Lb4ReverseValue>() == 4 + 2 + 2);
 };
 
 // SAFETY: repr(C) struct of plain integers with no padding (asserted above),
@@ -63,6 +95,10 @@ const _: () = {
 unsafe impl aya::Pod for Lb4Key {}
 // SAFETY: as for Lb4Key: repr(C), integers only, no padding (asserted above).
 unsafe impl aya::Pod for Lb4Value {}
+// SAFETY: as for Lb4Key: repr(C), integers only, no padding (asserted above).
+unsafe impl aya::Pod for Lb4ReverseKey {}
+// SAFETY: as for Lb4Key: repr(C), integers only, no padding (asserted above).
+unsafe impl aya::Pod for Lb4ReverseValue {}
 
 /// Network-order `u32` of an address, as `bpf_sock_addr.user_ip4` holds it.
 pub(crate) fn ip4_to_wire(ip: Ipv4Addr) -> u32 {

@@ -2,10 +2,12 @@
 //!
 //! The C programs live in `bpf/` (`lb.h` defines the map layouts), `build.rs`
 //! compiles them with clang and this crate embeds the object. [`SockLb`] loads
-//! the socket load-balancer, attaches it to a cgroup2 directory and hands out
-//! [`LbMaps`], a typed view of its maps: no raw bytes leave this crate. Loaded with
-//! [`SockLb::load_pinned`], maps and link are pinned in bpffs and outlive the process.
+//! the socket load-balancer (cgroup `connect4`, `sendmsg4`, `recvmsg4` and
+//! `getpeername4`), attaches it to a cgroup2 directory and hands out [`LbMaps`], a
+//! typed view of its maps: no raw bytes leave this crate. Loaded with
+//! [`SockLb::load_pinned`], maps and links are pinned in bpffs and outlive the process.
 
+mod attachment;
 mod error;
 mod layout;
 mod loader;
@@ -18,8 +20,9 @@ mod types;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 
+pub use attachment::CgroupAttachment;
 pub use error::EbpfError;
-pub use loader::{CgroupAttachment, MapSizes, SockLb};
+pub use loader::{MapSizes, SockLb};
 pub use maps::LbMaps;
 pub use pin::Unpinned;
-pub use types::{Backend, Frontend, Protocol, ServiceList, MAX_BACKENDS};
+pub use types::{Backend, Frontend, Protocol, ReverseNat, ServiceList, MAX_BACKENDS};

@@ -1,21 +1,18 @@
-//! Loading the socket load-balancer and attaching it to cgroups.
+//! Loading the socket load-balancer; attaching it is `attachment`'s job.
 
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData};
-use aya::programs::cgroup_sock_addr::CgroupSockAddrLink;
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, Link};
-use aya::{Ebpf, EbpfLoader};
+use aya::{Ebpf, EbpfLoader, Pod};
 
+use crate::attachment::{self, CgroupAttachment};
 use crate::error::EbpfError;
-use crate::layout::{Lb4Key, Lb4Value};
-use crate::maps::LbMaps;
-use crate::object::{CONNECT4_PROGRAM, SERVICES_MAP, SOCK_LB, SOCK_LB_PINNED};
+use crate::layout::{Lb4Key, Lb4ReverseKey, Lb4ReverseValue, Lb4Value};
+use crate::maps::{self, LbMaps};
+use crate::object::{PROGRAMS, REVERSE_MAP, SERVICES_MAP, SOCK_LB, SOCK_LB_PINNED};
 use crate::pin::{self, Unpinned};
-use crate::sys;
-use crate::types::{ServiceList, MAX_BACKENDS};
+use crate::types::{ReverseNat, ServiceList, MAX_BACKENDS};
 
 /// Capacity of the maps, fixed when they are created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +21,10 @@ pub struct MapSizes {
     /// each frontend, plus room for the next revision of the largest service
     /// while it is being replaced.
     pub services: u32,
+    /// Entries of the reverse-translation map (LRU): one per socket connected to a
+    /// frontend, plus one per unconnected UDP socket and backend it sent to. When full,
+    /// the least recently used entry makes room.
+    pub reverse_nat: u32,
 }
 
 impl MapSizes {
@@ -41,16 +42,23 @@ impl Default for MapSizes {
     /// preallocated: each entry costs 96 bytes of kernel memory (the element header, the
     /// 12-byte key and value each rounded up to 16, its bucket), so 24 MiB for the map
     /// (`bpftool map show`: memlock 25,166,896 B; the former 65,536 entries: 6 MiB).
+    ///
+    /// 262,144 reverse-translation entries, as cilium's `lb4_reverse_sk`: that many
+    /// sockets talking to Services at once before the idlest is evicted. Preallocated
+    /// too, 88 bytes an entry (16-byte key, 8-byte value): 22 MiB (`bpftool map show`:
+    /// memlock 23,069,568 B).
     fn default() -> Self {
-        MapSizes { services: 262_144 }
+        MapSizes { services: 262_144, reverse_nat: 262_144 }
     }
 }
 
-/// The loaded socket load-balancer: its `cgroup/connect4` program and maps.
+/// The loaded socket load-balancer: its four cgroup programs (`connect4`, `sendmsg4`,
+/// `recvmsg4`, `getpeername4`) and their maps.
 pub struct SockLb {
     ebpf: Ebpf,
     services: HashMap<MapData, Lb4Key, Lb4Value>,
-    /// Set when loaded by [`SockLb::load_pinned`]: maps and link live in this bpffs directory.
+    reverse: HashMap<MapData, Lb4ReverseKey, Lb4ReverseValue>,
+    /// Set when loaded by [`SockLb::load_pinned`]: maps and links live in this bpffs directory.
     pin_dir: Option<PathBuf>,
     maps_reused: bool,
 }
@@ -63,20 +71,20 @@ impl SockLb {
 
     /// Load the programs and create their maps with the given capacity.
     pub fn load_with(sizes: MapSizes) -> Result<SockLb, EbpfError> {
-        SockLb::load_object(SOCK_LB, EbpfLoader::new().set_max_entries(SERVICES_MAP, sizes.services), None)
+        SockLb::load_object(SOCK_LB, sizes.apply(&mut EbpfLoader::new()), None)
     }
 
     /// Load with the maps pinned in `pin_dir` (a directory on a bpffs, created if needed;
     /// bpffs is mounted at /sys/fs/bpf when the directory is under it and nothing is
     /// mounted there). Maps already pinned there are reused with their contents, so a
     /// restarted agent sees what it programmed before; [`attach`](Self::attach) then pins
-    /// the link there too, and nothing is detached when this value is dropped.
+    /// the links there too, and nothing is detached when this value is dropped.
     pub fn load_pinned(sizes: MapSizes, pin_dir: &Path) -> Result<SockLb, EbpfError> {
         pin::prepare_pin_dir(pin_dir)?;
         let maps_reused = pin_dir.join(SERVICES_MAP).exists();
         let mut lb = SockLb::load_object(
             SOCK_LB_PINNED,
-            EbpfLoader::new().set_max_entries(SERVICES_MAP, sizes.services).map_pin_path(pin_dir),
+            sizes.apply(&mut EbpfLoader::new()).map_pin_path(pin_dir),
             Some(pin_dir.to_path_buf()),
         )?;
         lb.maps_reused = maps_reused;
@@ -91,8 +99,9 @@ impl SockLb {
         self.maps_reused
     }
 
-    /// Detach the link pinned in `pin_dir` (even while a process still holds it) and remove
-    /// every pin there: the `nodelet proxy cleanup` path. Nothing pinned is not an error.
+    /// Detach the links pinned in `pin_dir` (even while a process still holds them) and
+    /// remove every pin there: the `nodelet proxy cleanup` path. Nothing pinned is not an
+    /// error.
     pub fn unpin_and_detach(pin_dir: &Path) -> Result<Unpinned, EbpfError> {
         pin::unpin_and_detach(pin_dir)
     }
@@ -103,165 +112,62 @@ impl SockLb {
         pin::pinned_services(pin_dir)
     }
 
+    /// Load every program of the object (all or none: an error drops what was loaded).
     fn load_object(object: &[u8], loader: &mut EbpfLoader<'_>, pin_dir: Option<PathBuf>) -> Result<SockLb, EbpfError> {
         if object.is_empty() {
             return Err(EbpfError::ObjectNotBuilt);
         }
         let mut ebpf = loader.load(object).map_err(|source| EbpfError::Load(Box::new(source)))?;
-        connect4(&mut ebpf)?
-            .load()
-            .map_err(|source| EbpfError::Program { name: CONNECT4_PROGRAM, source: Box::new(source) })?;
-        let map = ebpf.take_map(SERVICES_MAP).ok_or(EbpfError::MapMissing { name: SERVICES_MAP })?;
-        let services = HashMap::try_from(map).map_err(|source| EbpfError::Map {
-            name: SERVICES_MAP,
-            operation: "open",
-            frontend: String::from("all frontends"),
-            source: Box::new(source),
-        })?;
-        Ok(SockLb { ebpf, services, pin_dir, maps_reused: false })
+        for spec in &PROGRAMS {
+            attachment::program_mut(&mut ebpf, spec)?
+                .load()
+                .map_err(|source| EbpfError::Program { name: spec.name, source: Box::new(source) })?;
+        }
+        let services = take_hash_map(&mut ebpf, SERVICES_MAP)?;
+        let reverse = take_hash_map(&mut ebpf, REVERSE_MAP)?;
+        Ok(SockLb { ebpf, services, reverse, pin_dir, maps_reused: false })
     }
 
-    /// Attach connect4 to a cgroup2 directory: sockets of every process in it
-    /// and its descendants are load-balanced. The guard detaches on drop, unless the
-    /// load-balancer was loaded pinned: then the link is pinned and outlives the guard.
+    /// Attach every program to a cgroup2 directory, all or none: sockets of every process
+    /// in it and its descendants are load-balanced. The guard detaches on drop, unless the
+    /// load-balancer was loaded pinned: then the links are pinned and outlive the guard
+    /// (links pinned by an earlier run on the same cgroup are reused, their programs
+    /// swapped for the ones just loaded).
     pub fn attach(&mut self, cgroup2_dir: &Path) -> Result<CgroupAttachment, EbpfError> {
         let cgroup = File::open(cgroup2_dir)
             .map_err(|source| EbpfError::OpenCgroup { path: cgroup2_dir.to_path_buf(), source })?;
-        if let Some(pin_dir) = self.pin_dir.clone() {
-            return self.attach_pinned(&cgroup, cgroup2_dir, &pin_dir);
+        match &self.pin_dir {
+            Some(pin_dir) => attachment::attach_pinned(&mut self.ebpf, &cgroup, cgroup2_dir, pin_dir),
+            None => attachment::attach_owned(&mut self.ebpf, &cgroup, cgroup2_dir),
         }
-        let attach_error = |source| EbpfError::Attach {
-            name: CONNECT4_PROGRAM,
-            path: cgroup2_dir.to_path_buf(),
-            source: Box::new(source),
-        };
-        let program = connect4(&mut self.ebpf)?;
-        // A bpf_link (kernel >= 5.7): it lives as long as its fd, which the
-        // guard owns, and never replaces programs others attached there.
-        let link_id = program.attach(&cgroup, CgroupAttachMode::Single).map_err(attach_error)?;
-        let link = program.take_link(link_id).map_err(attach_error)?;
-        tracing::info!(cgroup = %cgroup2_dir.display(), "attached connect4 load-balancer");
-        Ok(CgroupAttachment { link: Some(Attached::Owned(link)), cgroup: cgroup2_dir.to_path_buf(), reused: false })
     }
 
-    /// Reuse the link pinned in `pin_dir` when it is attached to this cgroup, swapping in
-    /// the program just loaded (one BPF_LINK_UPDATE, so no connect() goes unbalanced, and
-    /// the running program is always the one using the maps this value programs). A pinned
-    /// link of another cgroup, or a defunct one, is replaced.
-    fn attach_pinned(&mut self, cgroup: &File, path: &Path, pin_dir: &Path) -> Result<CgroupAttachment, EbpfError> {
-        let link_path = pin::link_pin_path(pin_dir);
-        let pin_error = |operation, source| EbpfError::Pin { path: link_path.clone(), operation, source };
-        let cgroup_id = pin::cgroup_id(cgroup, path)?;
-        let program = connect4(&mut self.ebpf)?;
-        let prog_fd = program
-            .fd()
-            .map_err(|source| EbpfError::Program { name: CONNECT4_PROGRAM, source: Box::new(source) })?
-            .as_fd();
-        if let Some(existing) = pin::open_link(pin_dir)? {
-            let info = existing.info;
-            if info.cgroup_id == cgroup_id && info.attach_type == sys::CGROUP_INET4_CONNECT {
-                sys::link_update(existing.fd.as_fd(), prog_fd).map_err(|e| pin_error("replace the program of", e))?;
-                tracing::info!(cgroup = %path.display(), link = info.id, "reusing the pinned connect4 link, program replaced");
-                return Ok(CgroupAttachment {
-                    link: Some(Attached::Pinned { _link: existing.fd }),
-                    cgroup: path.to_path_buf(),
-                    reused: true,
-                });
-            }
-            tracing::warn!(
-                link = info.id,
-                cgroup_id = info.cgroup_id,
-                "the pinned connect4 link is not attached to {}: replacing it",
-                path.display()
-            );
-            // A defunct link (its cgroup removed) refuses detach; unpinning frees it anyway.
-            if let Err(error) = sys::link_detach(existing.fd.as_fd()) {
-                tracing::debug!(%error, "detach the previous pinned link");
-            }
-            std::fs::remove_file(&link_path).map_err(|e| pin_error("unpin", e))?;
-        }
-        let link = sys::link_create_cgroup(prog_fd, cgroup.as_fd(), sys::CGROUP_INET4_CONNECT)
-            .map_err(|e| EbpfError::AttachPinned { path: path.to_path_buf(), source: e })?;
-        if let Err(error) = sys::obj_pin(link.as_fd(), &link_path) {
-            // Dropping `link` detaches it: nothing is left half-done.
-            return Err(pin_error("pin", error));
-        }
-        tracing::info!(cgroup = %path.display(), pin = %link_path.display(), "attached and pinned connect4 load-balancer");
-        Ok(CgroupAttachment { link: Some(Attached::Pinned { _link: link }), cgroup: path.to_path_buf(), reused: false })
-    }
-
-    /// Typed view of the maps.
+    /// Typed view of the services map.
     pub fn maps(&mut self) -> LbMaps<'_> {
         LbMaps::new(&mut self.services)
     }
-}
 
-fn connect4(ebpf: &mut Ebpf) -> Result<&mut CgroupSockAddr, EbpfError> {
-    let missing = EbpfError::ProgramMissing { name: CONNECT4_PROGRAM };
-    let program = ebpf.program_mut(CONNECT4_PROGRAM).ok_or(missing)?;
-    program.try_into().map_err(|source| EbpfError::Program { name: CONNECT4_PROGRAM, source: Box::new(source) })
-}
-
-/// How the program is attached.
-enum Attached {
-    /// Owned by this process: detached with the guard.
-    Owned(CgroupSockAddrLink),
-    /// Pinned in bpffs: the fd is only our handle, the pin keeps the link attached.
-    Pinned { _link: OwnedFd },
-}
-
-/// connect4 attached to one cgroup; detached when dropped or by [`detach`](Self::detach),
-/// unless pinned (see [`SockLb::load_pinned`]).
-#[must_use = "dropping the attachment detaches the program (unless pinned)"]
-pub struct CgroupAttachment {
-    link: Option<Attached>,
-    cgroup: PathBuf,
-    reused: bool,
-}
-
-impl CgroupAttachment {
-    /// The cgroup2 directory the program is attached to.
-    pub fn cgroup(&self) -> &Path {
-        &self.cgroup
-    }
-
-    /// Whether the attachment is pinned (it stays when this guard is dropped).
-    pub fn is_pinned(&self) -> bool {
-        matches!(self.link, Some(Attached::Pinned { .. }))
-    }
-
-    /// Whether a link pinned by an earlier run was reused.
-    pub fn reused_pinned_link(&self) -> bool {
-        self.reused
-    }
-
-    /// Detach now, reporting failure (dropping detaches too, but only logs). A pinned
-    /// attachment is only released: use [`SockLb::unpin_and_detach`] to remove it.
-    pub fn detach(mut self) -> Result<(), EbpfError> {
-        self.detach_link()
-    }
-
-    fn detach_link(&mut self) -> Result<(), EbpfError> {
-        match self.link.take() {
-            Some(Attached::Owned(link)) => link
-                .detach()
-                .map_err(|source| EbpfError::Detach { path: self.cgroup.clone(), source: Box::new(source) }),
-            Some(Attached::Pinned { .. }) | None => Ok(()),
-        }
+    /// The reverse translations the programs recorded (one per socket and backend), for
+    /// diagnostics and tests.
+    pub fn reverse_nat(&self) -> Result<Vec<ReverseNat>, EbpfError> {
+        maps::reverse_nat(&self.reverse)
     }
 }
 
-impl Drop for CgroupAttachment {
-    fn drop(&mut self) {
-        if !matches!(self.link, Some(Attached::Owned(_))) {
-            return;
-        }
-        if let Err(error) = self.detach_link() {
-            tracing::warn!(error = %error, "detach connect4 load-balancer");
-        } else {
-            tracing::debug!(cgroup = %self.cgroup.display(), "detached connect4 load-balancer");
-        }
+impl MapSizes {
+    fn apply<'a, 'b>(&self, loader: &'a mut EbpfLoader<'b>) -> &'a mut EbpfLoader<'b> {
+        loader.set_max_entries(SERVICES_MAP, self.services).set_max_entries(REVERSE_MAP, self.reverse_nat)
     }
+}
+
+fn take_hash_map<K: Pod, V: Pod>(ebpf: &mut Ebpf, name: &'static str) -> Result<HashMap<MapData, K, V>, EbpfError> {
+    let map = ebpf.take_map(name).ok_or(EbpfError::MapMissing { name })?;
+    HashMap::try_from(map).map_err(|source| EbpfError::Map {
+        name,
+        operation: "open",
+        frontend: String::from("all entries"),
+        source: Box::new(source),
+    })
 }
 
 #[cfg(test)]

@@ -1,15 +1,16 @@
 //! Typed reads and writes of the services map, ordered so that a concurrent
-//! connect() never sees a half-written service (see `bpf/lb.h`).
+//! connect() never sees a half-written service (see `bpf/lb.h`), and reads of the
+//! reverse-translation map, which only the programs write.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use aya::maps::{HashMap, MapData, MapError};
 
 use crate::error::EbpfError;
-use crate::layout::{ip4_from_wire, Lb4Key, Lb4Value, MASTER_SLOT};
-use crate::object::SERVICES_MAP;
-use crate::types::{Backend, Frontend, Protocol, MAX_BACKENDS};
+use crate::layout::{ip4_from_wire, Lb4Key, Lb4ReverseKey, Lb4ReverseValue, Lb4Value, MASTER_SLOT};
+use crate::object::{REVERSE_MAP, SERVICES_MAP};
+use crate::types::{Backend, Frontend, Protocol, ReverseNat, MAX_BACKENDS};
 
 /// Typed view of the maps: no raw bytes leave this crate.
 pub struct LbMaps<'a> {
@@ -146,6 +147,29 @@ impl<'a> LbMaps<'a> {
     ) -> Result<(), EbpfError> {
         self.services.insert(key, value, 0).map_err(|source| map_error(operation, frontend, source))
     }
+}
+
+/// Every entry of the reverse-translation map, sorted. The programs keep writing it, so
+/// this is a snapshot: an entry evicted during the walk may be missing.
+pub(crate) fn reverse_nat(
+    map: &HashMap<MapData, Lb4ReverseKey, Lb4ReverseValue>,
+) -> Result<Vec<ReverseNat>, EbpfError> {
+    let mut entries = Vec::new();
+    for entry in map.iter() {
+        let (key, value) = entry.map_err(|source| EbpfError::Map {
+            name: REVERSE_MAP,
+            operation: "iterate",
+            frontend: String::from("all entries"),
+            source: Box::new(source),
+        })?;
+        entries.push(ReverseNat {
+            socket_cookie: key.cookie,
+            backend: SocketAddr::from((ip4_from_wire(key.address), u16::from_be(key.port))),
+            frontend: SocketAddr::from((ip4_from_wire(value.address), u16::from_be(value.port))),
+        });
+    }
+    entries.sort();
+    Ok(entries)
 }
 
 fn ipv4_of(frontend: &Frontend, ip: IpAddr) -> Result<Ipv4Addr, EbpfError> {

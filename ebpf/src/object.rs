@@ -1,15 +1,59 @@
-//! The compiled BPF object, embedded at build time.
+//! The compiled BPF object, embedded at build time, and the names inside it.
+
+use crate::sys;
 
 /// `sock_lb.bpf.o`, aligned as the ELF parser needs; empty when built with
 /// `NODELET_SKIP_BPF_BUILD=1`.
 pub(crate) static SOCK_LB: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock_lb.bpf.o"));
 
-/// `sock_lb_pinned.bpf.o`: the same program, its maps declared `LIBBPF_PIN_BY_NAME`.
+/// `sock_lb_pinned.bpf.o`: the same programs, their maps declared `LIBBPF_PIN_BY_NAME`.
 pub(crate) static SOCK_LB_PINNED: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock_lb_pinned.bpf.o"));
 
-/// Names inside the object (see `bpf/sock_lb.bpf.c`).
-pub(crate) const CONNECT4_PROGRAM: &str = "sock4_connect";
+/// Maps inside the object (see `bpf/sock_lb.bpf.c`); pinned under these names.
 pub(crate) const SERVICES_MAP: &str = "lb4_services";
-/// Name of the pinned cgroup link inside a pin directory (maps are pinned by their names).
-pub(crate) const CONNECT4_LINK_PIN: &str = "sock4_connect_link";
+pub(crate) const REVERSE_MAP: &str = "lb4_reverse_sk";
+pub(crate) const MAPS: [&str; 2] = [SERVICES_MAP, REVERSE_MAP];
+
+/// One cgroup program of the object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ProgramSpec {
+    /// Its function name in `bpf/sock_lb.bpf.c`.
+    pub name: &'static str,
+    /// The hook, for messages (`cgroup/connect4`).
+    pub hook: &'static str,
+    /// `enum bpf_attach_type` of the hook (also what its section name tells aya).
+    pub attach_type: u32,
+    /// Name of its pinned bpf_link inside a pin directory.
+    pub link_pin: &'static str,
+}
+
+/// Every program, in attach order: the reverse hooks first, so that from the first
+/// rewritten connect() or datagram on, the replies and getpeername() are translated
+/// back too. Detached in the opposite order.
+pub(crate) const PROGRAMS: [ProgramSpec; 4] = [
+    ProgramSpec {
+        name: "sock4_recvmsg",
+        hook: "cgroup/recvmsg4",
+        attach_type: sys::CGROUP_UDP4_RECVMSG,
+        link_pin: "sock4_recvmsg_link",
+    },
+    ProgramSpec {
+        name: "sock4_peername",
+        hook: "cgroup/getpeername4",
+        attach_type: sys::CGROUP_INET4_GETPEERNAME,
+        link_pin: "sock4_peername_link",
+    },
+    ProgramSpec {
+        name: "sock4_connect",
+        hook: "cgroup/connect4",
+        attach_type: sys::CGROUP_INET4_CONNECT,
+        link_pin: "sock4_connect_link",
+    },
+    ProgramSpec {
+        name: "sock4_sendmsg",
+        hook: "cgroup/sendmsg4",
+        attach_type: sys::CGROUP_UDP4_SENDMSG,
+        link_pin: "sock4_sendmsg_link",
+    },
+];

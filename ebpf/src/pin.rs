@@ -1,8 +1,8 @@
-//! Pinning in bpffs: the pin directory, the pinned cgroup link, and removing both.
+//! Pinning in bpffs: the pin directory, the pinned cgroup links, and removing them.
 //!
-//! A pin directory holds the maps (by their names, pinned by aya at load) and the
-//! connect4 bpf_link ([`CONNECT4_LINK_PIN`]). While the pins exist the program stays
-//! attached and the maps keep serving, whether or not a nodelet process runs.
+//! A pin directory holds the maps (by their names, pinned by aya at load) and one bpf_link
+//! per program (`ProgramSpec::link_pin`). While the pins exist the programs stay attached
+//! and the maps keep serving, whether or not a nodelet process runs.
 
 use std::fs;
 use std::io;
@@ -15,14 +15,12 @@ use aya::maps::{HashMap, Map, MapData};
 use crate::error::EbpfError;
 use crate::layout::{Lb4Key, Lb4Value};
 use crate::maps::LbMaps;
-use crate::object::{CONNECT4_LINK_PIN, SERVICES_MAP};
+use crate::object::{MAPS, PROGRAMS, SERVICES_MAP};
 use crate::sys::{self, LinkInfo};
 use crate::types::ServiceList;
 
 /// Where bpffs is mounted by convention (systemd, cilium, bpftool).
 const BPFFS_ROOT: &str = "/sys/fs/bpf";
-/// Maps the pinned object pins by name (`LIBBPF_PIN_BY_NAME` in sock_lb.bpf.c).
-const PINNED_MAPS: &[&str] = &[SERVICES_MAP];
 
 /// Make `pin_dir` a directory on a bpffs. When it lies under `/sys/fs/bpf` and nothing is
 /// mounted there yet, bpffs is mounted there first, as cilium's agent does; anywhere else a
@@ -64,13 +62,9 @@ pub(crate) struct PinnedLink {
     pub info: LinkInfo,
 }
 
-pub(crate) fn link_pin_path(pin_dir: &Path) -> PathBuf {
-    pin_dir.join(CONNECT4_LINK_PIN)
-}
-
-/// The link pinned in `pin_dir`, if any.
-pub(crate) fn open_link(pin_dir: &Path) -> Result<Option<PinnedLink>, EbpfError> {
-    let path = link_pin_path(pin_dir);
+/// The link pinned at `path`, if any.
+pub(crate) fn open_link(path: &Path) -> Result<Option<PinnedLink>, EbpfError> {
+    let path = path.to_path_buf();
     let fd = match sys::obj_get(&path) {
         Ok(fd) => fd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -90,7 +84,7 @@ pub(crate) fn cgroup_id(cgroup: &fs::File, path: &Path) -> Result<u64, EbpfError
 /// What [`unpin_and_detach`](crate::SockLb::unpin_and_detach) removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Unpinned {
-    /// A pinned link was found, detached and unpinned.
+    /// Pinned links were found, detached and unpinned (one per program).
     pub link: bool,
     /// Pinned maps removed.
     pub maps: usize,
@@ -98,8 +92,12 @@ pub struct Unpinned {
 
 pub(crate) fn unpin_and_detach(pin_dir: &Path) -> Result<Unpinned, EbpfError> {
     let mut unpinned = Unpinned::default();
-    if let Some(link) = open_link(pin_dir)? {
-        let path = link_pin_path(pin_dir);
+    // The forward hooks first, as when an attachment is dropped.
+    for spec in PROGRAMS.iter().rev() {
+        let path = pin_dir.join(spec.link_pin);
+        let Some(link) = open_link(&path)? else {
+            continue;
+        };
         // Detach first: a running agent may still hold the link's fd, and removing the pin
         // alone would leave the program attached until that process exits.
         sys::link_detach(link.fd.as_fd()).map_err(|source| EbpfError::Pin {
@@ -108,10 +106,10 @@ pub(crate) fn unpin_and_detach(pin_dir: &Path) -> Result<Unpinned, EbpfError> {
             source,
         })?;
         fs::remove_file(&path).map_err(|source| EbpfError::Pin { path, operation: "unpin", source })?;
-        tracing::info!(link = link.info.id, pin_dir = %pin_dir.display(), "detached and unpinned connect4 load-balancer");
+        tracing::info!(link = link.info.id, hook = spec.hook, pin_dir = %pin_dir.display(), "detached and unpinned");
         unpinned.link = true;
     }
-    for map in PINNED_MAPS {
+    for map in MAPS {
         let path = pin_dir.join(map);
         match fs::remove_file(&path) {
             Ok(()) => unpinned.maps += 1,

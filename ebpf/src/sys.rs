@@ -20,8 +20,11 @@ const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_LINK_DETACH: libc::c_long = 34;
 
-/// enum bpf_attach_type: BPF_CGROUP_INET4_CONNECT.
+// enum bpf_attach_type, of the hooks the load-balancer uses.
 pub(crate) const CGROUP_INET4_CONNECT: u32 = 10;
+pub(crate) const CGROUP_UDP4_SENDMSG: u32 = 14;
+pub(crate) const CGROUP_UDP4_RECVMSG: u32 = 19;
+pub(crate) const CGROUP_INET4_GETPEERNAME: u32 = 29;
 
 #[repr(C)]
 #[derive(Default)]
@@ -137,7 +140,7 @@ pub(crate) fn link_create_cgroup(
     fd_from(bpf(BPF_LINK_CREATE, &mut attr)?)
 }
 
-/// Swap the program of a link in one step: every connect() runs the old or the new one.
+/// Swap the program of a link in one step: every syscall runs the old or the new one.
 pub(crate) fn link_update(link: BorrowedFd<'_>, new_prog: BorrowedFd<'_>) -> io::Result<()> {
     let mut attr = LinkUpdateAttr { link_fd: raw(link), new_prog_fd: raw(new_prog), ..LinkUpdateAttr::default() };
     bpf(BPF_LINK_UPDATE, &mut attr).map(drop)

@@ -1,5 +1,5 @@
 //! Helpers of the root-only datapath tests (this crate's and the proxy's): a cgroup of the test's own, loopback
-//! backends, and a client process placed in that cgroup.
+//! backends, and client processes placed in that cgroup.
 
 use std::fs;
 use std::io::Write;
@@ -10,6 +10,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
+
+use crate::object::PROGRAMS;
+
+mod sockets;
+
+pub use sockets::{SocketClient, UdpEchoBackend};
+
+/// The names of the load-balancer's programs, as `bpftool cgroup show` lists them.
+pub const PROGRAM_NAMES: [&str; PROGRAMS.len()] = {
+    let mut names = [""; PROGRAMS.len()];
+    let mut index = 0;
+    while index < PROGRAMS.len() {
+        names[index] = PROGRAMS[index].name;
+        index += 1;
+    }
+    names
+};
 
 pub fn require_root() {
     assert!(
@@ -221,7 +238,7 @@ impl Drop for TestBpffs {
     }
 }
 
-/// How many programs `bpftool cgroup show` lists for the cgroup.
+/// How many of the load-balancer's programs `bpftool cgroup show` lists for the cgroup.
 pub fn attached_program_count(cgroup: &TestCgroup) -> usize {
-    cgroup.attached_programs().lines().filter(|line| line.contains("sock4_connect")).count()
+    cgroup.attached_programs().lines().filter(|line| PROGRAM_NAMES.iter().any(|name| line.contains(name))).count()
 }

@@ -1,7 +1,7 @@
 //! The typed service table entries callers read and write.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// Most backends one frontend can have (`LB_MAX_BACKENDS` of `bpf/lb.h`).
 pub const MAX_BACKENDS: usize = crate::layout::c::LB_MAX_BACKENDS;
@@ -79,3 +79,13 @@ impl fmt::Display for Backend {
 
 /// Frontends with their backends in slot order, as read from the maps.
 pub type ServiceList = Vec<(Frontend, Vec<Backend>)>;
+
+/// One entry of the reverse translation: what socket `socket_cookie` receives from
+/// `backend` (and what `getpeername()` reports when connected to it) is shown as coming
+/// from `frontend`, the Service address it dialled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReverseNat {
+    pub socket_cookie: u64,
+    pub backend: SocketAddr,
+    pub frontend: SocketAddr,
+}

@@ -1,11 +1,13 @@
 //! The pinned load-balancer, as root: it keeps serving after the loader is dropped (an
-//! agent exiting), a second load reuses its maps and link, and cleanup removes everything.
+//! agent exiting), a second load reuses its maps and links, and cleanup removes everything.
 //! Pins live on a bpffs of the test's own; the program only on a cgroup of the test's own.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use nodelet_ebpf::test_support::{
-    attached_program_count, require_root, tcp_connects_from, TcpBackend, TestBpffs, TestCgroup, UnpinOnDrop,
+    attached_program_count, require_root, tcp_connects_from, SocketClient, TcpBackend, TestBpffs, TestCgroup,
+    UdpEchoBackend, UnpinOnDrop, PROGRAM_NAMES,
 };
 use nodelet_ebpf::{Backend, Frontend, MapSizes, Protocol, SockLb};
 
@@ -39,6 +41,9 @@ fn pinned_load_balancer_survives_its_loader_and_is_reused() {
         assert!(!lb.maps_reused());
         let attachment = lb.attach(&cgroup.path).expect("attach");
         assert!(attachment.is_pinned() && !attachment.reused_pinned_link());
+        for name in PROGRAM_NAMES.iter().map(|name| format!("{name}_link")).chain(["lb4_reverse_sk".to_owned()]) {
+            assert!(pin_dir.join(&name).exists(), "{name} pinned");
+        }
         lb.maps().upsert_service(frontend(80), &[loopback(first.port)]).expect("upsert");
     } // the loader is gone, as when the agent exits
 
@@ -54,16 +59,71 @@ fn pinned_load_balancer_survives_its_loader_and_is_reused() {
         assert!(attachment.reused_pinned_link());
         lb.maps().upsert_service(frontend(80), &[loopback(second.port)]).expect("upsert");
     }
-    assert_eq!(attached_program_count(&cgroup), 1, "the link was reused, not duplicated");
+    assert_eq!(attached_program_count(&cgroup), PROGRAM_NAMES.len(), "the links were reused, not duplicated");
     assert_eq!(answers(&cgroup, 80, 5), vec![second.port.to_string(); 5], "the change took effect");
 
     let unpinned = SockLb::unpin_and_detach(&pin_dir).expect("cleanup");
     assert!(unpinned.link);
-    assert_eq!(unpinned.maps, 1);
+    assert_eq!(unpinned.maps, 2, "lb4_services and lb4_reverse_sk");
     assert_eq!(cgroup.attached_programs(), "", "nothing attached");
     assert!(!pin_dir.exists(), "no pin left");
     assert_eq!(SockLb::pinned_services(&pin_dir).expect("read"), None);
     assert_eq!(SockLb::unpin_and_detach(&pin_dir).expect("cleanup again"), Default::default());
+}
+
+#[test]
+fn udp_replies_are_translated_back_across_a_restart() {
+    require_root();
+    let bpffs = TestBpffs::mount();
+    let cgroup = TestCgroup::create();
+    let pin_dir = bpffs.path.join("nodelet");
+    let _cleanup = UnpinOnDrop(&pin_dir);
+    let dns = UdpEchoBackend::start(Ipv4Addr::new(127, 0, 0, 2));
+    // In 127.0.0.0/8: a datagram left unrewritten stays on this host.
+    let service = SocketAddr::from((Ipv4Addr::new(127, 96, 0, 20), 10053));
+    let udp = Frontend { ip: service.ip(), port: service.port(), protocol: Protocol::Udp };
+    let wait = Duration::from_secs(2);
+    let mut client = SocketClient::udp(&cgroup);
+
+    {
+        let mut lb = SockLb::load_pinned(MapSizes::default(), &pin_dir).expect("load pinned");
+        let _attachment = lb.attach(&cgroup.path).expect("attach");
+        lb.maps().upsert_service(udp, &[Backend { ip: dns.addr.ip(), port: dns.addr.port() }]).expect("upsert");
+        client.send_to(service, "before").expect("sendto");
+    } // the agent exits with the reply waiting in the client's socket
+
+    let mut lb = SockLb::load_pinned(MapSizes::default(), &pin_dir).expect("load again");
+    assert!(lb.attach(&cgroup.path).expect("attach again").reused_pinned_link());
+    assert_eq!(client.recv_from(wait), Some((service, format!("{} before", dns.addr))), "translated back");
+    client.send_to(service, "after").expect("sendto");
+    assert_eq!(client.recv_from(wait), Some((service, format!("{} after", dns.addr))));
+    assert_eq!(lb.reverse_nat().expect("reverse").len(), 1, "the entry written before the restart serves on");
+}
+
+#[test]
+fn a_pinned_attach_that_fails_halfway_leaves_nothing_attached() {
+    require_root();
+    let bpffs = TestBpffs::mount();
+    let cgroup = TestCgroup::create();
+    let pin_dir = bpffs.path.join("nodelet");
+    let _cleanup = UnpinOnDrop(&pin_dir);
+    let mut lb = SockLb::load_pinned(MapSizes::default(), &pin_dir).expect("load pinned");
+    // Something that is not a link where the third program's link is to be pinned: the
+    // first two are attached and pinned, then pinning the third fails.
+    let squatter = pin_dir.join(format!("{}_link", PROGRAM_NAMES[2]));
+    std::os::unix::fs::symlink("nowhere", &squatter).expect("symlink on bpffs");
+
+    let error = lb.attach(&cgroup.path).err().expect("the pin is taken");
+    assert_eq!(error.to_string(), format!("pin the pinned bpf object {}", squatter.display()));
+    assert_eq!(cgroup.attached_programs(), "", "the programs attached before the failure were detached");
+    for name in PROGRAM_NAMES {
+        let pin = pin_dir.join(format!("{name}_link"));
+        assert!(pin == squatter || !pin.exists(), "{} unpinned", pin.display());
+    }
+    std::fs::remove_file(&squatter).expect("remove the squatter");
+    let attachment = lb.attach(&cgroup.path).expect("attach once the pin is free");
+    assert!(!attachment.reused_pinned_link());
+    assert_eq!(attached_program_count(&cgroup), PROGRAM_NAMES.len());
 }
 
 #[test]

@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use nodelet_ebpf::test_support::{require_root, tcp_connects_from, udp_sends_from, TcpBackend, TestCgroup, UdpBackend};
+use nodelet_ebpf::test_support::{
+    attached_program_count, require_root, tcp_connects_from, udp_sends_from, TcpBackend, TestCgroup, UdpBackend,
+    PROGRAM_NAMES,
+};
 use nodelet_ebpf::{Backend, EbpfError, Frontend, Protocol, SockLb, MAX_BACKENDS};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -195,19 +198,33 @@ fn ipv6_and_oversized_services_are_rejected_clearly() {
 }
 
 #[test]
-fn detaching_removes_the_program_from_the_cgroup() {
+fn every_program_is_attached_together_and_detached_on_drop() {
     require_root();
     let cgroup = TestCgroup::create();
     let mut lb = SockLb::load().expect("load");
 
     let attachment = lb.attach(&cgroup.path).expect("attach");
-    assert!(cgroup.attached_programs().contains("sock4_connect"), "{}", cgroup.attached_programs());
+    assert_eq!(attached_program_count(&cgroup), PROGRAM_NAMES.len(), "{}", cgroup.attached_programs());
+    for hook in ["cgroup_inet4_connect", "cgroup_udp4_sendmsg", "cgroup_udp4_recvmsg", "cgroup_inet4_getpeername"] {
+        assert!(cgroup.attached_programs().contains(hook), "{hook}: {}", cgroup.attached_programs());
+    }
     attachment.detach().expect("detach");
     assert_eq!(cgroup.attached_programs(), "");
 
     let attachment = lb.attach(&cgroup.path).expect("attach again");
     assert_eq!(attachment.cgroup(), cgroup.path);
-    assert!(cgroup.attached_programs().contains("sock4_connect"));
+    assert!(!attachment.is_pinned());
+    assert_eq!(attached_program_count(&cgroup), PROGRAM_NAMES.len());
     drop(attachment);
     assert_eq!(cgroup.attached_programs(), "");
+}
+
+#[test]
+fn attaching_to_a_directory_that_is_no_cgroup_leaves_nothing_behind() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut lb = SockLb::load().expect("load");
+    let error = lb.attach(dir.path()).err().expect("not a cgroup");
+    assert!(matches!(error, EbpfError::Attach { name: "sock4_recvmsg", .. }), "{error}");
+    assert!(error.to_string().contains("sock4_recvmsg"), "{error}");
 }

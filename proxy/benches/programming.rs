@@ -9,16 +9,20 @@
 //!   maps (table build + map writes); then one endpoint changed in one slice and a second
 //!   `Reconciler::sync` (what one watch event costs after the coalescing delay);
 //! - iptables: the kube-proxy-style nat ruleset (KUBE-SERVICES, KUBE-SVC-*, KUBE-SEP-*,
-//!   statistic --mode random, DNAT) loaded with `iptables-restore` inside a network
-//!   namespace the bench creates; then the one-endpoint change as kube-proxy's partial
-//!   sync writes it (`--noflush`: KUBE-SERVICES plus the changed chains);
+//!   statistic --mode random, DNAT) loaded with `iptables-restore` inside a fresh network
+//!   namespace the bench creates for the round (`nodelet-bench-<id>-ipt`); then the
+//!   one-endpoint change as kube-proxy's partial sync writes it (`--noflush`: KUBE-SERVICES
+//!   plus the changed chains);
 //! - IPVS: virtual services and real servers loaded with `ipvsadm -R` in the same netns
 //!   (reported n/a when the kernel has no IPVS).
 //!
 //! Environment: `NODELET_BENCH_ID` (suffix of the cgroup and netns names, `nodelet-bench-<id>`;
 //! random by default), `NODELET_BENCH_SIZES` (default `1000,5000,10000`),
 //! `NODELET_BENCH_REPEAT` (default 3), `NODELET_BENCH_CHANGES` (endpoint changes timed per
-//! nodelet repeat, default 20).
+//! nodelet repeat, default 20), `NODELET_BENCH_IPTABLES_TIMEOUT` (seconds an iptables-restore
+//! may take before it is killed and counted as "more than that", default 60: with
+//! iptables-nft, a `--noflush` restore into a nat table of tens of thousands of rules can take
+//! many minutes).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -92,6 +96,7 @@ fn run() -> BenchResult<()> {
         .collect::<BenchResult<_>>()?;
     let repeat: usize = env_or("NODELET_BENCH_REPEAT", 3)?;
     let changes: usize = env_or("NODELET_BENCH_CHANGES", 20)?;
+    let iptables_timeout = Duration::from_secs(env_or("NODELET_BENCH_IPTABLES_TIMEOUT", 60)?);
     let name = format!("nodelet-bench-{id}");
 
     let cgroup = BenchCgroup::create(&name)?;
@@ -122,7 +127,7 @@ fn run() -> BenchResult<()> {
             let objects = Objects::new(services);
             let samples = results.entry(services).or_default();
             nodelet_round(&objects, &cgroup.path, changes, samples)?;
-            iptables_round(&objects, &netns, &work.path, samples)?;
+            iptables_round(&objects, &name, &work.path, iptables_timeout, samples)?;
             if ipvs.is_ok() {
                 ipvs_round(&objects, &netns, &work.path, samples)?;
             }
@@ -142,6 +147,9 @@ struct Samples {
     iptables_generate: Vec<Duration>,
     iptables: Vec<Duration>,
     iptables_change: Vec<Duration>,
+    /// A sample hit the timeout: the median is a lower bound.
+    iptables_timed_out: bool,
+    iptables_change_timed_out: bool,
     ipvs: Vec<Duration>,
     map_entries: u32,
 }
@@ -244,7 +252,7 @@ fn slice(index: u32, addresses: &[Ipv4Addr]) -> EndpointSlice {
 fn nodelet_round(objects: &Objects, cgroup: &Path, changes: usize, samples: &mut Samples) -> BenchResult<()> {
     let count = u32::try_from(objects.services.len()).map_err(|_| "too many services")?;
     let needed = MapSizes::services_needed(count, ENDPOINTS);
-    let map_sizes = MapSizes { services: needed.max(MapSizes::default().services) };
+    let map_sizes = MapSizes { services: needed.max(MapSizes::default().services), ..MapSizes::default() };
     samples.map_entries = map_sizes.services;
     let cfg = ProxyConfig { attach_cgroup: cgroup.to_path_buf(), pin_dir: None, map_sizes };
 
@@ -412,15 +420,26 @@ fn iptables_change(objects: &Objects, old: Ipv4Addr) -> String {
     chains
 }
 
-fn iptables_round(objects: &Objects, netns: &BenchNetns, work: &Path, samples: &mut Samples) -> BenchResult<()> {
-    // Start from an empty nat table (untimed).
-    netns.exec(&["iptables", "-t", "nat", "-F"], None)?;
-    netns.exec(&["iptables", "-t", "nat", "-X"], None)?;
+/// Each round gets a fresh netns: dropping it removes the rules, where flushing a huge nat
+/// table through iptables-nft can itself take minutes. An iptables-restore that takes longer
+/// than `timeout` is killed and recorded as `timeout` (printed as "> N").
+fn iptables_round(
+    objects: &Objects,
+    name: &str,
+    work: &Path,
+    timeout: Duration,
+    samples: &mut Samples,
+) -> BenchResult<()> {
+    let netns = BenchNetns::create(&format!("{name}-ipt"))?;
     let (rules, generate) = time(|| Ok(iptables_full(objects)))?;
     samples.iptables_generate.push(generate);
     let file = work.join("iptables.rules");
     fs::write(&file, &rules).map_err(|e| format!("write {}: {e}", file.display()))?;
-    let (_, restore) = time(|| netns.exec(&["iptables-restore", "-w", "--noflush"], Some(&file)))?;
+    let Some(restore) = netns.exec_timed(&["iptables-restore", "-w", "--noflush"], &file, timeout)? else {
+        samples.iptables.push(timeout);
+        samples.iptables_timed_out = true;
+        return Ok(());
+    };
     samples.iptables.push(restore);
 
     let old = pod_ip(0, 0);
@@ -428,8 +447,14 @@ fn iptables_round(objects: &Objects, netns: &BenchNetns, work: &Path, samples: &
     changed.change_one_endpoint(0);
     let change = iptables_change(&changed, old);
     fs::write(&file, change).map_err(|e| format!("write {}: {e}", file.display()))?;
-    let (_, restore) = time(|| netns.exec(&["iptables-restore", "-w", "--noflush"], Some(&file)))?;
-    samples.iptables_change.push(restore);
+    match netns.exec_timed(&["iptables-restore", "-w", "--noflush"], &file, timeout)? {
+        Some(restore) => samples.iptables_change.push(restore),
+        None => {
+            samples.iptables_change.push(timeout);
+            samples.iptables_change_timed_out = true;
+            return Ok(());
+        }
+    }
 
     // Sanity (untimed): every service has its jump in KUBE-SERVICES.
     let listed = netns.exec(&["iptables", "-t", "nat", "-S", "KUBE-SERVICES"], None)?;
@@ -437,8 +462,6 @@ fn iptables_round(objects: &Objects, netns: &BenchNetns, work: &Path, samples: &
     if jumps != objects.services.len() {
         return Err(format!("KUBE-SERVICES holds {jumps} service jumps, expected {}", objects.services.len()));
     }
-    netns.exec(&["iptables", "-t", "nat", "-F"], None)?;
-    netns.exec(&["iptables", "-t", "nat", "-X"], None)?;
     Ok(())
 }
 
@@ -485,18 +508,24 @@ fn print_table(results: &BTreeMap<u32, Samples>, ipvs: bool) {
         let iptables = median(&samples.iptables);
         let ipvs_ms = ipvs.then(|| median(&samples.ipvs));
         let ratio = |other: f64| if nodelet > 0.0 { format!("{:.0}x", other / nodelet) } else { "-".into() };
+        // A timed-out sample makes the median a lower bound: "> N".
+        let bound = |timed_out: bool| if timed_out { "> " } else { "" };
         println!(
-            "{:>8} {:>9} {:>10.2} {:>11.1} {:>9} {:>11} {:>12} | {:>13.3} {:>13.3} {:>15.1}",
+            "{:>8} {:>9} {:>10.2} {:>11} {:>9} {:>11} {:>12} | {:>13.3} {:>13.3} {:>15}",
             services,
             u64::from(*services) * u64::from(ENDPOINTS),
             nodelet,
-            iptables,
+            format!("{}{iptables:.1}", bound(samples.iptables_timed_out)),
             ipvs_ms.map_or_else(|| "n/a".into(), |v| format!("{v:.1}")),
-            ratio(iptables),
+            format!("{}{}", bound(samples.iptables_timed_out), ratio(iptables)),
             ipvs_ms.map_or_else(|| "n/a".into(), ratio),
             median(&samples.nodelet_change),
             median(&samples.nodelet_change_build),
-            median(&samples.iptables_change),
+            format!(
+                "{}{:.1}",
+                bound(samples.iptables_change_timed_out || samples.iptables_timed_out),
+                median(&samples.iptables_change)
+            ),
         );
     }
     println!();
@@ -520,8 +549,9 @@ fn print_table(results: &BTreeMap<u32, Samples>, ipvs: bool) {
         let change = median(&samples.nodelet_change);
         println!();
         println!(
-            "targets at {services} services: iptables/nodelet {ratio:.0}x (target >= 50x: {}); one endpoint change \
-             {change:.3} ms (target <= 5 ms: {})",
+            "targets at {services} services: iptables/nodelet {}{ratio:.0}x (target >= 50x: {}); one endpoint \
+             change {change:.3} ms (target <= 5 ms: {})",
+            if samples.iptables_timed_out { "> " } else { "" },
             if ratio >= 50.0 { "met" } else { "NOT met" },
             if change <= 5.0 { "met" } else { "NOT met" },
         );
@@ -604,6 +634,34 @@ impl BenchNetns {
     fn create(name: &str) -> BenchResult<BenchNetns> {
         command_output(Command::new("ip").args(["netns", "add", name]))?;
         Ok(BenchNetns { name: name.to_owned() })
+    }
+
+    /// `ip netns exec <ns> args...` with stdin from `input`, killed after `timeout`: how long
+    /// it took, or None when it was killed.
+    fn exec_timed(&self, args: &[&str], input: &Path, timeout: Duration) -> BenchResult<Option<Duration>> {
+        let file = fs::File::open(input).map_err(|e| format!("open {}: {e}", input.display()))?;
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name]).args(args).stdin(Stdio::from(file)).stdout(Stdio::null());
+        let started = Instant::now();
+        let mut child = command.spawn().map_err(|e| format!("run {command:?}: {e}"))?;
+        loop {
+            if let Some(status) = child.try_wait().map_err(|e| format!("wait for {command:?}: {e}"))? {
+                let elapsed = started.elapsed();
+                return if status.success() {
+                    Ok(Some(elapsed))
+                } else {
+                    Err(format!("{command:?} failed ({status})"))
+                };
+            }
+            if started.elapsed() >= timeout {
+                // Our own child, by its pid.
+                let _ = child.kill();
+                let _ = child.wait();
+                eprintln!("  {} killed after {} s", args.join(" "), timeout.as_secs());
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// `ip netns exec <ns> args...`, stdin from `input`; its stdout.

@@ -18,10 +18,11 @@ const CGROUP2_MARKER: &str = "cgroup.controllers";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProxyConfig {
-    /// The cgroup2 directory the connect hook is attached to: every process
-    /// in it or below is load-balanced (the node: the cgroup2 root).
+    /// The cgroup2 directory the load-balancer's hooks (connect4, sendmsg4, recvmsg4,
+    /// getpeername4) are attached to: every process in it or below is load-balanced (the
+    /// node: the cgroup2 root).
     pub attach_cgroup: PathBuf,
-    /// A bpffs directory to pin the maps and the cgroup link in: the datapath then keeps
+    /// A bpffs directory to pin the maps and the cgroup links in: the datapath then keeps
     /// serving after the proxy exits, and the next start reuses it. `None`: everything is
     /// released when the proxy stops.
     pub pin_dir: Option<PathBuf>,

@@ -1,15 +1,18 @@
 //! The proxy over the real eBPF datapath, as root, attached to a cgroup of
 //! the test's own: a Service + EndpointSlice pointing at loopback listeners
-//! make the VIP reachable; an EndpointSlice change moves it to a new backend.
+//! make the VIP reachable; an EndpointSlice change moves it to a new backend;
+//! a UDP Service answers from its ClusterIP.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use nodelet_ebpf::test_support::{require_root, tcp_connects_from, TcpBackend, TestCgroup};
+use nodelet_ebpf::test_support::{
+    require_root, tcp_connects_from, SocketClient, TcpBackend, TestCgroup, UdpEchoBackend,
+};
 use nodelet_proxy::datapath::EbpfDatapath;
-use nodelet_proxy::{parse_service_objects, run_static, ProxyConfig, Reconciler};
+use nodelet_proxy::{parse_service_objects, run_static, Backend, Frontend, Protocol, ProxyConfig, Reconciler};
 use tokio_util::sync::CancellationToken;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -106,6 +109,73 @@ async fn run_static_serves_the_vip_until_shutdown() {
         .expect("task")
         .expect("run_static");
     assert_eq!(cgroup.attached_programs(), "", "detached after shutdown");
+}
+
+/// kube-dns' UDP port on `vip`:10053, its slice pointing at `backend` (a loopback echo).
+fn dns_objects(vip: Ipv4Addr, backend: Option<SocketAddr>) -> (Vec<Service>, Vec<EndpointSlice>) {
+    let mut yaml = format!(
+        "
+kind: Service
+apiVersion: v1
+metadata: {{name: kube-dns, namespace: kube-system}}
+spec:
+  clusterIP: {vip}
+  ports: [{{name: dns, port: 10053, protocol: UDP, targetPort: dns}}]
+"
+    );
+    if let Some(backend) = backend {
+        yaml.push_str(&format!(
+            "---
+kind: EndpointSlice
+apiVersion: discovery.k8s.io/v1
+metadata: {{name: kube-dns-1, namespace: kube-system, labels: {{kubernetes.io/service-name: kube-dns}}}}
+addressType: IPv4
+ports: [{{name: dns, port: {port}, protocol: UDP}}]
+endpoints: [{{addresses: ['{ip}']}}]
+",
+            port = backend.port(),
+            ip = backend.ip(),
+        ));
+    }
+    let objects = parse_service_objects(&yaml, "test").expect("parse");
+    (objects.services, objects.slices)
+}
+
+#[test]
+fn a_udp_cluster_ip_is_balanced_and_answers_from_its_address() {
+    require_root();
+    let cgroup = TestCgroup::create();
+    let dns = UdpEchoBackend::start(Ipv4Addr::new(127, 0, 0, 2));
+    let cfg = ProxyConfig { attach_cgroup: cgroup.path.clone(), pin_dir: None, ..ProxyConfig::default() };
+    let mut reconciler = Reconciler::new(EbpfDatapath::new(&cfg).expect("datapath"));
+    // A loopback ClusterIP: a datagram left unrewritten stays on this host.
+    let cluster_ip = SocketAddr::from((LOOPBACK_VIP, 10053));
+    let wait = Duration::from_secs(2);
+
+    let (services, slices) = dns_objects(LOOPBACK_VIP, Some(dns.addr));
+    reconciler.sync(&services, &slices).expect("sync");
+    let programmed = reconciler.datapath_mut().read_back().expect("read back");
+    let frontend = Frontend { ip: IpAddr::V4(LOOPBACK_VIP), port: 10053, protocol: Protocol::Udp };
+    let backend = Backend { ip: dns.addr.ip(), port: dns.addr.port() };
+    assert_eq!(programmed.into_iter().collect::<Vec<_>>(), [(frontend, vec![backend])]);
+
+    let mut unconnected = SocketClient::udp(&cgroup);
+    unconnected.send_to(cluster_ip, "query").expect("sendto");
+    assert_eq!(unconnected.recv_from(wait), Some((cluster_ip, format!("{} query", dns.addr))));
+    let mut connected = SocketClient::udp(&cgroup);
+    connected.connect(cluster_ip).expect("connect");
+    assert_eq!(connected.peer_addr().expect("getpeername"), cluster_ip);
+    connected.send("query").expect("send");
+    assert_eq!(connected.recv_from(wait), Some((cluster_ip, format!("{} query", dns.addr))));
+
+    let (services, slices) = dns_objects(LOOPBACK_VIP, None);
+    reconciler.sync(&services, &slices).expect("sync without endpoints");
+    let error = unconnected.send_to(cluster_ip, "query").expect_err("no ready endpoint");
+    assert!(error.contains("Connection refused"), "{error}");
+
+    reconciler.sync(&[], &[]).expect("sync without the Service");
+    unconnected.send_to(cluster_ip, "query").expect("sendto, not rewritten");
+    assert_eq!(unconnected.recv_from(Duration::from_millis(300)), None, "nothing listens at the ClusterIP itself");
 }
 
 #[test]

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use nodelet_ebpf::test_support::{
     attached_program_count, require_root, tcp_connects_from, TcpBackend, TestBpffs, TestCgroup, UnpinOnDrop,
+    PROGRAM_NAMES,
 };
 use nodelet_proxy::datapath::{EbpfDatapath, SyncStats};
 use nodelet_proxy::{parse_service_objects, ProxyConfig, Reconciler, SockLb};
@@ -72,7 +73,7 @@ fn a_restarted_proxy_resumes_from_the_pinned_maps() {
     assert_eq!(reconciler.sync(&services, &slices).expect("changed backend").upserted, 1);
     assert_eq!(answers(&cgroup), vec![second.port.to_string(); 4]);
     drop(reconciler);
-    assert_eq!(attached_program_count(&cgroup), 1);
+    assert_eq!(attached_program_count(&cgroup), PROGRAM_NAMES.len(), "the pinned links were reused, not duplicated");
 
     SockLb::unpin_and_detach(&pin_dir).expect("cleanup");
     assert_eq!(cgroup.attached_programs(), "");

@@ -20,7 +20,7 @@ pub struct ProxyArgs {
     /// Path to a kubeconfig file with kube-proxy's permissions (system:node-proxier).
     #[arg(long, env = "KUBECONFIG", required = true)]
     kubeconfig: Option<PathBuf>,
-    /// The cgroup2 directory the eBPF connect hook is attached to (default: the cgroup2 root).
+    /// The cgroup2 directory the eBPF socket hooks (connect, sendmsg, recvmsg, getpeername) attach to (default: the cgroup2 root).
     #[arg(long)]
     proxy_attach_cgroup: Option<PathBuf>,
     /// The bpffs directory the datapath is pinned in, so that Services keep working while the

@@ -26,7 +26,7 @@ pub struct LocalArgs {
     /// Where pods' network namespaces are bind-mounted.
     #[arg(long, default_value = "/run/nodelet/netns")]
     netns_dir: PathBuf,
-    /// The cgroup2 directory the eBPF connect hook is attached to (default: the cgroup2 root,
+    /// The cgroup2 directory the eBPF socket hooks (connect, sendmsg, recvmsg, getpeername) attach to (default: the cgroup2 root,
     /// so every process of the node reaches Services).
     #[arg(long)]
     proxy_attach_cgroup: Option<PathBuf>,

@@ -44,7 +44,10 @@ pub fn check_btf(host_root: &Path) -> Check {
 /// (bpf_set_retval needs 5.18) are accepted here.
 pub fn check_programs_load() -> Check {
     match nodelet_ebpf::SockLb::load() {
-        Ok(_loaded) => Check::ok(PROGRAMS_NAME, "cgroup/connect4 load-balancer and its maps load (not attached)"),
+        Ok(_loaded) => Check::ok(
+            PROGRAMS_NAME,
+            "cgroup connect4/sendmsg4/recvmsg4/getpeername4 load-balancer and its maps load (not attached)",
+        ),
         Err(err) => Check::warn(
             PROGRAMS_NAME,
             format!(

@@ -8,8 +8,9 @@ use crate::config::ProxyConfig;
 use crate::error::ProxyError;
 use crate::table::ServiceTable;
 
-/// The connect4 load-balancer, attached to the configured cgroup for as long
-/// as this value lives, or for good when pinned (`ProxyConfig::pin_dir`).
+/// The socket load-balancer (TCP, UDP and SCTP frontends alike), attached to the
+/// configured cgroup for as long as this value lives, or for good when pinned
+/// (`ProxyConfig::pin_dir`).
 pub struct EbpfDatapath {
     // Field order: detach before the programs and maps are dropped.
     _attachment: CgroupAttachment,
