@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::sync::Arc;
 
 use ipnet::Ipv4Net;
-use nodelet_runtime::image::{ImageError, ImageStore};
+use nodelet_runtime::image::{DockerConfig, ImageError, ImageStore};
 use nodelet_runtime::monitor::{Runtime, RuntimeError};
 use nodelet_runtime::network::{NetworkConfig, NetworkError, PodNetwork};
 
@@ -45,7 +45,7 @@ pub async fn open(cfg: &LocalConfig, pod_cidr: Ipv4Net) -> Result<HostRuntime, H
     for dir in [cfg.root_dir.clone(), cfg.runtime_dir(), cfg.pods_dir()] {
         std::fs::create_dir_all(&dir).map_err(|source| HostRuntimeError::StateDir { path: dir.clone(), source })?;
     }
-    let images = ImageStore::open(cfg.images_dir()).map_err(HostRuntimeError::Images)?;
+    let images = with_node_credentials(ImageStore::open(cfg.images_dir()).map_err(HostRuntimeError::Images)?, cfg);
     let runtime_dir = cfg.runtime_dir();
     let monitor_args: Vec<OsString> = vec!["monitor".into(), "--root".into(), runtime_dir.clone().into()];
     let monitor = Runtime::connect_or_spawn(&runtime_dir, &cfg.self_exe, &monitor_args)
@@ -64,6 +64,26 @@ pub async fn open(cfg: &LocalConfig, pod_cidr: Ipv4Net) -> Result<HostRuntime, H
     let network = Arc::new(network);
     let node_runtime = NodeRuntime::new(Arc::new(images), monitor.clone(), network.clone());
     Ok(HostRuntime { node_runtime: Arc::new(node_runtime), network, monitor })
+}
+
+/// The node's registry credentials, where kubelet looks for them: `<root-dir>/config.json`,
+/// then `$HOME/.docker/config.json` (the first that exists). A broken file is logged, naming
+/// it, and pulls go on without it, as kubelet does.
+fn with_node_credentials(store: ImageStore, cfg: &LocalConfig) -> ImageStore {
+    let home = std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".docker/config.json"));
+    let Some(path) = std::iter::once(cfg.root_dir.join("config.json")).chain(home).find(|path| path.is_file()) else {
+        return store;
+    };
+    match DockerConfig::load(&path) {
+        Ok(config) => {
+            tracing::info!(path = %path.display(), "registry credentials for the node");
+            store.with_credentials(config)
+        }
+        Err(error) => {
+            tracing::warn!(path = %path.display(), "ignoring registry credentials: {}", nodelet_runtime::error_chain(&error));
+            store
+        }
+    }
 }
 
 /// The pod side's settings from the local ones.

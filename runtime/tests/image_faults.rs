@@ -18,7 +18,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use image_common::{require_root, TestRegistry};
-use nodelet_runtime::image::{Digest, ImageError, ImageStore, NoProgress};
+use nodelet_runtime::image::{Digest, DockerConfig, ImageError, ImageStore, NoProgress};
 
 const TOKEN: &str = "test-token-4f2a";
 const USER: &str = "puller";
@@ -340,6 +340,28 @@ async fn registry_faults_through_a_proxy() {
     std::fs::write(&config, format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, proxy.addr())).unwrap();
     let store = fresh_store(work.path(), "basic").with_docker_config(&config).unwrap();
     store.pull(&busybox, &NoProgress).await.expect("pull with basic auth from config.json");
+
+    // 4b. A pod's pull secrets, as kubelet uses them: a refused entry passes the turn to the
+    // next match (here the repository-scoped key comes first), and the secrets come before
+    // the node's config.
+    let wrong = base64_encode(&format!("{USER}:not-the-password"));
+    let secret = DockerConfig::parse(
+        format!(r#"{{"auths":{{"{0}/nodelet":{{"auth":"{wrong}"}},"{0}":{{"auth":"{auth}"}}}}}}"#, proxy.addr())
+            .as_bytes(),
+    )
+    .unwrap();
+    let before = proxy.seen().len();
+    let store = fresh_store(work.path(), "secrets");
+    store.pull_with_secrets(&busybox, &NoProgress, &[secret]).await.expect("the second matching entry works");
+    let refused = proxy.seen()[before..].iter().filter(|s| s.status == 401).count();
+    assert!(refused >= 1, "the wrong entry was tried first and refused");
+    let only_wrong =
+        DockerConfig::parse(format!(r#"{{"auths":{{"{}":{{"auth":"{wrong}"}}}}}}"#, proxy.addr()).as_bytes()).unwrap();
+    let error = fresh_store(work.path(), "wrong-secret")
+        .pull_with_secrets(&busybox, &NoProgress, &[only_wrong])
+        .await
+        .expect_err("only a wrong password");
+    assert!(error.to_string().contains("refused the configured credentials"), "{error}");
 
     // 5. 404s: an unknown tag, a missing blob.
     proxy.set(|_| {});

@@ -85,9 +85,14 @@ impl ImageStore {
     }
 
     /// Pull with the credentials of a Docker `config.json` (`auths`, by registry host).
-    pub fn with_docker_config(mut self, path: &Path) -> Result<Self, ImageError> {
-        self.docker_config = Some(DockerConfig::load(path)?);
-        Ok(self)
+    pub fn with_docker_config(self, path: &Path) -> Result<Self, ImageError> {
+        Ok(self.with_credentials(DockerConfig::load(path)?))
+    }
+
+    /// Pull with these credentials (the node's) when a pull brings none of its own.
+    pub fn with_credentials(mut self, config: DockerConfig) -> Self {
+        self.docker_config = Some(config);
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -98,12 +103,51 @@ impl ImageStore {
     /// digest, unpack layers once each. Plain HTTP only for registries on 127.0.0.0/8 (and ::1).
     /// Concurrent pulls through the same store download each blob once.
     pub async fn pull(&self, reference: &str, progress: &dyn PullProgress) -> Result<Image, ImageError> {
+        self.pull_with_secrets(reference, progress, &[]).await
+    }
+
+    /// [`ImageStore::pull`] with a pod's image pull secrets: as kubelet does, every matching
+    /// entry of the secrets (in order), then of the node's config, is a candidate; with none,
+    /// the pull is anonymous. A candidate the registry refuses (401/403) passes the turn to
+    /// the next; any other outcome ends the pull.
+    pub async fn pull_with_secrets(
+        &self,
+        reference: &str,
+        progress: &dyn PullProgress,
+        secrets: &[DockerConfig],
+    ) -> Result<Image, ImageError> {
         let parsed = Reference::parse(reference)?;
-        tracing::info!(reference = %parsed, "pulling image");
-        let credentials =
-            self.docker_config.as_ref().and_then(|config| config.credentials_for(&parsed.registry)).cloned();
+        let mut candidates: Vec<Credentials> = Vec::new();
+        for config in secrets.iter().chain(&self.docker_config) {
+            for credentials in config.matching(&parsed.registry, &parsed.repository) {
+                if !candidates.contains(credentials) {
+                    candidates.push(credentials.clone());
+                }
+            }
+        }
+        let Some((last, others)) = candidates.split_last() else {
+            return self.pull_as(&parsed, progress, None).await;
+        };
+        for credentials in others {
+            match self.pull_as(&parsed, progress, Some(credentials.clone())).await {
+                Err(error @ ImageError::Unauthorized { .. }) => {
+                    tracing::info!(reference = %parsed, user = %credentials.username, %error, "credentials refused; trying the next");
+                }
+                other => return other,
+            }
+        }
+        self.pull_as(&parsed, progress, Some(last.clone())).await
+    }
+
+    async fn pull_as(
+        &self,
+        parsed: &Reference,
+        progress: &dyn PullProgress,
+        credentials: Option<Credentials>,
+    ) -> Result<Image, ImageError> {
+        tracing::info!(reference = %parsed, with_credentials = credentials.is_some(), "pulling image");
         let context = pull::PullContext { layout: &self.layout, inflight: &self.inflight, credentials };
-        let (record, _pin) = pull::pull(&context, &parsed, progress).await?;
+        let (record, _pin) = pull::pull(&context, parsed, progress).await?;
         {
             let _guard = self.lock_index();
             let mut index = self.layout.load_index()?;
