@@ -315,3 +315,63 @@ async fn unavailable_server_answers_503() {
     pods.list(&ListParams::default()).await.expect("back");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn nodes_get_only_the_secrets_and_configmaps_their_pods_reference() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+
+    let (server, _dir) = server().await;
+    let admin = server.admin_client().await.expect("admin");
+    let n1: Client = server.node_client("n1").await.expect("node client");
+    let admin_secrets: Api<Secret> = Api::namespaced(admin.clone(), "default");
+    for name in ["pull", "mounted", "unrelated"] {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "type": "kubernetes.io/dockerconfigjson",
+            "stringData": {".dockerconfigjson": "{\"auths\": {}}"},
+        }))
+        .expect("secret");
+        admin_secrets.create(&PostParams::default(), &secret).await.expect("create secret");
+    }
+    let stored = admin_secrets.get("pull").await.expect("get");
+    assert!(stored.string_data.is_none(), "stringData is folded into data");
+    assert_eq!(stored.data.expect("data")[".dockerconfigjson"].0, b"{\"auths\": {}}");
+    let broken: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "broken"}, "type": "kubernetes.io/dockerconfigjson", "stringData": {".dockerconfigjson": "{"},
+    }))
+    .expect("secret");
+    assert_eq!(api_error(admin_secrets.create(&PostParams::default(), &broken).await).code, 422);
+
+    let config_map: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "settings"}, "data": {"k": "v"}})).expect("configmap");
+    Api::<ConfigMap>::namespaced(admin.clone(), "default")
+        .create(&PostParams::default(), &config_map)
+        .await
+        .expect("create configmap");
+
+    let mut bound = pod("p", Some("n1"), &[]);
+    let spec = bound.spec.as_mut().expect("spec");
+    spec.image_pull_secrets = Some(vec![serde_json::from_value(json!({"name": "pull"})).expect("ref")]);
+    spec.volumes = Some(vec![
+        serde_json::from_value(json!({"name": "s", "secret": {"secretName": "mounted"}})).expect("volume"),
+        serde_json::from_value(json!({"name": "c", "configMap": {"name": "settings"}})).expect("volume"),
+    ]);
+    Api::<Pod>::namespaced(admin.clone(), "default").create(&PostParams::default(), &bound).await.expect("pod");
+
+    let secrets: Api<Secret> = Api::namespaced(n1.clone(), "default");
+    secrets.get("pull").await.expect("an image pull secret of a pod on n1");
+    secrets.get("mounted").await.expect("a secret volume of a pod on n1");
+    Api::<ConfigMap>::namespaced(n1.clone(), "default").get("settings").await.expect("a configmap volume");
+    let unrelated = api_error(secrets.get("unrelated").await);
+    assert_eq!(unrelated.code, 403);
+    assert!(
+        unrelated.message.contains("no relationship found between node 'n1' and this object"),
+        "{}",
+        unrelated.message
+    );
+    assert_eq!(api_error(secrets.list(&ListParams::default()).await).code, 403, "no listing of secrets");
+    // A node other than the pod's is not related to its secrets.
+    let n2: Api<Secret> = Api::namespaced(server.node_client("n2").await.expect("n2"), "default");
+    assert_eq!(api_error(n2.get("pull").await).code, 403);
+    server.shutdown().await;
+}

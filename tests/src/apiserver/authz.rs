@@ -53,19 +53,22 @@ pub fn authorize_path(_user: &UserInfo) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Decide a resource request. `stored` is the object as stored now (for writes to existing
-/// objects), `incoming` the object of a create.
-pub fn authorize(
-    user: &UserInfo,
-    request: &ResourceRequest<'_>,
-    stored: Option<&Value>,
-    incoming: Option<&Value>,
-) -> Result<(), ApiError> {
+/// The objects a request is judged by: the object as stored now (for reads and writes of
+/// existing objects), the object of a create, and the pods of a namespace (the Node
+/// authorizer's graph: which pods on which node reference which secrets and configmaps).
+pub struct Context<'a> {
+    pub stored: Option<&'a Value>,
+    pub incoming: Option<&'a Value>,
+    pub pods_in_namespace: &'a dyn Fn(&str) -> Vec<Value>,
+}
+
+/// Decide a resource request.
+pub fn authorize(user: &UserInfo, request: &ResourceRequest<'_>, context: &Context<'_>) -> Result<(), ApiError> {
     if user.in_group(GROUP_MASTERS) {
         return Ok(());
     }
     if let Some(node) = user.node_name() {
-        return authorize_node(node, user, request, stored, incoming);
+        return authorize_node(node, user, request, context);
     }
     if user.name == KUBE_PROXY_USER && node_proxier_allows(request) {
         return Ok(());
@@ -95,9 +98,9 @@ fn authorize_node(
     node: &str,
     user: &UserInfo,
     request: &ResourceRequest<'_>,
-    stored: Option<&Value>,
-    incoming: Option<&Value>,
+    context: &Context<'_>,
 ) -> Result<(), ApiError> {
+    let (stored, incoming) = (context.stored, context.incoming);
     let r = request.resource;
     let verb = request.verb;
     let sub = request.subresource;
@@ -175,6 +178,27 @@ fn authorize_node(
         }
     }
 
+    // The Node authorizer: a node may get a secret or configmap only when a pod bound to it
+    // references it (lists and watches of many are never allowed).
+    if std::ptr::eq(r, &resources::SECRETS) || std::ptr::eq(r, &resources::CONFIG_MAPS) {
+        if verb == "get" && sub.is_empty() {
+            let pods = (context.pods_in_namespace)(request.namespace);
+            let related = pods
+                .iter()
+                .filter(|pod| pod_node(Some(pod)) == node)
+                .any(|pod| references(pod, r).contains(request.name));
+            if related {
+                return Ok(());
+            }
+            return restricted(format!(
+                "User \"{}\" cannot get resource \"{}\" in API group \"\" in the namespace \"{}\": no relationship \
+                 found between node '{node}' and this object",
+                user.name, r.plural, request.namespace
+            ));
+        }
+        return Err(rbac_denied(user, request));
+    }
+
     if is_event(r) && matches!(verb, "create" | "patch" | "update") {
         return Ok(());
     }
@@ -183,4 +207,48 @@ fn authorize_node(
         return Ok(());
     }
     Err(rbac_denied(user, request))
+}
+
+/// The names of the secrets (or configmaps) a pod references: image pull secrets, volumes,
+/// projected volume sources, env and envFrom of every container.
+fn references(pod: &Value, resource: &ResourceType) -> std::collections::BTreeSet<String> {
+    let secrets = std::ptr::eq(resource, &resources::SECRETS);
+    let mut names = std::collections::BTreeSet::new();
+    let mut add = |value: Option<&Value>| {
+        if let Some(name) = value.and_then(Value::as_str) {
+            names.insert(name.to_string());
+        }
+    };
+    let spec = pod.get("spec");
+    let list = |value: Option<&Value>| value.and_then(Value::as_array).cloned().unwrap_or_default();
+    if secrets {
+        for entry in list(spec.and_then(|s| s.get("imagePullSecrets"))) {
+            add(entry.get("name"));
+        }
+    }
+    for volume in list(spec.and_then(|s| s.get("volumes"))) {
+        if secrets {
+            add(volume.pointer("/secret/secretName"));
+        } else {
+            add(volume.pointer("/configMap/name"));
+        }
+        for source in list(volume.pointer("/projected/sources")) {
+            add(source.pointer(if secrets { "/secret/name" } else { "/configMap/name" }));
+        }
+    }
+    for kind in ["initContainers", "containers", "ephemeralContainers"] {
+        for container in list(spec.and_then(|s| s.get(kind))) {
+            for env in list(container.get("env")) {
+                add(env.pointer(if secrets {
+                    "/valueFrom/secretKeyRef/name"
+                } else {
+                    "/valueFrom/configMapKeyRef/name"
+                }));
+            }
+            for from in list(container.get("envFrom")) {
+                add(from.pointer(if secrets { "/secretRef/name" } else { "/configMapRef/name" }));
+            }
+        }
+    }
+    names
 }

@@ -254,8 +254,11 @@ fn resource_request(
             namespace: &info.namespace,
             name: &info.name,
         },
-        stored.as_ref(),
-        incoming.as_ref(),
+        &authz::Context {
+            stored: stored.as_ref(),
+            incoming: incoming.as_ref(),
+            pods_in_namespace: &|namespace| state.store.list(&resources::PODS, Some(namespace)).items,
+        },
     )?;
     match info.verb {
         "get" => get(info, call, stored),

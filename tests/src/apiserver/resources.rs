@@ -199,9 +199,47 @@ pub static EVENTS_V1: ResourceType = ResourceType {
     ],
 };
 
+pub static SECRETS: ResourceType = ResourceType {
+    group: "",
+    version: "v1",
+    plural: "secrets",
+    singular: "secret",
+    kind: "Secret",
+    namespaced: true,
+    short_names: &[],
+    categories: &[],
+    subresources: &[],
+    storage: "secrets",
+    field_labels: &["type"],
+};
+
+pub static CONFIG_MAPS: ResourceType = ResourceType {
+    group: "",
+    version: "v1",
+    plural: "configmaps",
+    singular: "configmap",
+    kind: "ConfigMap",
+    namespaced: true,
+    short_names: &["cm"],
+    categories: &[],
+    subresources: &[],
+    storage: "configmaps",
+    field_labels: &[],
+};
+
 /// Every served resource.
-pub static ALL: &[&ResourceType] =
-    &[&NAMESPACES, &NODES, &PODS, &SERVICES, &CORE_EVENTS, &LEASES, &ENDPOINT_SLICES, &EVENTS_V1];
+pub static ALL: &[&ResourceType] = &[
+    &NAMESPACES,
+    &NODES,
+    &PODS,
+    &SERVICES,
+    &CORE_EVENTS,
+    &LEASES,
+    &ENDPOINT_SLICES,
+    &EVENTS_V1,
+    &SECRETS,
+    &CONFIG_MAPS,
+];
 
 /// The resource `plural` of `group`/`version`, if served.
 pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {

@@ -121,6 +121,44 @@ fn validate(resource: &ResourceType, object: &Value) -> Result<(), ApiError> {
     }
 }
 
+/// As the API server stores a Secret: `type` defaults to Opaque, `stringData` is merged into
+/// `data` (base64) and dropped, every `data` value must be base64, and a dockerconfigjson
+/// secret must hold `.dockerconfigjson`.
+fn normalize_secret(secret: &mut Value) -> Result<(), ApiError> {
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let name = name_of(secret).to_string();
+    let invalid = |field: String, why: String| ApiError::invalid(&resources::SECRETS, &name, &[(field, why)]);
+    set_default(secret, "type", json!("Opaque"));
+    if !secret.get("data").is_some_and(Value::is_object) {
+        secret["data"] = json!({});
+    }
+    if let Some(Value::Object(plain)) = secret.as_object_mut().and_then(|s| s.remove("stringData")) {
+        for (key, value) in plain {
+            let text =
+                value.as_str().ok_or_else(|| invalid(format!("stringData[{key}]"), "must be a string".into()))?;
+            secret["data"][key] = json!(engine.encode(text));
+        }
+    }
+    let mut decoded = std::collections::BTreeMap::new();
+    for (key, value) in secret["data"].as_object().into_iter().flatten() {
+        let bytes = value
+            .as_str()
+            .and_then(|text| engine.decode(text).ok())
+            .ok_or_else(|| invalid(format!("data[{key}]"), "Invalid value: not base64".into()))?;
+        decoded.insert(key.clone(), bytes);
+    }
+    if secret["type"] == json!("kubernetes.io/dockerconfigjson") {
+        let config = decoded
+            .get(".dockerconfigjson")
+            .ok_or_else(|| invalid("data[.dockerconfigjson]".into(), "Required value".into()))?;
+        if serde_json::from_slice::<Value>(config).is_err() {
+            return Err(invalid("data[.dockerconfigjson]".into(), "Invalid value: not valid JSON".into()));
+        }
+    }
+    Ok(())
+}
+
 fn set_default(object: &mut Value, key: &str, value: Value) {
     if let Some(map) = object.as_object_mut() {
         map.entry(key.to_string()).or_insert(value);
@@ -195,6 +233,9 @@ pub fn prepare_create(
     allocate_cluster_ip: &mut dyn FnMut() -> String,
 ) -> Result<Value, ApiError> {
     check_type(resource, &object)?;
+    if is(resource, &resources::SECRETS) {
+        normalize_secret(&mut object)?;
+    }
     object["kind"] = json!(resource.kind);
     object["apiVersion"] = json!(resource.api_version());
     if !object.get("metadata").is_some_and(Value::is_object) {
@@ -312,6 +353,16 @@ pub fn prepare_update(
     mut new: Value,
 ) -> Result<Value, ApiError> {
     check_type(resource, &new)?;
+    if is(resource, &resources::SECRETS) {
+        normalize_secret(&mut new)?;
+        if new.get("type") != old.get("type") {
+            return Err(ApiError::invalid(
+                resource,
+                name_of(old),
+                &[("type".into(), "Invalid value: field is immutable".into())],
+            ));
+        }
+    }
     let name = name_of(old).to_string();
     if !new.get("metadata").is_some_and(Value::is_object) {
         new["metadata"] = json!({});
