@@ -37,6 +37,7 @@ pub enum HostRuntimeError {
 /// The runtime parts, opened.
 pub struct HostRuntime {
     pub node_runtime: Arc<NodeRuntime>,
+    pub images: Arc<ImageStore>,
     pub network: Arc<PodNetwork>,
     pub monitor: Runtime,
 }
@@ -62,8 +63,9 @@ pub async fn open(cfg: &LocalConfig, pod_cidr: Ipv4Net) -> Result<HostRuntime, H
         source,
     })?;
     let network = Arc::new(network);
-    let node_runtime = NodeRuntime::new(Arc::new(images), monitor.clone(), network.clone());
-    Ok(HostRuntime { node_runtime: Arc::new(node_runtime), network, monitor })
+    let images = Arc::new(images);
+    let node_runtime = NodeRuntime::new(images.clone(), monitor.clone(), network.clone());
+    Ok(HostRuntime { node_runtime: Arc::new(node_runtime), images, network, monitor })
 }
 
 /// The node's registry credentials, where kubelet looks for them: `<root-dir>/config.json`,
@@ -82,6 +84,49 @@ fn with_node_credentials(store: ImageStore, cfg: &LocalConfig) -> ImageStore {
         Err(error) => {
             tracing::warn!(path = %path.display(), "ignoring registry credentials: {}", nodelet_runtime::error_chain(&error));
             store
+        }
+    }
+}
+
+/// How often the node's image list is re-read for `status.images`: as often as the node
+/// status is computed (reading the store's index is cheap).
+const NODE_IMAGES_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Keep `images` current with the store's images until `shutdown`.
+pub async fn refresh_node_images(
+    store: Arc<ImageStore>,
+    images: tokio::sync::watch::Sender<Vec<crate::node::NodeImage>>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let listed = tokio::task::spawn_blocking({
+            let store = store.clone();
+            move || store.list()
+        })
+        .await;
+        match listed {
+            Ok(Ok(list)) => {
+                let list: Vec<crate::node::NodeImage> = list
+                    .into_iter()
+                    .map(|image| crate::node::NodeImage {
+                        names: vec![image.repo_digest, image.reference],
+                        size_bytes: image.size,
+                    })
+                    .collect();
+                images.send_if_modified(|current| {
+                    let changed = *current != list;
+                    *current = list;
+                    changed
+                });
+            }
+            Ok(Err(error)) => {
+                tracing::warn!("listing images for the node status: {}", nodelet_runtime::error_chain(&error))
+            }
+            Err(error) => tracing::warn!(%error, "listing images for the node status"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(NODE_IMAGES_REFRESH) => {}
         }
     }
 }

@@ -8,7 +8,7 @@ use chrono::{TimeZone, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use node_support::{condition, config, facts, FakeApi, Op};
 use nodelet_kubelet::node::{
-    register_with, run_node_with, HeartbeatResult, NodeMetrics, NodeReadiness, StatusReporter, StatusSync,
+    register_with, run_node_with, HeartbeatResult, NodeImage, NodeMetrics, NodeReadiness, StatusReporter, StatusSync,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -64,6 +64,31 @@ async fn patches_on_change_and_at_least_every_report_period() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn reports_the_node_images_largest_first_and_patches_when_they_change() {
+    let api = registered().await;
+    let (images_tx, images) = watch::channel(Vec::new());
+    let mut reporter = StatusReporter::new(config(), facts()).with_images(images);
+    let ready = NodeReadiness::ready();
+    assert_eq!(reporter.sync(&api, &ready, at(0)).await.expect("sync"), StatusSync::Patched);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(reporter.sync(&api, &ready, at(10)).await.expect("sync"), StatusSync::Unchanged, "no image yet");
+
+    let image = |name: &str, size_bytes| NodeImage {
+        names: vec![format!("{name}@sha256:0123"), format!("{name}:1")],
+        size_bytes,
+    };
+    images_tx.send_replace(vec![image("r/small", 10), image("r/big", 1000)]);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(reporter.sync(&api, &ready, at(20)).await.expect("sync"), StatusSync::Patched, "an image appeared");
+    let listed = api.node().expect("node").status.expect("status").images.expect("images");
+    let names: Vec<Vec<String>> = listed.iter().map(|i| i.names.clone().unwrap_or_default()).collect();
+    assert_eq!(names, [vec!["r/big@sha256:0123", "r/big:1"], vec!["r/small@sha256:0123", "r/small:1"]]);
+    assert_eq!(listed[0].size_bytes, Some(1000));
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(reporter.sync(&api, &ready, at(30)).await.expect("sync"), StatusSync::Unchanged);
+}
+
+#[tokio::test(start_paused = true)]
 async fn retries_within_one_update() {
     let api = registered().await;
     let mut reporter = StatusReporter::new(config(), facts());
@@ -80,7 +105,7 @@ async fn run_node_registers_heartbeats_and_follows_readiness() {
     let (readiness_tx, readiness_rx) = watch::channel(NodeReadiness::not_ready("container runtime not ready", ""));
     let shutdown = CancellationToken::new();
     let metrics = NodeMetrics::default();
-    let run = run_node_with(&api, config(), facts(), readiness_rx, &metrics, &shutdown);
+    let run = run_node_with(&api, config(), facts(), readiness_rx, None, &metrics, &shutdown);
     let drive = async {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let node = api.node().expect("registered");

@@ -87,10 +87,11 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
         "container runtime network not ready",
         "pod network is not configured yet",
     ));
+    let (images_tx, images) = watch::channel(Vec::new());
     let heartbeats = tokio::spawn({
         let (api, node_metrics, shutdown) = (KubeNodeApi::new(client.clone()), metrics.node.clone(), shutdown.clone());
         let (node_config, facts) = (node_config.clone(), facts.clone());
-        async move { node::run_node_with(&api, node_config, facts, readiness, &node_metrics, &shutdown).await }
+        async move { node::run_node_with(&api, node_config, facts, readiness, Some(images), &node_metrics, &shutdown).await }
     });
 
     let Some(pod_cidr) = pod_cidr::resolve(&client, &local.node_name, local.pod_cidr, &shutdown).await else {
@@ -105,6 +106,7 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
         }
     };
     tracing::info!(node = %local.node_name, %pod_cidr, "runtime and pod network ready");
+    tokio::spawn(host_runtime::refresh_node_images(host.images.clone(), images_tx, shutdown.clone()));
     let _ = readiness_tx.send(NodeReadiness::ready());
 
     let host_ip = cfg.node_ip.or(facts.internal_ip).map(|ip| ip.to_string());

@@ -6,6 +6,7 @@ mod backoff;
 mod conditions;
 mod config;
 mod facts;
+mod images;
 mod lease;
 mod metrics;
 mod object;
@@ -26,6 +27,7 @@ pub use conditions::{
 };
 pub use config::{default_kubelet_version, ConfigError, NodeConfig, ResourceReservation};
 pub use facts::{FactSources, FactsError, HugePages, NodeFacts};
+pub use images::{status_images, NodeImage, MAX_IMAGES};
 pub use lease::{run_lease_loop, LeaseHeartbeat, LEASE_INITIAL_BACKOFF, LEASE_MAX_BACKOFF};
 pub use metrics::{register_metrics, HeartbeatResult, NodeMetrics};
 pub use object::{
@@ -84,15 +86,17 @@ pub async fn run_node(
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     let api = KubeNodeApi::new(client);
-    run_node_with(&api, cfg, facts, readiness, &NodeMetrics::default(), &shutdown).await
+    run_node_with(&api, cfg, facts, readiness, None, &NodeMetrics::default(), &shutdown).await
 }
 
-/// `run_node` over any `NodeApi`, reporting into `metrics` (from `register_metrics`).
+/// `run_node` over any `NodeApi`, reporting into `metrics` (from `register_metrics`) and,
+/// when given, the node's images as `status.images`.
 pub async fn run_node_with<A: NodeApi>(
     api: &A,
     cfg: NodeConfig,
     facts: NodeFacts,
     readiness: watch::Receiver<NodeReadiness>,
+    images: Option<watch::Receiver<Vec<NodeImage>>>,
     metrics: &NodeMetrics,
     shutdown: &CancellationToken,
 ) -> Result<(), NodeError> {
@@ -110,7 +114,10 @@ pub async fn run_node_with<A: NodeApi>(
     let heartbeat = LeaseHeartbeat::new(&cfg.node_name, cfg.lease_duration_seconds, node.metadata.uid.clone());
     let renew_interval = cfg.node_lease_renew_interval;
     let update_frequency = cfg.node_status_update_frequency;
-    let reporter = StatusReporter::new(cfg, facts);
+    let mut reporter = StatusReporter::new(cfg, facts);
+    if let Some(images) = images {
+        reporter = reporter.with_images(images);
+    }
     tokio::join!(
         run_lease_loop(api, heartbeat, renew_interval, metrics, shutdown),
         run_status_loop(api, reporter, update_frequency, readiness, metrics, shutdown),

@@ -168,9 +168,11 @@ pub fn desired_status(
 }
 
 /// Whether `desired` would change anything kubelet owns in `current`; heartbeat times alone
-/// are not a change.
+/// are not a change. Images count only when `desired` reports them (an empty list and an
+/// absent field are the same: the API server drops empty lists).
 pub fn status_changed(current: &NodeStatus, desired: &NodeStatus) -> bool {
-    current.addresses != desired.addresses
+    desired.images.as_ref().is_some_and(|images| current.images.as_deref().unwrap_or_default() != images.as_slice())
+        || current.addresses != desired.addresses
         || current.allocatable != desired.allocatable
         || current.capacity != desired.capacity
         || current.daemon_endpoints != desired.daemon_endpoints

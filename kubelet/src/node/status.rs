@@ -12,6 +12,7 @@ use super::api::NodeApi;
 use super::conditions::NodeReadiness;
 use super::config::NodeConfig;
 use super::facts::NodeFacts;
+use super::images::{status_images, NodeImage};
 use super::metrics::{HeartbeatResult, NodeMetrics};
 use super::object::{desired_status, status_changed, status_patch};
 use super::NodeError;
@@ -29,12 +30,20 @@ pub enum StatusSync {
 pub struct StatusReporter {
     cfg: NodeConfig,
     facts: NodeFacts,
+    /// The node's images, kept current by whoever owns the image store.
+    images: Option<watch::Receiver<Vec<NodeImage>>>,
     last_report: Option<Instant>,
 }
 
 impl StatusReporter {
     pub fn new(cfg: NodeConfig, facts: NodeFacts) -> Self {
-        StatusReporter { cfg, facts, last_report: None }
+        StatusReporter { cfg, facts, images: None, last_report: None }
+    }
+
+    /// Report `status.images` from `images` too.
+    pub fn with_images(mut self, images: watch::Receiver<Vec<NodeImage>>) -> Self {
+        self.images = Some(images);
+        self
     }
 
     /// Replace the machine facts (they are re-read rarely; capacity rarely changes).
@@ -81,7 +90,10 @@ impl StatusReporter {
             .map_err(|source| NodeError::api("get node", name, source))?
             .ok_or_else(|| NodeError::NodeNotFound(name.clone()))?;
         let current = node.status.unwrap_or_default();
-        let desired = desired_status(&self.cfg, &self.facts, Some(&current), readiness, now);
+        let mut desired = desired_status(&self.cfg, &self.facts, Some(&current), readiness, now);
+        if let Some(images) = &self.images {
+            desired.images = Some(status_images(images.borrow().clone()));
+        }
         if !self.report_due() && !status_changed(&current, &desired) {
             return Ok(StatusSync::Unchanged);
         }

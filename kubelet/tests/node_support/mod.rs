@@ -109,7 +109,7 @@ fn merge_status(current: &mut NodeStatus, patch: NodeStatus) {
     macro_rules! replace {
         ($($field:ident),*) => { $( if patch.$field.is_some() { current.$field = patch.$field; } )* };
     }
-    replace!(addresses, allocatable, capacity, daemon_endpoints, node_info);
+    replace!(addresses, allocatable, capacity, daemon_endpoints, node_info, images);
 }
 
 fn merge_map(current: &mut Option<BTreeMap<String, String>>, patch: Option<BTreeMap<String, String>>) {
