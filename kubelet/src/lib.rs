@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod doctor;
+pub mod events;
 pub mod host_runtime;
 pub mod local;
 pub mod node;
