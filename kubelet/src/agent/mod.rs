@@ -7,10 +7,12 @@ pub mod proxy_only;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::{node_reference, ApiEventSink, EventRecorder, EventType};
 use crate::host_runtime::{self, HostRuntimeError};
 use crate::local::{LocalConfig, LocalConfigError};
 use crate::node::{self, FactSources, KubeNodeApi, NodeConfig, NodeError, NodeFacts, NodeReadiness};
@@ -87,6 +89,9 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
         "container runtime network not ready",
         "pod network is not configured yet",
     ));
+    let events = EventRecorder::start(Arc::new(ApiEventSink::new(client.clone())), &local.node_name, shutdown.clone());
+    let node_ref = node_reference(&local.node_name);
+    events.record(node_ref.clone(), EventType::Normal, "Starting", "Starting kubelet.");
     let (images_tx, images) = watch::channel(Vec::new());
     let heartbeats = tokio::spawn({
         let (api, node_metrics, shutdown) = (KubeNodeApi::new(client.clone()), metrics.node.clone(), shutdown.clone());
@@ -108,6 +113,12 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
     tracing::info!(node = %local.node_name, %pod_cidr, "runtime and pod network ready");
     tokio::spawn(host_runtime::refresh_node_images(host.images.clone(), images_tx, shutdown.clone()));
     let _ = readiness_tx.send(NodeReadiness::ready());
+    events.record(
+        node_ref,
+        EventType::Normal,
+        "NodeReady",
+        format!("Node {} status is now: NodeReady", local.node_name),
+    );
 
     let host_ip = cfg.node_ip.or(facts.internal_ip).map(|ip| ip.to_string());
     let pods = pod::run_api_pods(

@@ -40,6 +40,16 @@ pub struct EventInput {
     pub message: String,
 }
 
+/// A reference to the Node, as kubelet makes it (the uid is the node's name).
+pub fn node_reference(node_name: &str) -> ObjectReference {
+    ObjectReference {
+        kind: Some("Node".to_string()),
+        name: Some(node_name.to_string()),
+        uid: Some(node_name.to_string()),
+        ..ObjectReference::default()
+    }
+}
+
 /// A reference to `pod`, or with `container` to one of its containers (the field path kubelet
 /// uses: `spec.containers{name}`, `spec.initContainers{name}` for init containers).
 pub fn pod_reference(pod: &Pod, container: Option<&str>) -> ObjectReference {
