@@ -157,7 +157,7 @@ mkdir -p "$cg2"
 setsid "$NODELET" agent \
   --kubeconfig "$work/api/node-$node.kubeconfig" --node-name "$node" \
   --root-dir "$root_dir" --netns-dir "$netns_dir" --bridge "$bridge" --pod-cidr "$POD_CIDR" \
-  --cgroup-root "/$cgname" --proxy-attach-cgroup "$cg2" --proxy-pin-dir "" \
+  --cgroup-root "/$cgname" --proxy-attach-cgroup "$cg2" --proxy-pin-dir "" --masquerade=false \
   --healthz-bind-address 127.0.0.1:0 >"$work/agent.log" 2>&1 </dev/null &
 agent_pid=$!
 log "agent pid $agent_pid, node $node, bridge $bridge, cgroup /$cgname"

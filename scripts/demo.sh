@@ -43,9 +43,10 @@ sed "s#127.0.0.1:5000/#127.0.0.1:$port/#" examples/web.yaml > "$work/manifests/w
 
 echo "== nodelet run $work/manifests"
 mkdir -p "$hook_cgroup"
+# The demo's pod needs no way off the node: leave the host's firewall and forwarding alone.
 target/release/nodelet run "$work/manifests" \
   --root-dir "$work/root" --cgroup-root /nodelet-demo --pod-cidr 10.88.0.0/24 \
-  --proxy-attach-cgroup "$hook_cgroup" &
+  --proxy-attach-cgroup "$hook_cgroup" --masquerade=false &
 nodelet_pid=$!
 
 echo "== fetching http://10.96.0.80/ through the Service's virtual IP"

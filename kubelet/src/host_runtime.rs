@@ -55,6 +55,8 @@ pub async fn open(cfg: &LocalConfig, pod_cidr: Ipv4Net) -> Result<HostRuntime, H
     let network_config = NetworkConfig {
         bridge: cfg.bridge.clone(),
         netns_dir: cfg.netns_dir.clone(),
+        masquerade: cfg.masquerade,
+        cluster_cidr: cfg.cluster_cidr,
         ..NetworkConfig::new(pod_cidr, cfg.network_state_dir())
     };
     let network = PodNetwork::new(network_config).await.map_err(|source| HostRuntimeError::Network {

@@ -20,6 +20,10 @@ pub struct LocalConfig {
     pub pod_cidr: Option<Ipv4Net>,
     pub bridge: String,
     pub netns_dir: PathBuf,
+    /// Masquerade pod egress and turn IPv4 forwarding on.
+    pub masquerade: bool,
+    /// Not masqueraded; `None` = the pod CIDR.
+    pub cluster_cidr: Option<Ipv4Net>,
     /// cgroup2 directory for the Service connect hook; `None` = the cgroup2 root.
     pub proxy_attach_cgroup: Option<PathBuf>,
     /// bpffs directory the Service datapath is pinned in, so that it keeps serving while
@@ -114,6 +118,8 @@ mod tests {
             pod_cidr: Some("10.88.0.0/24".parse().unwrap()),
             bridge: "nodelet0".into(),
             netns_dir: "/run/nodelet/netns".into(),
+            masquerade: true,
+            cluster_cidr: None,
             proxy_attach_cgroup: None,
             proxy_pin_dir: None,
             self_exe: "/usr/bin/nodelet".into(),

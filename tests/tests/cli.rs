@@ -103,6 +103,7 @@ fn agent_with_a_missing_kubeconfig_names_the_file() {
         &leftovers.netns.display().to_string(),
         "--bridge",
         &leftovers.bridge,
+        "--masquerade=false",
     ]);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "agent with a missing kubeconfig:\n{stdout}{stderr}");
@@ -130,6 +131,7 @@ fn run_with_a_missing_directory_names_it_and_leaves_nothing() {
         &leftovers.netns.display().to_string(),
         "--bridge",
         &leftovers.bridge,
+        "--masquerade=false",
     ]);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "run /nonexistent:\n{stdout}{stderr}");

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use ipnet::Ipv4Net;
 use nodelet_kubelet::local::LocalConfig;
 use nodelet_kubelet::serve;
 
@@ -26,8 +27,8 @@ pub struct LocalArgs {
     /// Where pods' network namespaces are bind-mounted.
     #[arg(long, default_value = "/run/nodelet/netns")]
     netns_dir: PathBuf,
-    /// The cgroup2 directory the eBPF socket hooks (connect, sendmsg, recvmsg, getpeername) attach to (default: the cgroup2 root,
-    /// so every process of the node reaches Services).
+    /// The cgroup2 directory the eBPF socket hooks (connect, sendmsg, recvmsg, getpeername)
+    /// attach to (default: the cgroup2 root, so every process of the node reaches Services).
     #[arg(long)]
     proxy_attach_cgroup: Option<PathBuf>,
     /// The bpffs directory the eBPF Service datapath is pinned in, so that Services keep
@@ -35,6 +36,15 @@ pub struct LocalArgs {
     /// `run` never pins (it releases everything on exit) and accepts only "".
     #[arg(long, value_name = "DIR", value_parser = parse_pin_dir)]
     proxy_pin_dir: Option<PathBuf>,
+    /// Masquerade pod traffic that leaves the cluster behind the node's address and turn IPv4
+    /// forwarding on, as the bridge CNI plugin's ipMasq does (false: leave the host's
+    /// firewall and forwarding alone; pods then reach only the node and each other).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    masquerade: bool,
+    /// Pod traffic to this CIDR is not masqueraded (kube-proxy's --cluster-cidr; default: the
+    /// pod CIDR).
+    #[arg(long)]
+    cluster_cidr: Option<Ipv4Net>,
     /// Where to serve /healthz and /metrics (ip:port; "" or "0" serves nothing).
     #[arg(long, default_value = serve::DEFAULT_BIND_ADDRESS, value_parser = parse_bind_address)]
     healthz_bind_address: BindAddress,
@@ -94,6 +104,8 @@ impl LocalArgs {
             pod_cidr: self.pod_cidr,
             bridge: self.bridge,
             netns_dir: self.netns_dir,
+            masquerade: self.masquerade,
+            cluster_cidr: self.cluster_cidr,
             proxy_attach_cgroup: self.proxy_attach_cgroup,
             proxy_pin_dir: resolve_pin_dir(self.proxy_pin_dir, pin)?,
             self_exe,

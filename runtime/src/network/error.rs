@@ -77,6 +77,9 @@ pub enum NetworkError {
     #[error("no free address left in pod CIDR {cidr} (state in {state_dir})")]
     AddressesExhausted { cidr: Ipv4Net, state_dir: PathBuf },
 
+    #[error("pod egress rules: `{command}` failed: {detail}")]
+    Firewall { command: String, detail: String },
+
     #[error("helper thread for {what} failed")]
     HelperThread {
         what: String,

@@ -7,10 +7,12 @@
 //! - `netlink`: rtnetlink connections on the host and inside a namespace;
 //! - `bridge`, `veth`, `address`: the links, addresses and routes;
 //! - `ipam`: address allocations, one file per address in `state_dir`;
+//! - `egress`: IP forwarding and masquerade of pod traffic leaving the node;
 //! - `sandbox`: setup and teardown of a sandbox, with rollback.
 
 mod address;
 mod bridge;
+mod egress;
 mod error;
 mod ipam;
 mod netlink;
@@ -48,6 +50,11 @@ pub struct NetworkConfig {
     pub state_dir: PathBuf,
     /// MTU of both veth ends, default [`DEFAULT_MTU`].
     pub mtu: u32,
+    /// Masquerade pod traffic that leaves the cluster (and turn IPv4 forwarding on), as the
+    /// bridge CNI plugin's `ipMasq`. Default on.
+    pub masquerade: bool,
+    /// Destinations not masqueraded (kube-proxy's `--cluster-cidr`); the pod CIDR when unset.
+    pub cluster_cidr: Option<Ipv4Net>,
 }
 
 impl NetworkConfig {
@@ -59,6 +66,8 @@ impl NetworkConfig {
             netns_dir: PathBuf::from(DEFAULT_NETNS_DIR),
             state_dir: state_dir.into(),
             mtu: DEFAULT_MTU,
+            masquerade: true,
+            cluster_cidr: None,
         }
     }
 
@@ -75,8 +84,23 @@ impl NetworkConfig {
         if !(68..=65535).contains(&self.mtu) {
             return invalid(format!("mtu {} is outside 68..=65535", self.mtu));
         }
+        if let Some(cluster) = self.cluster_cidr {
+            if !cluster.contains(&self.pod_cidr) {
+                return invalid(format!("cluster CIDR {cluster} does not contain the pod CIDR {}", self.pod_cidr));
+            }
+        }
         Ok(())
     }
+}
+
+/// Run `f` (it spawns iptables) off the async threads. The blocking pool's threads are
+/// created by the runtime's threads, so they are in the same network namespace.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, NetworkError> + Send + 'static,
+) -> Result<T, NetworkError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| NetworkError::HelperThread { what: format!("pod egress rules ({e})"), source: None })?
 }
 
 /// A sandbox's network as set up on this node.
@@ -113,6 +137,10 @@ impl PodNetwork {
         let host = Netlink::connect_host()?;
         let network = PodNetwork { cfg, pool, host, busy: tokio::sync::Mutex::new(()) };
         network.ensure_bridge().await?;
+        if network.cfg.masquerade {
+            let (pod_cidr, cluster_cidr) = (network.cfg.pod_cidr, network.cfg.cluster_cidr);
+            blocking(move || egress::ensure(pod_cidr, cluster_cidr)).await?;
+        }
         Ok(network)
     }
 
@@ -131,8 +159,12 @@ impl PodNetwork {
         Ok(self.pool.allocations()?.into_iter().map(|(ip, id)| self.sandbox(&id, ip)).collect())
     }
 
-    /// Remove the bridge (used by tests and `nodelet run` cleanup; the agent keeps it).
+    /// Remove the bridge and the egress rules (used by tests and `nodelet run` cleanup; the
+    /// agent keeps them).
     pub async fn remove_bridge(&self) -> Result<(), NetworkError> {
+        if self.cfg.masquerade {
+            blocking(egress::remove).await?;
+        }
         if bridge::remove(&self.host, &self.cfg.bridge).await? {
             tracing::info!(bridge = %self.cfg.bridge, "removed pod bridge");
         }

@@ -47,6 +47,9 @@ impl Fixture {
             netns_dir: dir.path().join("netns"),
             state_dir: dir.path().join("state"),
             mtu: 1400,
+            // Never the host's firewall or forwarding (network_egress.rs tests them in a netns).
+            masquerade: false,
+            cluster_cidr: None,
         };
         Fixture { config, tag, links: Mutex::new(Vec::new()), _dir: dir }
     }

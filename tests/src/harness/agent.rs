@@ -64,6 +64,8 @@ impl NodeletProcess {
             // must leave nothing on the host after they stop, so they never pin.
             .arg("--proxy-pin-dir")
             .arg("")
+            // Nor may they touch the host's firewall or forwarding.
+            .arg("--masquerade=false")
             .arg("-v")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
