@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::{node_reference, ApiEventSink, EventRecorder, EventType};
 use crate::host_runtime::{self, HostRuntimeError};
+use crate::kubelet_config::KubeletConfigFile;
 use crate::local::{LocalConfig, LocalConfigError};
 use crate::node::{self, FactSources, KubeNodeApi, NodeConfig, NodeError, NodeFacts, NodeReadiness};
 use crate::pod;
@@ -27,6 +28,8 @@ pub struct AgentConfig {
     /// Run the eBPF Service proxy beside the kubelet.
     pub proxy_enabled: bool,
     pub local: LocalConfig,
+    /// The node settings of a KubeletConfiguration file (the local ones are in `local`).
+    pub kubelet_config: KubeletConfigFile,
 }
 
 impl AgentConfig {
@@ -77,12 +80,13 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
     std::fs::create_dir_all(&local.root_dir)
         .map_err(|source| AgentError::RootDir { path: local.root_dir.clone(), source })?;
     let facts = NodeFacts::gather(&FactSources::host(&local.root_dir)).map_err(AgentError::Facts)?;
-    let node_config = NodeConfig {
+    let mut node_config = NodeConfig {
         node_name: local.node_name.clone(),
         node_ip: cfg.node_ip,
         pod_cidr: local.pod_cidr,
         ..NodeConfig::default()
     };
+    cfg.kubelet_config.apply_to_node(&mut node_config);
 
     // NotReady until the pod network is up, as kubelet reports a runtime network not ready.
     let (readiness_tx, readiness) = watch::channel(NodeReadiness::not_ready(

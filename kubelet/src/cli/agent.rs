@@ -24,6 +24,12 @@ pub struct AgentArgs {
     /// Do not run the eBPF Service proxy (when kube-proxy or another one runs on this node).
     #[arg(long)]
     disable_proxy: bool,
+    /// A KubeletConfiguration file (kubelet.config.k8s.io/v1beta1) with the settings nodelet
+    /// supports (podCIDR, cgroupRoot, healthzBindAddress, healthzPort, maxPods, systemReserved,
+    /// kubeReserved, nodeStatusUpdateFrequency, nodeStatusReportFrequency,
+    /// nodeLeaseDurationSeconds); any other field is an error. Flags win over the file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(flatten)]
     local: LocalArgs,
 }
@@ -33,9 +39,15 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         Some(name) => name,
         None => nodelet_kubelet::local::default_node_name().context("reading the host name for --node-name")?,
     };
-    let local = args.local.into_config(&node_name, PinPolicy::PinByDefault)?;
-    let config =
-        AgentConfig { kubeconfig: args.kubeconfig, node_ip: args.node_ip, proxy_enabled: !args.disable_proxy, local };
+    let file = args.config.as_deref().map(nodelet_kubelet::kubelet_config::load).transpose()?;
+    let local = args.local.into_config(&node_name, PinPolicy::PinByDefault, file.as_ref())?;
+    let config = AgentConfig {
+        kubeconfig: args.kubeconfig,
+        node_ip: args.node_ip,
+        proxy_enabled: !args.disable_proxy,
+        local,
+        kubelet_config: file.unwrap_or_default(),
+    };
     config.validate()?;
     let runtime = super::tokio_runtime()?;
     runtime.block_on(async {

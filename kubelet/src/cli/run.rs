@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use ipnet::Ipv4Net;
+use nodelet_kubelet::kubelet_config::KubeletConfigFile;
 use nodelet_kubelet::local::LocalConfig;
 use nodelet_kubelet::serve;
 
@@ -15,12 +16,12 @@ pub struct LocalArgs {
     /// The agent's state directory (images, container state, pod directories).
     #[arg(long, default_value = "/var/lib/nodelet")]
     root_dir: PathBuf,
-    /// The cgroup under which pods' cgroups are created (kubelet's --cgroup-root).
-    #[arg(long, default_value = "/")]
-    cgroup_root: String,
+    /// The cgroup under which pods' cgroups are created (kubelet's --cgroup-root; default /).
+    #[arg(long)]
+    cgroup_root: Option<String>,
     /// The pod CIDR to take pod IPs from (default: the Node's spec.podCIDR in agent mode).
     #[arg(long)]
-    pod_cidr: Option<ipnet::Ipv4Net>,
+    pod_cidr: Option<Ipv4Net>,
     /// The bridge pods' veths are attached to.
     #[arg(long, default_value = "nodelet0")]
     bridge: String,
@@ -45,9 +46,10 @@ pub struct LocalArgs {
     /// pod CIDR).
     #[arg(long)]
     cluster_cidr: Option<Ipv4Net>,
-    /// Where to serve /healthz and /metrics (ip:port; "" or "0" serves nothing).
-    #[arg(long, default_value = serve::DEFAULT_BIND_ADDRESS, value_parser = parse_bind_address)]
-    healthz_bind_address: BindAddress,
+    /// Where to serve /healthz and /metrics (ip:port; "" or "0" serves nothing; default
+    /// 127.0.0.1:10248, kubelet's).
+    #[arg(long, value_parser = parse_bind_address)]
+    healthz_bind_address: Option<BindAddress>,
 }
 
 /// `--healthz-bind-address`, wrapped so that clap does not read `Option` as "flag optional".
@@ -95,13 +97,28 @@ pub fn resolve_pin_dir(flag: Option<PathBuf>, policy: PinPolicy) -> anyhow::Resu
 }
 
 impl LocalArgs {
-    pub fn into_config(self, node_name: &str, pin: PinPolicy) -> anyhow::Result<LocalConfig> {
+    /// The settings, from the flags and, where a flag is not given, from a KubeletConfiguration
+    /// file.
+    pub fn into_config(
+        self,
+        node_name: &str,
+        pin: PinPolicy,
+        file: Option<&KubeletConfigFile>,
+    ) -> anyhow::Result<LocalConfig> {
         let self_exe = std::env::current_exe().context("finding the nodelet executable (for the container monitor)")?;
+        let healthz_bind_address = match (self.healthz_bind_address, file.and_then(|f| f.healthz_bind_address)) {
+            (Some(flag), _) => flag.0,
+            (None, Some(from_file)) => from_file,
+            (None, None) => parse_bind_address(serve::DEFAULT_BIND_ADDRESS)?.0,
+        };
         Ok(LocalConfig {
             node_name: node_name.to_string(),
             root_dir: self.root_dir,
-            cgroup_root: self.cgroup_root,
-            pod_cidr: self.pod_cidr,
+            cgroup_root: self
+                .cgroup_root
+                .or_else(|| file.and_then(|f| f.cgroup_root.clone()))
+                .unwrap_or_else(|| "/".to_string()),
+            pod_cidr: self.pod_cidr.or_else(|| file.and_then(|f| f.pod_cidr)),
             bridge: self.bridge,
             netns_dir: self.netns_dir,
             masquerade: self.masquerade,
@@ -109,7 +126,7 @@ impl LocalArgs {
             proxy_attach_cgroup: self.proxy_attach_cgroup,
             proxy_pin_dir: resolve_pin_dir(self.proxy_pin_dir, pin)?,
             self_exe,
-            healthz_bind_address: self.healthz_bind_address.0,
+            healthz_bind_address,
         })
     }
 }
@@ -130,7 +147,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(name) => name,
         None => nodelet_kubelet::local::default_node_name().context("reading the host name for --node-name")?,
     };
-    let mut local = args.local.into_config(&node_name, PinPolicy::NeverPin)?;
+    let mut local = args.local.into_config(&node_name, PinPolicy::NeverPin, None)?;
     if local.pod_cidr.is_none() {
         local.pod_cidr = Some(nodelet_kubelet::local::DEFAULT_STANDALONE_POD_CIDR.parse()?);
     }
