@@ -113,6 +113,43 @@ fn agent_with_a_missing_kubeconfig_names_the_file() {
 }
 
 #[test]
+fn agent_with_an_unsupported_kubelet_config_names_the_fields_and_the_file() {
+    require_root();
+    let work = tempfile::Builder::new().prefix("nodelet-cli").tempdir().expect("temp dir");
+    let suffix = unique_suffix();
+    let leftovers = Leftovers::new(work.path(), &suffix);
+    let config = work.path().join("kubelet.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nmaxPods: 20\n\
+         clusterDNS: [10.96.0.10]\nmaxPod: 3\n",
+    )
+    .expect("write config");
+    let out = nodelet(&[
+        "agent",
+        "--kubeconfig",
+        "/nonexistent.kubeconfig",
+        "--config",
+        &config.display().to_string(),
+        "--node-name",
+        &format!("cli-{suffix}"),
+        "--root-dir",
+        &leftovers.root.display().to_string(),
+        "--netns-dir",
+        &leftovers.netns.display().to_string(),
+        "--bridge",
+        &leftovers.bridge,
+        "--masquerade=false",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "agent with a bad --config:\n{stdout}{stderr}");
+    assert!(stderr.contains(&config.display().to_string()), "the error does not name the file:\n{stderr}");
+    assert!(stderr.contains("clusterDNS: not supported by nodelet"), "{stderr}");
+    assert!(stderr.contains("maxPod: unknown field"), "{stderr}");
+    leftovers.assert_none();
+}
+
+#[test]
 fn run_with_a_missing_directory_names_it_and_leaves_nothing() {
     require_root();
     let work = tempfile::Builder::new().prefix("nodelet-cli").tempdir().expect("temp dir");
