@@ -6,6 +6,7 @@ pub mod agent;
 pub mod doctor;
 pub mod events;
 pub mod host_runtime;
+pub mod image_gc;
 pub mod kubelet_config;
 pub mod local;
 pub mod node;

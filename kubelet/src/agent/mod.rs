@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::{node_reference, ApiEventSink, EventRecorder, EventType};
 use crate::host_runtime::{self, HostRuntimeError};
+use crate::image_gc::{self, ImageGcPolicy};
 use crate::kubelet_config::KubeletConfigFile;
 use crate::local::{LocalConfig, LocalConfigError};
 use crate::node::{self, FactSources, KubeNodeApi, NodeConfig, NodeError, NodeFacts, NodeReadiness};
@@ -116,6 +117,13 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
     };
     tracing::info!(node = %local.node_name, %pod_cidr, "runtime and pod network ready");
     tokio::spawn(host_runtime::refresh_node_images(host.images.clone(), images_tx, shutdown.clone()));
+    tokio::spawn(image_gc::run_image_gc(
+        host.images.clone(),
+        ImageGcPolicy::default(),
+        events.clone(),
+        local.node_name.clone(),
+        shutdown.clone(),
+    ));
     let _ = readiness_tx.send(NodeReadiness::ready());
     events.record(
         node_ref,

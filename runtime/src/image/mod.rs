@@ -208,6 +208,19 @@ impl ImageStore {
         self.commit_removal(index, unused)
     }
 
+    /// The images with a layer that a mounted overlay uses (a created or running container's
+    /// rootfs), by manifest digest. The rule [`ImageStore::prune`] keeps images by.
+    pub fn images_in_use(&self) -> Result<HashSet<String>, ImageError> {
+        let in_use = gc::layers_in_use(&self.layout)?;
+        let index = self.layout.load_index()?;
+        Ok(index
+            .images
+            .values()
+            .filter(|record| record.layers.iter().any(|layer| in_use.contains(&layer.diff_id)))
+            .map(|record| record.digest.to_string())
+            .collect())
+    }
+
     /// Diff ids of the store's layers that mounted overlays use (see [`gc`]).
     pub fn layers_in_use(&self) -> Result<HashSet<Digest>, ImageError> {
         gc::layers_in_use(&self.layout)
