@@ -89,22 +89,10 @@ fn agent_with_a_missing_kubeconfig_names_the_file() {
     let suffix = unique_suffix();
     let missing = work.path().join(format!("missing-{suffix}.kubeconfig"));
     let leftovers = Leftovers::new(work.path(), &suffix);
-    let out = nodelet(&[
-        "agent",
-        "--kubeconfig",
-        &missing.display().to_string(),
-        "--node-name",
-        &format!("cli-{suffix}"),
-        "--pod-cidr",
-        "10.245.20.0/24",
-        "--root-dir",
-        &leftovers.root.display().to_string(),
-        "--netns-dir",
-        &leftovers.netns.display().to_string(),
-        "--bridge",
-        &leftovers.bridge,
-        "--masquerade=false",
-    ]);
+    let missing_path = missing.display().to_string();
+    let node = format!("cli-{suffix}");
+    let args = ["agent", "--kubeconfig", &missing_path, "--node-name", &node, "--pod-cidr", "10.245.20.0/24"];
+    let out = leftovers.nodelet(&args);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "agent with a missing kubeconfig:\n{stdout}{stderr}");
     assert!(stderr.contains(&missing.display().to_string()), "the error does not name the file:\n{stderr}");
@@ -125,22 +113,10 @@ fn agent_with_an_unsupported_kubelet_config_names_the_fields_and_the_file() {
          clusterDNS: [10.96.0.10]\nmaxPod: 3\n",
     )
     .expect("write config");
-    let out = nodelet(&[
-        "agent",
-        "--kubeconfig",
-        "/nonexistent.kubeconfig",
-        "--config",
-        &config.display().to_string(),
-        "--node-name",
-        &format!("cli-{suffix}"),
-        "--root-dir",
-        &leftovers.root.display().to_string(),
-        "--netns-dir",
-        &leftovers.netns.display().to_string(),
-        "--bridge",
-        &leftovers.bridge,
-        "--masquerade=false",
-    ]);
+    let config_path = config.display().to_string();
+    let node = format!("cli-{suffix}");
+    let args = ["agent", "--kubeconfig", "/nonexistent.kubeconfig", "--config", &config_path, "--node-name", &node];
+    let out = leftovers.nodelet(&args);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "agent with a bad --config:\n{stdout}{stderr}");
     assert!(stderr.contains(&config.display().to_string()), "the error does not name the file:\n{stderr}");
@@ -155,21 +131,8 @@ fn run_with_a_missing_directory_names_it_and_leaves_nothing() {
     let work = tempfile::Builder::new().prefix("nodelet-cli").tempdir().expect("temp dir");
     let suffix = unique_suffix();
     let leftovers = Leftovers::new(work.path(), &suffix);
-    let out = nodelet(&[
-        "run",
-        "/nonexistent",
-        "--node-name",
-        &format!("cli-{suffix}"),
-        "--pod-cidr",
-        "10.245.21.0/24",
-        "--root-dir",
-        &leftovers.root.display().to_string(),
-        "--netns-dir",
-        &leftovers.netns.display().to_string(),
-        "--bridge",
-        &leftovers.bridge,
-        "--masquerade=false",
-    ]);
+    let node = format!("cli-{suffix}");
+    let out = leftovers.nodelet(&["run", "/nonexistent", "--node-name", &node, "--pod-cidr", "10.245.21.0/24"]);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "run /nonexistent:\n{stdout}{stderr}");
     assert!(stderr.contains("/nonexistent"), "the error does not name the directory:\n{stderr}");
@@ -186,6 +149,14 @@ struct Leftovers {
 impl Leftovers {
     fn new(work: &Path, suffix: &str) -> Leftovers {
         Leftovers { root: work.join("root"), netns: work.join("netns"), bridge: format!("nlt{suffix}") }
+    }
+
+    /// `nodelet ARGS` with its state, netns and bridge where this guard looks, and the
+    /// host's firewall left alone.
+    fn nodelet(&self, args: &[&str]) -> Output {
+        let (root, netns) = (self.root.display().to_string(), self.netns.display().to_string());
+        let isolation = ["--root-dir", &root, "--netns-dir", &netns, "--bridge", &self.bridge, "--masquerade=false"];
+        nodelet(&[args, &isolation[..]].concat())
     }
 
     fn assert_none(&self) {
