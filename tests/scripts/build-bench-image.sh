@@ -34,14 +34,9 @@ umoci unpack --image "$layout:bench" "$bundle"
 rootfs=$bundle/rootfs
 
 # --- layer 1: busybox --------------------------------------------------------------------
-mkdir -p "$rootfs/bin" "$rootfs/etc" "$rootfs/tmp" "$rootfs/root"
-chmod 1777 "$rootfs/tmp"
-install -m 0755 /bin/busybox "$rootfs/bin/busybox"
-for applet in $(/bin/busybox --list); do
-    [[ "$applet" == busybox ]] || ln -sf busybox "$rootfs/bin/$applet"
-done
-printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$rootfs/etc/passwd"
-printf 'root:x:0:\nnogroup:x:65534:\n' >"$rootfs/etc/group"
+# shellcheck source=busybox-rootfs.sh
+source "$(dirname "$0")/busybox-rootfs.sh"
+fill_busybox_rootfs "$rootfs"
 umoci repack --refresh-bundle --image "$layout:bench" "$bundle"
 
 # --- layers 2..: generated data ------------------------------------------------------------

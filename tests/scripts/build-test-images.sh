@@ -36,25 +36,14 @@ normalize_times() {
 }
 
 umoci init --layout "$layout"
+# shellcheck source=busybox-rootfs.sh
+source "$(dirname "$0")/busybox-rootfs.sh"
 
 # --- busybox -------------------------------------------------------------------------
 umoci new --image "$layout:busybox"
 umoci unpack --image "$layout:busybox" "$work/busybox"
 rootfs=$work/busybox/rootfs
-mkdir -p "$rootfs/bin" "$rootfs/etc" "$rootfs/tmp" "$rootfs/root"
-chmod 1777 "$rootfs/tmp"
-install -m 0755 /bin/busybox "$rootfs/bin/busybox"
-for applet in $(/bin/busybox --list); do
-    [[ "$applet" == busybox ]] || ln -sf busybox "$rootfs/bin/$applet"
-done
-cat >"$rootfs/etc/passwd" <<'PASSWD'
-root:x:0:0:root:/root:/bin/sh
-nobody:x:65534:65534:nobody:/nonexistent:/bin/false
-PASSWD
-cat >"$rootfs/etc/group" <<'GROUP'
-root:x:0:
-nogroup:x:65534:
-GROUP
+fill_busybox_rootfs "$rootfs"
 echo "this file is deleted by the web image's layer" >"$rootfs/etc/motd"
 normalize_times "$rootfs"
 umoci repack --image "$layout:busybox" "$work/busybox"
