@@ -7,7 +7,7 @@
  *
  * Forward layout (lb4_services, one hash map keyed by frontend + slot):
  *
- *   (vip, port, proto, slot 0, rev 0) -> master  { count, rev = r }
+ *   (vip, port, proto, slot 0, rev 0) -> master  { count, rev = r, flags, affinity_timeout }
  *   (vip, port, proto, slot i, rev r) -> backend { address, port }  i in 1..=count
  *
  * Why revisions instead of cilium's in-place slots + backend-id map: to
@@ -20,6 +20,15 @@
  * Backends are stored inline in the slots: without conntrack there is no
  * need for shared backend ids, and each service stays self-contained (no
  * reference counting of backends shared between services).
+ *
+ * How the layouts change: fields are only ever appended, and a zero field
+ * means what the layout meant before it existed (flags 0 = no session
+ * affinity). A pinned map created by an older nodelet then holds a prefix of
+ * each new value: the loader recreates the map with the new value size and
+ * copies every entry over, zero-extended, before the new programs replace
+ * the old ones (ebpf/src/pin/stale.rs), so no connect() finds the map
+ * empty. Any other change (key size, map type, a shorter value) recreates
+ * the map empty, and the next sync rewrites it.
  *
  * All addresses and ports are in network byte order, exactly as found in
  * struct bpf_sock_addr, so the program never converts them.
@@ -41,16 +50,22 @@ struct lb4_key {
 	__u16 rev;      /* 0 for the master, its revision for slots (host order) */
 };
 
+/* Flags of a master entry. LB_FLAG_AFFINITY: sessionAffinity: ClientIP (lb4_affinity below). */
+#define LB_FLAG_AFFINITY 0x1
+
 /*
  * Value of both kinds of entries (like cilium's lb4_service): a master uses
- * count and rev, a backend slot uses address and port; unused fields are 0.
+ * count, rev, flags and affinity_timeout, a backend slot uses address and
+ * port; unused fields are 0. 16 bytes, no implicit padding: the kernel copies
+ * values as bytes, and a hash map rounds a 12-byte value up to 16 anyway.
  */
 struct lb4_value {
-	__be32 address; /* slot: backend IPv4 address */
-	__be16 port;    /* slot: backend port */
-	__u16 count;    /* master: number of backend slots; 0 = ECONNREFUSED */
-	__u16 rev;      /* master: revision whose slots are current */
-	__u16 pad;      /* always 0 */
+	__be32 address;         /* slot: backend IPv4 address */
+	__be16 port;            /* slot: backend port */
+	__u16 count;            /* master: number of backend slots; 0 = ECONNREFUSED */
+	__u16 rev;              /* master: revision whose slots are current */
+	__u16 flags;            /* master: LB_FLAG_* */
+	__u32 affinity_timeout; /* master: seconds a client keeps its backend (LB_FLAG_AFFINITY) */
 };
 
 /*
@@ -86,6 +101,49 @@ struct lb4_reverse_value {
 	__be32 address; /* frontend (service) IPv4 address the socket dialled */
 	__be16 port;    /* frontend port */
 	__u16 pad;      /* always 0 */
+};
+
+/*
+ * Session affinity (lb4_affinity, an LRU hash map), for frontends whose
+ * master has LB_FLAG_AFFINITY (a Service with sessionAffinity: ClientIP):
+ *
+ *   (client netns cookie, frontend) -> { backend, last used, where it was }
+ *
+ * The client is its network namespace (bpf_get_netns_cookie), as cilium's
+ * socket load-balancer does: the hooks run before the socket has a source
+ * address, and a pod's network namespace is its IP, so this is kube-proxy's
+ * ClientIP at socket level (host-network processes share the node's).
+ * connect4 and sendmsg4 reuse the remembered backend while it was used less
+ * than affinity_timeout seconds ago and is still a backend of the frontend;
+ * otherwise they pick one as usual and remember it. Each use refreshes
+ * last_used, as kube-proxy's `recent` match does, so the timeout counts from
+ * the last connection, not the first.
+ *
+ * Why (rev, slot) besides the backend: while the frontend's revision is the
+ * one remembered, the backend is still at that slot (a revision's slots are
+ * written once), so checking it costs one lookup; the slot's address and
+ * port are compared all the same, so a revision number reused after
+ * wrapping around cannot mislead. After a replace the slots of the new revision are searched for the backend
+ * once (bounded by LB_MAX_BACKENDS, with bpf_loop) and the entry is moved to
+ * where it was found, so affinity survives scaling as long as the backend
+ * does. The map is LRU: entries of clients gone idle make room; losing one
+ * only means the client's next connection picks afresh.
+ */
+struct lb4_affinity_key {
+	__u64 client;   /* bpf_get_netns_cookie() of the client socket */
+	__be32 address; /* frontend (service) IPv4 address */
+	__be16 dport;   /* frontend port */
+	__u8 proto;     /* IPPROTO_* of the frontend */
+	__u8 pad;       /* always 0: keys are compared as bytes */
+};
+
+struct lb4_affinity_value {
+	__u64 last_used; /* bpf_ktime_get_boot_ns() of the last connection that used it */
+	__be32 address;  /* backend IPv4 address */
+	__be16 port;     /* backend port */
+	__u16 rev;       /* revision of the frontend the backend was found in ... */
+	__u16 slot;      /* ... and its slot there */
+	__u16 pad[3];    /* always 0 */
 };
 
 #endif /* NODELET_LB_H */

@@ -11,9 +11,11 @@
  *
  * The forward hooks run once per connection (or datagram of an unconnected
  * socket), so there is no per-packet NAT and no conntrack; they record what
- * they rewrote in lb4_reverse_sk for the reverse hooks. See lb.h for the map
- * layouts, why a service can never be seen torn, and why the reverse map is
- * keyed by socket cookie.
+ * they rewrote in lb4_reverse_sk for the reverse hooks, and, for Services
+ * with session affinity, which backend each client was given in
+ * lb4_affinity. See lb.h for the map layouts, why a service can never be seen
+ * torn, why the reverse map is keyed by socket cookie and the affinity map by
+ * network namespace.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -22,6 +24,8 @@
 
 #define ENOMEM 12
 #define ECONNREFUSED 111
+
+#define NSEC_PER_SEC 1000000000ULL
 
 /*
  * Verdicts of the cgroup/sock_addr hooks: 1 lets the syscall go on, 0 fails
@@ -63,6 +67,18 @@ struct {
 #endif
 } lb4_reverse_sk SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct lb4_affinity_key);
+	__type(value, struct lb4_affinity_value);
+	/* Overridden by the loader from MapSizes. */
+	__uint(max_entries, 65536);
+#ifdef NODELET_PIN_BY_NAME
+	/* Pinned too: clients keep their backends across a restart. */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+#endif
+} lb4_affinity SEC(".maps");
+
 /*
  * A well-mixed 32 bits of a socket cookie (splitmix64's finalizer). Cookies
  * are handed out in sequence, so taken as they are, sockets an application
@@ -82,7 +98,7 @@ static __always_inline __u32 cookie_hash(__u64 cookie)
 /*
  * Pick a backend of the frontend in `key` (slot 0 on entry) from `hash`.
  * Returns its slot, or NULL when the frontend has no backend or the revision
- * read was retired meanwhile.
+ * read was retired meanwhile. On success `key` names the slot picked.
  */
 static __always_inline struct lb4_value *pick_backend(struct lb4_key *key, __u32 hash)
 {
@@ -103,6 +119,174 @@ static __always_inline struct lb4_value *pick_backend(struct lb4_key *key, __u32
 
 	key->slot = (__u16)(hash % count) + 1;
 	return bpf_map_lookup_elem(&lb4_services, key);
+}
+
+/* A backend address and port, in network byte order. */
+struct backend {
+	__be32 address;
+	__be16 port;
+};
+
+/* State of the bpf_loop search for a remembered backend among the slots. */
+struct slot_search {
+	struct lb4_key key; /* the frontend at the revision searched; slot set per step */
+	struct backend wanted;
+	__u16 found;        /* its slot, 0 while not found */
+};
+
+/* One step of the search: slot index + 1 of the revision in search->key. */
+static long find_slot_step(__u32 index, void *ctx)
+{
+	struct slot_search *search = ctx;
+	struct lb4_value *slot;
+
+	search->key.slot = (__u16)(index + 1);
+	slot = bpf_map_lookup_elem(&lb4_services, &search->key);
+	if (slot && slot->address == search->wanted.address && slot->port == search->wanted.port) {
+		search->found = search->key.slot;
+		return 1; /* stop */
+	}
+	return 0;
+}
+
+/*
+ * The slot that holds `known`'s backend in revision `rev` of the frontend
+ * (`count` slots), or 0 when it is no longer a backend there. While the
+ * revision is the one remembered, one lookup confirms it; after a replace
+ * the new revision is searched (at most LB_MAX_BACKENDS lookups, once per
+ * client and replace: the caller then remembers the new slot).
+ */
+static __always_inline __u16 slot_of(const struct lb4_key *frontend, __u16 rev, __u16 count,
+				     const struct lb4_affinity_value *known)
+{
+	struct slot_search search = {
+		.key = *frontend,
+		.wanted = { .address = known->address, .port = known->port },
+	};
+	struct lb4_value *slot;
+
+	search.key.rev = rev;
+	if (known->rev == rev && known->slot >= 1 && known->slot <= count) {
+		search.key.slot = known->slot;
+		slot = bpf_map_lookup_elem(&lb4_services, &search.key);
+		if (slot && slot->address == known->address && slot->port == known->port)
+			return known->slot;
+		return 0;
+	}
+	bpf_loop(count, find_slot_step, &search, 0);
+	return search.found;
+}
+
+/*
+ * Whether an affinity entry last used at `last_used` is more than `timeout`
+ * ns old at `now`. A last_used a little after `now` (another CPU refreshed
+ * the entry meanwhile) is fresh, not an old time wrapped around.
+ */
+static __always_inline int expired(__u64 last_used, __u64 now, __u64 timeout)
+{
+	return last_used < now && now - last_used > timeout;
+}
+
+/*
+ * sessionAffinity: ClientIP. The backend this client (network namespace)
+ * was given for the frontend in `key` (slot 0 on entry) if it used it less
+ * than `timeout` seconds ago and it is still a backend of the frontend,
+ * otherwise a new pick from `hash`, remembered. Returns 0 with `out` set, or
+ * -1 when the frontend has no backend (or its revision was retired while we
+ * looked: the caller tries once more).
+ */
+static __always_inline int pick_with_affinity(struct bpf_sock_addr *ctx, struct lb4_key *key, __u32 hash,
+					      struct backend *out)
+{
+	struct lb4_affinity_key affinity_key = {
+		.client = bpf_get_netns_cookie(ctx),
+		.address = key->address,
+		.dport = key->dport,
+		.proto = key->proto,
+	};
+	struct lb4_affinity_value entry = {};
+	struct lb4_affinity_value *known;
+	struct lb4_value *master, *backend;
+	__u64 now = bpf_ktime_get_boot_ns();
+	__u64 timeout;
+	__u16 count, rev, slot;
+
+	key->slot = LB_MASTER_SLOT;
+	key->rev = 0;
+	master = bpf_map_lookup_elem(&lb4_services, key);
+	if (!master)
+		return -1;
+	/* Read once: the loader may flip the master at any time. */
+	count = master->count;
+	rev = master->rev;
+	timeout = (__u64)master->affinity_timeout * NSEC_PER_SEC;
+	if (count == 0 || count > LB_MAX_BACKENDS)
+		return -1;
+
+	known = bpf_map_lookup_elem(&lb4_affinity, &affinity_key);
+	if (known && !expired(known->last_used, now, timeout)) {
+		slot = slot_of(key, rev, count, known);
+		if (slot && slot == known->slot && rev == known->rev) {
+			/*
+			 * The common case: only the time changes. A plain store
+			 * (one aligned 64-bit word) instead of a map update keeps
+			 * it cheap for UDP, whose every datagram comes here.
+			 */
+			known->last_used = now;
+			out->address = known->address;
+			out->port = known->port;
+			return 0;
+		}
+		if (slot) {
+			/* Still a backend, at another place in a new revision. */
+			entry.address = known->address;
+			entry.port = known->port;
+			goto remember;
+		}
+	}
+
+	key->rev = rev;
+	key->slot = (__u16)(hash % count) + 1;
+	backend = bpf_map_lookup_elem(&lb4_services, key);
+	if (!backend)
+		return -1;
+	slot = key->slot;
+	entry.address = backend->address;
+	entry.port = backend->port;
+
+remember:
+	entry.last_used = now;
+	entry.rev = rev;
+	entry.slot = slot;
+	/*
+	 * Best effort: without the entry the next connection picks afresh,
+	 * which load-balances correctly, only without stickiness.
+	 */
+	bpf_map_update_elem(&lb4_affinity, &affinity_key, &entry, BPF_ANY);
+	out->address = entry.address;
+	out->port = entry.port;
+	return 0;
+}
+
+/*
+ * Choose the backend of the frontend in `key` (slot 0 on entry): remembered
+ * per client when the master asks for session affinity, else from `hash`.
+ * Returns 0 with `out` set, or -1 when the frontend has no backend or the
+ * revision read was retired meanwhile.
+ */
+static __always_inline int choose_backend(struct bpf_sock_addr *ctx, struct lb4_key *key, __u16 flags, __u32 hash,
+					  struct backend *out)
+{
+	struct lb4_value *backend;
+
+	if (flags & LB_FLAG_AFFINITY)
+		return pick_with_affinity(ctx, key, hash, out);
+	backend = pick_backend(key, hash);
+	if (!backend)
+		return -1;
+	out->address = backend->address;
+	out->port = backend->port;
+	return 0;
 }
 
 /*
@@ -144,14 +328,17 @@ static __always_inline int forward(struct bpf_sock_addr *ctx)
 		.proto = (__u8)ctx->protocol,
 		.slot = LB_MASTER_SLOT,
 	};
-	struct lb4_value *backend;
-	__be32 backend_address;
-	__be16 backend_port;
+	struct lb4_key frontend = key;
+	struct lb4_value *master;
+	struct backend backend;
 	__u64 cookie;
 	__u32 hash;
+	__u16 flags;
 
-	if (!bpf_map_lookup_elem(&lb4_services, &key))
+	master = bpf_map_lookup_elem(&lb4_services, &key);
+	if (!master)
 		return SYSCALL_ALLOW; /* not a service: leave the socket alone */
+	flags = master->flags;
 
 	cookie = bpf_get_socket_cookie(ctx);
 	/*
@@ -159,23 +346,22 @@ static __always_inline int forward(struct bpf_sock_addr *ctx)
 	 * socket cookie: sendmsg4 runs for every datagram of an unconnected
 	 * socket, and all of them must reach the same backend, as kube-proxy's
 	 * conntrack entry keeps a UDP flow on one backend; a connected UDP
-	 * socket then behaves the same.
+	 * socket then behaves the same. With session affinity the pick is only
+	 * the first of a client, remembered for the next ones.
 	 */
 	hash = key.proto == IPPROTO_UDP ? cookie_hash(cookie) : bpf_get_prandom_u32();
-	backend = pick_backend(&key, hash);
-	/*
-	 * A miss after a hit on the master means the loader retired the
-	 * revision between our lookups (or the service has no backend): look
-	 * once more, which then sees the new revision.
-	 */
-	if (!backend)
-		backend = pick_backend(&key, hash);
-	if (!backend) {
-		bpf_set_retval(-ECONNREFUSED);
-		return SYSCALL_REJECT;
+	if (choose_backend(ctx, &key, flags, hash, &backend) < 0) {
+		/*
+		 * A miss after a hit on the master means the loader retired the
+		 * revision between our lookups (or the service has no backend):
+		 * look once more, which then sees the new revision.
+		 */
+		key = frontend;
+		if (choose_backend(ctx, &key, flags, hash, &backend) < 0) {
+			bpf_set_retval(-ECONNREFUSED);
+			return SYSCALL_REJECT;
+		}
 	}
-	backend_address = backend->address;
-	backend_port = backend->port;
 
 	/*
 	 * Without its reverse entry a UDP reply would seem to come from the
@@ -183,13 +369,13 @@ static __always_inline int forward(struct bpf_sock_addr *ctx)
 	 * did not ask: fail the send now rather than lose the answer. TCP only
 	 * loses the frontend in getpeername(), so its connection goes ahead.
 	 */
-	if (remember_frontend(cookie, &key, backend_address, backend_port) < 0 && key.proto == IPPROTO_UDP) {
+	if (remember_frontend(cookie, &frontend, backend.address, backend.port) < 0 && key.proto == IPPROTO_UDP) {
 		bpf_set_retval(-ENOMEM);
 		return SYSCALL_REJECT;
 	}
 
-	ctx->user_ip4 = backend_address;
-	ctx->user_port = (__u32)backend_port;
+	ctx->user_ip4 = backend.address;
+	ctx->user_port = (__u32)backend.port;
 	return SYSCALL_ALLOW;
 }
 

@@ -76,4 +76,8 @@ pub enum EbpfError {
     TooManyBackends { frontend: Frontend, count: usize, max: usize },
     #[error("bpf map {name} holds an entry with unknown protocol number {proto}")]
     UnknownProtocol { name: &'static str, proto: u8 },
+    #[error("{frontend}: session affinity needs a timeout of at least 1 second")]
+    AffinityTimeout { frontend: Frontend },
+    #[error("the pinned bpf map {path} has another layout than this nodelet's ({reason}): start the agent or proxy to recreate it")]
+    PinnedMapLayout { path: PathBuf, reason: String },
 }

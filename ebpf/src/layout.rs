@@ -4,7 +4,7 @@
 use std::mem::{offset_of, size_of};
 use std::net::Ipv4Addr;
 
-use crate::types::{Backend, Frontend};
+use crate::types::{Backend, Frontend, SessionAffinity};
 
 /// The C layout: `c::lb4_key::SIZE`, `c::lb4_key::ADDRESS` (byte offset), ...
 pub(crate) mod c {
@@ -13,6 +13,9 @@ pub(crate) mod c {
 
 /// Slot number of a frontend's master entry (`LB_MASTER_SLOT`).
 pub(crate) const MASTER_SLOT: u16 = 0;
+
+/// `LB_FLAG_AFFINITY`: the master's frontend has session affinity.
+pub(crate) const FLAG_AFFINITY: u16 = c::LB_FLAG_AFFINITY;
 
 /// `struct lb4_key`. Address and port in network byte order, slot and rev in
 /// host order.
@@ -27,7 +30,8 @@ pub(crate) struct Lb4Key {
     pub rev: u16,
 }
 
-/// `struct lb4_value`: a master uses count and rev, a slot address and port.
+/// `struct lb4_value`: a master uses count, rev, flags and affinity_timeout, a slot
+/// address and port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Lb4Value {
@@ -35,7 +39,8 @@ pub(crate) struct Lb4Value {
     pub port: u16,
     pub count: u16,
     pub rev: u16,
-    pub pad: u16,
+    pub flags: u16,
+    pub affinity_timeout: u32,
 }
 
 /// `struct lb4_reverse_key`: a socket cookie and a backend it was sent to (network order).
@@ -57,6 +62,29 @@ pub(crate) struct Lb4ReverseValue {
     pub pad: u16,
 }
 
+/// `struct lb4_affinity_key`: a client's network namespace and a frontend (network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Lb4AffinityKey {
+    pub client: u64,
+    pub address: u32,
+    pub dport: u16,
+    pub proto: u8,
+    pub pad: u8,
+}
+
+/// `struct lb4_affinity_value`: the backend that client was given, when, and where it was.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Lb4AffinityValue {
+    pub last_used: u64,
+    pub address: u32,
+    pub port: u16,
+    pub rev: u16,
+    pub slot: u16,
+    pub pad: [u16; 3],
+}
+
 const _: () = {
     assert!(size_of::<Lb4Key>() == c::lb4_key::SIZE);
     assert!(offset_of!(Lb4Key, address) == c::lb4_key::ADDRESS);
@@ -73,8 +101,9 @@ const _: () = {
     assert!(offset_of!(Lb4Value, port) == c::lb4_value::PORT);
     assert!(offset_of!(Lb4Value, count) == c::lb4_value::COUNT);
     assert!(offset_of!(Lb4Value, rev) == c::lb4_value::REV);
-    assert!(offset_of!(Lb4Value, pad) == c::lb4_value::PAD);
-    assert!(size_of::<Lb4Value>() == 4 + 2 + 2 + 2 + 2);
+    assert!(offset_of!(Lb4Value, flags) == c::lb4_value::FLAGS);
+    assert!(offset_of!(Lb4Value, affinity_timeout) == c::lb4_value::AFFINITY_TIMEOUT);
+    assert!(size_of::<Lb4Value>() == 4 + 2 + 2 + 2 + 2 + 4);
 
     assert!(size_of::<Lb4ReverseKey>() == c::lb4_reverse_key::SIZE);
     assert!(offset_of!(Lb4ReverseKey, cookie) == c::lb4_reverse_key::COOKIE);
@@ -88,6 +117,23 @@ const _: () = {
     assert!(offset_of!(Lb4ReverseValue, port) == c::lb4_reverse_value::PORT);
     assert!(offset_of!(Lb4ReverseValue, pad) == c::lb4_reverse_value::PAD);
     assert!(size_of::<Lb4ReverseValue>() == 4 + 2 + 2);
+
+    assert!(size_of::<Lb4AffinityKey>() == c::lb4_affinity_key::SIZE);
+    assert!(offset_of!(Lb4AffinityKey, client) == c::lb4_affinity_key::CLIENT);
+    assert!(offset_of!(Lb4AffinityKey, address) == c::lb4_affinity_key::ADDRESS);
+    assert!(offset_of!(Lb4AffinityKey, dport) == c::lb4_affinity_key::DPORT);
+    assert!(offset_of!(Lb4AffinityKey, proto) == c::lb4_affinity_key::PROTO);
+    assert!(offset_of!(Lb4AffinityKey, pad) == c::lb4_affinity_key::PAD);
+    assert!(size_of::<Lb4AffinityKey>() == 8 + 4 + 2 + 1 + 1);
+
+    assert!(size_of::<Lb4AffinityValue>() == c::lb4_affinity_value::SIZE);
+    assert!(offset_of!(Lb4AffinityValue, last_used) == c::lb4_affinity_value::LAST_USED);
+    assert!(offset_of!(Lb4AffinityValue, address) == c::lb4_affinity_value::ADDRESS);
+    assert!(offset_of!(Lb4AffinityValue, port) == c::lb4_affinity_value::PORT);
+    assert!(offset_of!(Lb4AffinityValue, rev) == c::lb4_affinity_value::REV);
+    assert!(offset_of!(Lb4AffinityValue, slot) == c::lb4_affinity_value::SLOT);
+    assert!(offset_of!(Lb4AffinityValue, pad) == c::lb4_affinity_value::PAD);
+    assert!(size_of::<Lb4AffinityValue>() == 8 + 4 + 2 + 2 + 2 + 3 * 2);
 };
 
 // SAFETY: repr(C) struct of plain integers with no padding (asserted above),
@@ -99,6 +145,10 @@ unsafe impl aya::Pod for Lb4Value {}
 unsafe impl aya::Pod for Lb4ReverseKey {}
 // SAFETY: as for Lb4Key: repr(C), integers only, no padding (asserted above).
 unsafe impl aya::Pod for Lb4ReverseValue {}
+// SAFETY: as for Lb4Key: repr(C), integers only, no padding (asserted above).
+unsafe impl aya::Pod for Lb4AffinityKey {}
+// SAFETY: as for Lb4Key: repr(C), integers and an integer array only, no padding (asserted above).
+unsafe impl aya::Pod for Lb4AffinityValue {}
 
 /// Network-order `u32` of an address, as `bpf_sock_addr.user_ip4` holds it.
 pub(crate) fn ip4_to_wire(ip: Ipv4Addr) -> u32 {
@@ -133,8 +183,21 @@ impl Lb4Key {
 }
 
 impl Lb4Value {
-    pub(crate) fn master(count: u16, rev: u16) -> Lb4Value {
-        Lb4Value { count, rev, ..Lb4Value::default() }
+    pub(crate) fn master(count: u16, rev: u16, affinity: SessionAffinity) -> Lb4Value {
+        let (flags, affinity_timeout) = match affinity {
+            SessionAffinity::None => (0, 0),
+            SessionAffinity::ClientIp { timeout_seconds } => (FLAG_AFFINITY, timeout_seconds),
+        };
+        Lb4Value { count, rev, flags, affinity_timeout, ..Lb4Value::default() }
+    }
+
+    /// The session affinity a master entry asks for.
+    pub(crate) fn affinity(&self) -> SessionAffinity {
+        if self.flags & FLAG_AFFINITY != 0 {
+            SessionAffinity::ClientIp { timeout_seconds: self.affinity_timeout }
+        } else {
+            SessionAffinity::None
+        }
     }
 
     pub(crate) fn slot(ip: Ipv4Addr, backend: &Backend) -> Lb4Value {
@@ -154,5 +217,16 @@ mod tests {
         assert_eq!(wire.to_ne_bytes(), [10, 96, 0, 10]);
         assert_eq!(ip4_from_wire(wire), ip);
         assert_eq!(80u16.to_be().to_ne_bytes(), [0, 80]);
+    }
+
+    #[test]
+    fn masters_carry_their_affinity() {
+        let sticky = SessionAffinity::ClientIp { timeout_seconds: 10_800 };
+        let master = Lb4Value::master(3, 7, sticky);
+        assert_eq!((master.count, master.rev, master.flags, master.affinity_timeout), (3, 7, FLAG_AFFINITY, 10_800));
+        assert_eq!(master.affinity(), sticky);
+        assert_eq!(Lb4Value::master(3, 7, SessionAffinity::None).affinity(), SessionAffinity::None);
+        // A master written before the affinity fields existed reads as no affinity.
+        assert_eq!(Lb4Value { count: 1, rev: 1, ..Lb4Value::default() }.affinity(), SessionAffinity::None);
     }
 }

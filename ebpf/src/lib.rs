@@ -4,7 +4,8 @@
 //! compiles them with clang and this crate embeds the object. [`SockLb`] loads
 //! the socket load-balancer (cgroup `connect4`, `sendmsg4`, `recvmsg4` and
 //! `getpeername4`), attaches it to a cgroup2 directory and hands out [`LbMaps`], a
-//! typed view of its maps: no raw bytes leave this crate. Loaded with
+//! typed view of its maps: no raw bytes leave this crate. Frontends may have session
+//! affinity ([`SessionAffinity::ClientIp`]), remembered per client network namespace. Loaded with
 //! [`SockLb::load_pinned`], maps and links are pinned in bpffs and outlive the process.
 
 mod attachment;
@@ -25,4 +26,6 @@ pub use error::EbpfError;
 pub use loader::{MapSizes, SockLb};
 pub use maps::LbMaps;
 pub use pin::Unpinned;
-pub use types::{Backend, Frontend, Protocol, ReverseNat, ServiceList, MAX_BACKENDS};
+pub use types::{
+    AffinityEntry, Backend, Frontend, Protocol, ReverseNat, ServiceEntry, ServiceList, SessionAffinity, MAX_BACKENDS,
+};

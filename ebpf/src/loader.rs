@@ -8,11 +8,11 @@ use aya::{Ebpf, EbpfLoader, Pod};
 
 use crate::attachment::{self, CgroupAttachment};
 use crate::error::EbpfError;
-use crate::layout::{Lb4Key, Lb4ReverseKey, Lb4ReverseValue, Lb4Value};
+use crate::layout::{Lb4AffinityKey, Lb4AffinityValue, Lb4Key, Lb4ReverseKey, Lb4ReverseValue, Lb4Value};
 use crate::maps::{self, LbMaps};
-use crate::object::{PROGRAMS, REVERSE_MAP, SERVICES_MAP, SOCK_LB, SOCK_LB_PINNED};
+use crate::object::{AFFINITY_MAP, PROGRAMS, REVERSE_MAP, SERVICES_MAP, SOCK_LB, SOCK_LB_PINNED};
 use crate::pin::{self, Unpinned};
-use crate::types::{ReverseNat, ServiceList, MAX_BACKENDS};
+use crate::types::{AffinityEntry, ReverseNat, ServiceList, MAX_BACKENDS};
 
 /// Capacity of the maps, fixed when they are created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +25,10 @@ pub struct MapSizes {
     /// frontend, plus one per unconnected UDP socket and backend it sent to. When full,
     /// the least recently used entry makes room.
     pub reverse_nat: u32,
+    /// Entries of the session-affinity map (LRU): one per client (network namespace) and
+    /// frontend with `sessionAffinity: ClientIP` it connected to. When full, the least
+    /// recently used entry makes room (that client's next connection picks afresh).
+    pub affinity: u32,
 }
 
 impl MapSizes {
@@ -47,8 +51,12 @@ impl Default for MapSizes {
     /// sockets talking to Services at once before the idlest is evicted. Preallocated
     /// too, 88 bytes an entry (16-byte key, 8-byte value): 22 MiB (`bpftool map show`:
     /// memlock 23,069,568 B).
+    ///
+    /// 65,536 session-affinity entries, as cilium's `cilium_lb4_affinity`: clients times
+    /// sticky Services. Preallocated, about 100 bytes an entry (16-byte key, 24-byte
+    /// value): 6 MiB.
     fn default() -> Self {
-        MapSizes { services: 262_144, reverse_nat: 262_144 }
+        MapSizes { services: 262_144, reverse_nat: 262_144, affinity: 65_536 }
     }
 }
 
@@ -58,6 +66,7 @@ pub struct SockLb {
     ebpf: Ebpf,
     services: HashMap<MapData, Lb4Key, Lb4Value>,
     reverse: HashMap<MapData, Lb4ReverseKey, Lb4ReverseValue>,
+    affinity: HashMap<MapData, Lb4AffinityKey, Lb4AffinityValue>,
     /// Set when loaded by [`SockLb::load_pinned`]: maps and links live in this bpffs directory.
     pin_dir: Option<PathBuf>,
     maps_reused: bool,
@@ -79,14 +88,29 @@ impl SockLb {
     /// mounted there). Maps already pinned there are reused with their contents, so a
     /// restarted agent sees what it programmed before; [`attach`](Self::attach) then pins
     /// the links there too, and nothing is detached when this value is dropped.
+    ///
+    /// A pinned map of another layout (pinned by another nodelet version) is recreated,
+    /// with a log line naming it; when its layout is an older one the current layout
+    /// appends to, its entries are copied into the new map before this returns, so the
+    /// programs swapped in by [`attach`](Self::attach) find the services in place.
     pub fn load_pinned(sizes: MapSizes, pin_dir: &Path) -> Result<SockLb, EbpfError> {
         pin::prepare_pin_dir(pin_dir)?;
-        let maps_reused = pin_dir.join(SERVICES_MAP).exists();
-        let mut lb = SockLb::load_object(
+        let stale = pin::set_aside_stale_maps(pin_dir)?;
+        let services_carried_over = stale.iter().any(|map| map.name() == SERVICES_MAP && map.carries_over());
+        let maps_reused = pin_dir.join(SERVICES_MAP).exists() || services_carried_over;
+        let loaded = SockLb::load_object(
             SOCK_LB_PINNED,
             sizes.apply(&mut EbpfLoader::new()).map_pin_path(pin_dir),
             Some(pin_dir.to_path_buf()),
-        )?;
+        );
+        let mut lb = match loaded {
+            Ok(lb) => lb,
+            Err(error) => {
+                stale.into_iter().for_each(pin::StaleMap::restore);
+                return Err(error);
+            }
+        };
+        stale.into_iter().for_each(pin::StaleMap::carry_over);
         lb.maps_reused = maps_reused;
         if maps_reused {
             tracing::info!(pin_dir = %pin_dir.display(), "reusing the pinned load-balancer maps");
@@ -125,7 +149,8 @@ impl SockLb {
         }
         let services = take_hash_map(&mut ebpf, SERVICES_MAP)?;
         let reverse = take_hash_map(&mut ebpf, REVERSE_MAP)?;
-        Ok(SockLb { ebpf, services, reverse, pin_dir, maps_reused: false })
+        let affinity = take_hash_map(&mut ebpf, AFFINITY_MAP)?;
+        Ok(SockLb { ebpf, services, reverse, affinity, pin_dir, maps_reused: false })
     }
 
     /// Attach every program to a cgroup2 directory, all or none: sockets of every process
@@ -152,11 +177,20 @@ impl SockLb {
     pub fn reverse_nat(&self) -> Result<Vec<ReverseNat>, EbpfError> {
         maps::reverse_nat(&self.reverse)
     }
+
+    /// The backends the programs remembered for clients of frontends with session
+    /// affinity, for diagnostics and tests.
+    pub fn affinity(&self) -> Result<Vec<AffinityEntry>, EbpfError> {
+        maps::affinity(&self.affinity)
+    }
 }
 
 impl MapSizes {
     fn apply<'a, 'b>(&self, loader: &'a mut EbpfLoader<'b>) -> &'a mut EbpfLoader<'b> {
-        loader.set_max_entries(SERVICES_MAP, self.services).set_max_entries(REVERSE_MAP, self.reverse_nat)
+        loader
+            .set_max_entries(SERVICES_MAP, self.services)
+            .set_max_entries(REVERSE_MAP, self.reverse_nat)
+            .set_max_entries(AFFINITY_MAP, self.affinity)
     }
 }
 

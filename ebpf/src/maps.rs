@@ -1,6 +1,6 @@
 //! Typed reads and writes of the services map, ordered so that a concurrent
 //! connect() never sees a half-written service (see `bpf/lb.h`), and reads of the
-//! reverse-translation map, which only the programs write.
+//! reverse-translation and session-affinity maps, which only the programs write.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -8,9 +8,13 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use aya::maps::{HashMap, MapData, MapError};
 
 use crate::error::EbpfError;
-use crate::layout::{ip4_from_wire, Lb4Key, Lb4ReverseKey, Lb4ReverseValue, Lb4Value, MASTER_SLOT};
-use crate::object::{REVERSE_MAP, SERVICES_MAP};
-use crate::types::{Backend, Frontend, Protocol, ReverseNat, MAX_BACKENDS};
+use crate::layout::{
+    ip4_from_wire, Lb4AffinityKey, Lb4AffinityValue, Lb4Key, Lb4ReverseKey, Lb4ReverseValue, Lb4Value, MASTER_SLOT,
+};
+use crate::object::{AFFINITY_MAP, REVERSE_MAP, SERVICES_MAP};
+use crate::types::{
+    AffinityEntry, Backend, Frontend, Protocol, ReverseNat, ServiceEntry, ServiceList, SessionAffinity, MAX_BACKENDS,
+};
 
 /// Typed view of the maps: no raw bytes leave this crate.
 pub struct LbMaps<'a> {
@@ -30,10 +34,15 @@ impl<'a> LbMaps<'a> {
     }
 
     /// Insert or replace a frontend with its backends (empty = reject with
-    /// ECONNREFUSED). The new set is written under a fresh revision, then the
-    /// master flips to it in one update, then the old revision is removed.
-    pub fn upsert_service(&mut self, frontend: Frontend, backends: &[Backend]) -> Result<(), EbpfError> {
+    /// ECONNREFUSED) and session affinity. The new set is written under a fresh revision,
+    /// then the master flips to it (and to the new affinity) in one update, then the old
+    /// revision is removed.
+    pub fn upsert_service(&mut self, frontend: Frontend, entry: &ServiceEntry) -> Result<(), EbpfError> {
+        let backends = entry.backends.as_slice();
         let frontend_ip = ipv4_of(&frontend, frontend.ip)?;
+        if entry.affinity == (SessionAffinity::ClientIp { timeout_seconds: 0 }) {
+            return Err(EbpfError::AffinityTimeout { frontend });
+        }
         let count = u16::try_from(backends.len())
             .ok()
             .filter(|count| usize::from(*count) <= MAX_BACKENDS)
@@ -52,7 +61,7 @@ impl<'a> LbMaps<'a> {
             self.remove_slots(&frontend, master_key, rev, count);
             return Err(error);
         }
-        self.insert(&frontend, &master_key, &Lb4Value::master(count, rev), "flip master")?;
+        self.insert(&frontend, &master_key, &Lb4Value::master(count, rev, entry.affinity), "flip master")?;
         if let Some(old) = old {
             self.remove_slots(&frontend, master_key, old.rev, old.count);
         }
@@ -75,8 +84,8 @@ impl<'a> LbMaps<'a> {
         Ok(())
     }
 
-    /// Every frontend with its current backends, as programmed.
-    pub fn services(&self) -> Result<Vec<(Frontend, Vec<Backend>)>, EbpfError> {
+    /// Every frontend with its current backends and affinity, as programmed.
+    pub fn services(&self) -> Result<ServiceList, EbpfError> {
         let mut masters = BTreeMap::new();
         for entry in self.services.iter() {
             let (key, value) = entry.map_err(|source| EbpfError::Map {
@@ -99,7 +108,7 @@ impl<'a> LbMaps<'a> {
                     .map_err(|source| map_error("read backend slot", &frontend, source))?;
                 backends.push(Backend { ip: IpAddr::V4(ip4_from_wire(value.address)), port: u16::from_be(value.port) });
             }
-            services.push((frontend, backends));
+            services.push((frontend, ServiceEntry::with_affinity(backends, master.affinity())));
         }
         Ok(services)
     }
@@ -147,6 +156,30 @@ impl<'a> LbMaps<'a> {
     ) -> Result<(), EbpfError> {
         self.services.insert(key, value, 0).map_err(|source| map_error(operation, frontend, source))
     }
+}
+
+/// Every entry of the session-affinity map, sorted. A snapshot, as for [`reverse_nat`].
+pub(crate) fn affinity(
+    map: &HashMap<MapData, Lb4AffinityKey, Lb4AffinityValue>,
+) -> Result<Vec<AffinityEntry>, EbpfError> {
+    let mut entries = Vec::new();
+    for entry in map.iter() {
+        let (key, value) = entry.map_err(|source| EbpfError::Map {
+            name: AFFINITY_MAP,
+            operation: "iterate",
+            frontend: String::from("all entries"),
+            source: Box::new(source),
+        })?;
+        let protocol = Protocol::from_ip_proto(key.proto)
+            .ok_or(EbpfError::UnknownProtocol { name: AFFINITY_MAP, proto: key.proto })?;
+        entries.push(AffinityEntry {
+            client_netns: key.client,
+            frontend: Frontend { ip: IpAddr::V4(ip4_from_wire(key.address)), port: u16::from_be(key.dport), protocol },
+            backend: SocketAddr::from((ip4_from_wire(value.address), u16::from_be(value.port))),
+        });
+    }
+    entries.sort();
+    Ok(entries)
 }
 
 /// Every entry of the reverse-translation map, sorted. The programs keep writing it, so

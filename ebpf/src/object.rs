@@ -1,5 +1,8 @@
 //! The compiled BPF object, embedded at build time, and the names inside it.
 
+use std::mem::size_of;
+
+use crate::layout::{Lb4AffinityKey, Lb4AffinityValue, Lb4Key, Lb4ReverseKey, Lb4ReverseValue, Lb4Value};
 use crate::sys;
 
 /// `sock_lb.bpf.o`, aligned as the ELF parser needs; empty when built with
@@ -13,7 +16,36 @@ pub(crate) static SOCK_LB_PINNED: &[u8] =
 /// Maps inside the object (see `bpf/sock_lb.bpf.c`); pinned under these names.
 pub(crate) const SERVICES_MAP: &str = "lb4_services";
 pub(crate) const REVERSE_MAP: &str = "lb4_reverse_sk";
-pub(crate) const MAPS: [&str; 2] = [SERVICES_MAP, REVERSE_MAP];
+pub(crate) const AFFINITY_MAP: &str = "lb4_affinity";
+
+// enum bpf_map_type (include/uapi/linux/bpf.h), of the maps the object declares.
+pub(crate) const BPF_MAP_TYPE_HASH: u32 = 1;
+pub(crate) const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+
+/// What a map of the object is, as the kernel reports it for a pinned map: a pinned map
+/// is reused only when it matches (aya would otherwise hand the programs a map of another
+/// layout).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MapSpec {
+    pub name: &'static str,
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+}
+
+const fn spec<K, V>(name: &'static str, map_type: u32) -> MapSpec {
+    // The layouts are a few bytes: the casts cannot truncate.
+    MapSpec { name, map_type, key_size: size_of::<K>() as u32, value_size: size_of::<V>() as u32 }
+}
+
+/// The services map, with the layout the Rust mirrors (checked against the object's BTF in
+/// `layout`) give it; and the others.
+pub(crate) const SERVICES_MAP_SPEC: MapSpec = spec::<Lb4Key, Lb4Value>(SERVICES_MAP, BPF_MAP_TYPE_HASH);
+pub(crate) const MAPS: [MapSpec; 3] = [
+    SERVICES_MAP_SPEC,
+    spec::<Lb4ReverseKey, Lb4ReverseValue>(REVERSE_MAP, BPF_MAP_TYPE_LRU_HASH),
+    spec::<Lb4AffinityKey, Lb4AffinityValue>(AFFINITY_MAP, BPF_MAP_TYPE_LRU_HASH),
+];
 
 /// One cgroup program of the object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

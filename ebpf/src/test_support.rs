@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +12,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crate::object::PROGRAMS;
+use crate::{Backend, Frontend};
 
 mod sockets;
 
@@ -87,17 +88,31 @@ impl Drop for TestCgroup {
     }
 }
 
-/// A TCP server on 127.0.0.1 that answers every connection with its port.
+/// A TCP server on loopback that answers every connection with one line: its port
+/// ([`start`](Self::start)) or its address ([`start_on`](Self::start_on)).
 pub struct TcpBackend {
     pub port: u16,
+    pub addr: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl TcpBackend {
+    /// On 127.0.0.1, answering with its port.
     pub fn start() -> TcpBackend {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind backend");
-        let port = listener.local_addr().expect("backend addr").port();
+        TcpBackend::serve(Ipv4Addr::LOCALHOST, |addr| addr.port().to_string())
+    }
+
+    /// On `ip` (any address of 127.0.0.0/8), answering with its `ip:port`: backends on
+    /// several loopback addresses may share a port number.
+    pub fn start_on(ip: Ipv4Addr) -> TcpBackend {
+        TcpBackend::serve(ip, |addr| addr.to_string())
+    }
+
+    fn serve(ip: Ipv4Addr, answer: fn(SocketAddr) -> String) -> TcpBackend {
+        let listener = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind backend on {ip}: {e}"));
+        let addr = listener.local_addr().expect("backend addr");
+        let line = answer(addr);
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = thread::spawn(move || {
@@ -106,11 +121,11 @@ impl TcpBackend {
                     return;
                 }
                 if let Ok(mut stream) = stream {
-                    let _ = writeln!(stream, "{port}");
+                    let _ = writeln!(stream, "{line}");
                 }
             }
         });
-        TcpBackend { port, stop, thread: Some(thread) }
+        TcpBackend { port: addr.port(), addr, stop, thread: Some(thread) }
     }
 }
 
@@ -118,7 +133,7 @@ impl Drop for TcpBackend {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port));
+        let _ = TcpStream::connect(self.addr);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -236,6 +251,56 @@ impl Drop for TestBpffs {
         }
         let _ = fs::remove_dir(&self.path);
     }
+}
+
+/// Pin at `<pin_dir>/lb4_services` a services map as the nodelet before session affinity
+/// left it: values of 12 bytes (no flags, no timeout), holding `frontend` with `backends`
+/// under revision 1.
+pub fn pin_services_map_of_12_byte_values(pin_dir: &Path, frontend: Frontend, backends: &[Backend]) {
+    use crate::layout::{Lb4Key, MASTER_SLOT};
+    use crate::object::{BPF_MAP_TYPE_HASH, SERVICES_MAP};
+
+    fn ip(ip: IpAddr) -> Ipv4Addr {
+        match ip {
+            IpAddr::V4(ip) => ip,
+            IpAddr::V6(ip) => panic!("{ip}: IPv4 only"),
+        }
+    }
+    fn key_bytes(key: &Lb4Key) -> Vec<u8> {
+        let mut bytes = key.address.to_ne_bytes().to_vec();
+        bytes.extend(key.dport.to_ne_bytes());
+        bytes.extend([key.proto, key.pad]);
+        bytes.extend(key.slot.to_ne_bytes());
+        bytes.extend(key.rev.to_ne_bytes());
+        bytes
+    }
+    // address, port, count, rev, pad: the old struct lb4_value.
+    fn value_bytes(address: Ipv4Addr, port: u16, count: u16, rev: u16) -> Vec<u8> {
+        let mut bytes = address.octets().to_vec();
+        bytes.extend(port.to_be().to_ne_bytes());
+        bytes.extend(count.to_ne_bytes());
+        bytes.extend(rev.to_ne_bytes());
+        bytes.extend(0u16.to_ne_bytes());
+        bytes
+    }
+
+    let map = crate::sys::map_create(BPF_MAP_TYPE_HASH, 12, 12, 1024, SERVICES_MAP).expect("create a 12-byte map");
+    let master = Lb4Key::new(ip(frontend.ip), &frontend, MASTER_SLOT, 0);
+    let count = u16::try_from(backends.len()).expect("a few backends");
+    map.update(&key_bytes(&master), &value_bytes(Ipv4Addr::UNSPECIFIED, 0, count, 1)).expect("write master");
+    for (slot, backend) in (1..).zip(backends) {
+        let value = value_bytes(ip(backend.ip), backend.port, 0, 0);
+        map.update(&key_bytes(&master.with_slot(slot, 1)), &value).expect("write slot");
+    }
+    crate::sys::obj_pin(map.fd(), &pin_dir.join(SERVICES_MAP)).expect("pin the old map");
+}
+
+/// Pin at `<pin_dir>/<name>` an empty hash map with keys and values of the given sizes: a
+/// map of a layout this nodelet does not know.
+pub fn pin_hash_map_of_layout(pin_dir: &Path, name: &str, key_size: u32, value_size: u32) {
+    let map = crate::sys::map_create(crate::object::BPF_MAP_TYPE_HASH, key_size, value_size, 16, name)
+        .unwrap_or_else(|e| panic!("create a map of {key_size}-byte keys: {e}"));
+    crate::sys::obj_pin(map.fd(), &pin_dir.join(name)).expect("pin the map");
 }
 
 /// How many of the load-balancer's programs `bpftool cgroup show` lists for the cgroup.

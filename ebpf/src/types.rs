@@ -77,8 +77,49 @@ impl fmt::Display for Backend {
     }
 }
 
-/// Frontends with their backends in slot order, as read from the maps.
-pub type ServiceList = Vec<(Frontend, Vec<Backend>)>;
+/// How a frontend spreads the connections of one client over its backends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SessionAffinity {
+    /// Each connection (each UDP socket) picks a backend of its own.
+    #[default]
+    None,
+    /// `sessionAffinity: ClientIP`: a client (a network namespace: a pod, or the node's
+    /// host-network processes) keeps the backend it was given while it used it less than
+    /// `timeout_seconds` ago and the backend is still one of the frontend's.
+    ClientIp { timeout_seconds: u32 },
+}
+
+impl fmt::Display for SessionAffinity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionAffinity::None => f.write_str("none"),
+            SessionAffinity::ClientIp { timeout_seconds } => write!(f, "ClientIP {timeout_seconds}s"),
+        }
+    }
+}
+
+/// What one frontend load-balances to: its backends, in slot order, and how a client's
+/// connections are spread over them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceEntry {
+    pub backends: Vec<Backend>,
+    pub affinity: SessionAffinity,
+}
+
+impl ServiceEntry {
+    /// `backends` without session affinity.
+    pub fn new(backends: Vec<Backend>) -> ServiceEntry {
+        ServiceEntry { backends, affinity: SessionAffinity::None }
+    }
+
+    /// `backends` with `affinity`.
+    pub fn with_affinity(backends: Vec<Backend>, affinity: SessionAffinity) -> ServiceEntry {
+        ServiceEntry { backends, affinity }
+    }
+}
+
+/// Frontends with their entries, as read from the maps.
+pub type ServiceList = Vec<(Frontend, ServiceEntry)>;
 
 /// One entry of the reverse translation: what socket `socket_cookie` receives from
 /// `backend` (and what `getpeername()` reports when connected to it) is shown as coming
@@ -88,4 +129,13 @@ pub struct ReverseNat {
     pub socket_cookie: u64,
     pub backend: SocketAddr,
     pub frontend: SocketAddr,
+}
+
+/// One entry of the session-affinity map: the client in network namespace `client_netns`
+/// (its netns cookie) was last given `backend` for `frontend`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AffinityEntry {
+    pub client_netns: u64,
+    pub frontend: Frontend,
+    pub backend: SocketAddr,
 }

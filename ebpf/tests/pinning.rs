@@ -6,10 +6,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use nodelet_ebpf::test_support::{
-    attached_program_count, require_root, tcp_connects_from, SocketClient, TcpBackend, TestBpffs, TestCgroup,
-    UdpEchoBackend, UnpinOnDrop, PROGRAM_NAMES,
+    attached_program_count, pin_hash_map_of_layout, pin_services_map_of_12_byte_values, require_root,
+    tcp_connects_from, SocketClient, TcpBackend, TestBpffs, TestCgroup, UdpEchoBackend, UnpinOnDrop, PROGRAM_NAMES,
 };
-use nodelet_ebpf::{Backend, Frontend, MapSizes, Protocol, SockLb};
+use nodelet_ebpf::{Backend, Frontend, MapSizes, Protocol, ServiceEntry, SockLb};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 
@@ -19,6 +19,11 @@ fn frontend(port: u16) -> Frontend {
 
 fn loopback(port: u16) -> Backend {
     Backend { ip: IpAddr::V4(Ipv4Addr::LOCALHOST), port }
+}
+
+/// `backends` without session affinity.
+fn entry(backends: &[Backend]) -> ServiceEntry {
+    ServiceEntry::new(backends.to_vec())
 }
 
 fn answers(cgroup: &TestCgroup, port: u16, count: usize) -> Vec<String> {
@@ -41,15 +46,19 @@ fn pinned_load_balancer_survives_its_loader_and_is_reused() {
         assert!(!lb.maps_reused());
         let attachment = lb.attach(&cgroup.path).expect("attach");
         assert!(attachment.is_pinned() && !attachment.reused_pinned_link());
-        for name in PROGRAM_NAMES.iter().map(|name| format!("{name}_link")).chain(["lb4_reverse_sk".to_owned()]) {
+        for name in PROGRAM_NAMES
+            .iter()
+            .map(|name| format!("{name}_link"))
+            .chain(["lb4_reverse_sk".to_owned(), "lb4_affinity".to_owned()])
+        {
             assert!(pin_dir.join(&name).exists(), "{name} pinned");
         }
-        lb.maps().upsert_service(frontend(80), &[loopback(first.port)]).expect("upsert");
+        lb.maps().upsert_service(frontend(80), &entry(&[loopback(first.port)])).expect("upsert");
     } // the loader is gone, as when the agent exits
 
     assert_eq!(answers(&cgroup, 80, 5), vec![first.port.to_string(); 5], "still served");
     let pinned = SockLb::pinned_services(&pin_dir).expect("read pinned").expect("something pinned");
-    assert_eq!(pinned, [(frontend(80), vec![loopback(first.port)])]);
+    assert_eq!(pinned, [(frontend(80), entry(&[loopback(first.port)]))]);
 
     {
         let mut lb = SockLb::load_pinned(MapSizes::default(), &pin_dir).expect("load again");
@@ -57,14 +66,14 @@ fn pinned_load_balancer_survives_its_loader_and_is_reused() {
         assert_eq!(lb.maps().services().expect("read back"), pinned, "the maps kept their contents");
         let attachment = lb.attach(&cgroup.path).expect("attach again");
         assert!(attachment.reused_pinned_link());
-        lb.maps().upsert_service(frontend(80), &[loopback(second.port)]).expect("upsert");
+        lb.maps().upsert_service(frontend(80), &entry(&[loopback(second.port)])).expect("upsert");
     }
     assert_eq!(attached_program_count(&cgroup), PROGRAM_NAMES.len(), "the links were reused, not duplicated");
     assert_eq!(answers(&cgroup, 80, 5), vec![second.port.to_string(); 5], "the change took effect");
 
     let unpinned = SockLb::unpin_and_detach(&pin_dir).expect("cleanup");
     assert!(unpinned.link);
-    assert_eq!(unpinned.maps, 2, "lb4_services and lb4_reverse_sk");
+    assert_eq!(unpinned.maps, 3, "lb4_services, lb4_reverse_sk and lb4_affinity");
     assert_eq!(cgroup.attached_programs(), "", "nothing attached");
     assert!(!pin_dir.exists(), "no pin left");
     assert_eq!(SockLb::pinned_services(&pin_dir).expect("read"), None);
@@ -88,7 +97,7 @@ fn udp_replies_are_translated_back_across_a_restart() {
     {
         let mut lb = SockLb::load_pinned(MapSizes::default(), &pin_dir).expect("load pinned");
         let _attachment = lb.attach(&cgroup.path).expect("attach");
-        lb.maps().upsert_service(udp, &[Backend { ip: dns.addr.ip(), port: dns.addr.port() }]).expect("upsert");
+        lb.maps().upsert_service(udp, &entry(&[Backend { ip: dns.addr.ip(), port: dns.addr.port() }])).expect("upsert");
         client.send_to(service, "before").expect("sendto");
     } // the agent exits with the reply waiting in the client's socket
 
@@ -124,6 +133,52 @@ fn a_pinned_attach_that_fails_halfway_leaves_nothing_attached() {
     let attachment = lb.attach(&cgroup.path).expect("attach once the pin is free");
     assert!(!attachment.reused_pinned_link());
     assert_eq!(attached_program_count(&cgroup), PROGRAM_NAMES.len());
+}
+
+#[test]
+fn a_services_map_pinned_with_the_layout_before_affinity_is_recreated_with_its_services() {
+    require_root();
+    let bpffs = TestBpffs::mount();
+    let cgroup = TestCgroup::create();
+    let pin_dir = bpffs.path.join("nodelet");
+    let _cleanup = UnpinOnDrop(&pin_dir);
+    let web = TcpBackend::start();
+    // In 127.0.0.0/8: a connect the programs failed to rewrite stays on this host.
+    let vip = SocketAddr::from((Ipv4Addr::new(127, 96, 3, 20), 80));
+    let service = Frontend { ip: vip.ip(), port: vip.port(), protocol: Protocol::Tcp };
+    std::fs::create_dir(&pin_dir).expect("pin dir");
+    // What the previous nodelet left: 12-byte values, no affinity fields.
+    pin_services_map_of_12_byte_values(&pin_dir, service, &[loopback(web.port)]);
+    let error = SockLb::pinned_services(&pin_dir).expect_err("another layout");
+    assert!(error.to_string().contains("another layout"), "{error}");
+
+    let mut lb = SockLb::load_pinned(MapSizes::default(), &pin_dir).expect("load pinned");
+
+    assert!(lb.maps_reused(), "the services were carried over");
+    let carried = [(service, entry(&[loopback(web.port)]))];
+    assert_eq!(lb.maps().services().expect("read back"), carried, "entries copied, no affinity");
+    assert_eq!(SockLb::pinned_services(&pin_dir).expect("the new map").expect("pinned"), carried);
+    let _attachment = lb.attach(&cgroup.path).expect("attach");
+    let run = tcp_connects_from(&cgroup, vip, 3);
+    assert_eq!(run.answers, vec![web.port.to_string(); 3], "served from the new map; stderr: {}", run.stderr);
+}
+
+#[test]
+fn a_pinned_map_of_an_unknown_layout_is_recreated_empty() {
+    require_root();
+    let bpffs = TestBpffs::mount();
+    let pin_dir = bpffs.path.join("nodelet");
+    let _cleanup = UnpinOnDrop(&pin_dir);
+    std::fs::create_dir(&pin_dir).expect("pin dir");
+    pin_hash_map_of_layout(&pin_dir, "lb4_services", 20, 12);
+    pin_hash_map_of_layout(&pin_dir, "lb4_affinity", 16, 32);
+
+    let mut lb = SockLb::load_pinned(MapSizes::default(), &pin_dir).expect("load pinned");
+
+    assert!(!lb.maps_reused(), "nothing could be carried over");
+    assert!(lb.maps().services().expect("read back").is_empty());
+    assert!(lb.affinity().expect("the new affinity map").is_empty());
+    assert_eq!(SockLb::pinned_services(&pin_dir).expect("the new map"), Some(vec![]));
 }
 
 #[test]

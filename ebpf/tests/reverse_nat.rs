@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use nodelet_ebpf::test_support::{require_root, SocketClient, TcpBackend, TestCgroup, UdpEchoBackend};
-use nodelet_ebpf::{Backend, Frontend, Protocol, SockLb};
+use nodelet_ebpf::{Backend, Frontend, Protocol, ServiceEntry, SockLb};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(127, 96, 1, 10);
 /// A port nothing on the host listens on at the VIP: an unrewritten datagram finds no one.
@@ -24,6 +24,11 @@ fn frontend(addr: SocketAddr, protocol: Protocol) -> Frontend {
 
 fn backend(addr: SocketAddr) -> Backend {
     Backend { ip: addr.ip(), port: addr.port() }
+}
+
+/// `backends` without session affinity.
+fn entry(backends: &[Backend]) -> ServiceEntry {
+    ServiceEntry::new(backends.to_vec())
 }
 
 fn vip(port: u16) -> SocketAddr {
@@ -48,7 +53,7 @@ fn unconnected_datagrams_reach_a_backend_and_replies_come_from_the_vip() {
     let mut lb = SockLb::load().expect("load");
     let _attachment = lb.attach(&cgroup.path).expect("attach");
     let service: Vec<Backend> = dns.iter().map(|b| backend(b.addr)).collect();
-    lb.maps().upsert_service(frontend(vip(DNS_PORT), Protocol::Udp), &service).expect("upsert");
+    lb.maps().upsert_service(frontend(vip(DNS_PORT), Protocol::Udp), &entry(&service)).expect("upsert");
     let backends: BTreeSet<String> = dns.iter().map(|b| b.addr.to_string()).collect();
 
     let mut client = SocketClient::udp(&cgroup);
@@ -81,7 +86,7 @@ fn connected_udp_sees_the_vip_as_its_peer_and_source() {
     let dns = echo_backends(1);
     let mut lb = SockLb::load().expect("load");
     let _attachment = lb.attach(&cgroup.path).expect("attach");
-    lb.maps().upsert_service(frontend(vip(DNS_PORT), Protocol::Udp), &[backend(dns[0].addr)]).expect("upsert");
+    lb.maps().upsert_service(frontend(vip(DNS_PORT), Protocol::Udp), &entry(&[backend(dns[0].addr)])).expect("upsert");
 
     let mut client = SocketClient::udp(&cgroup);
     client.connect(vip(DNS_PORT)).expect("connect");
@@ -100,7 +105,7 @@ fn getpeername_of_a_tcp_connection_is_the_vip() {
     let web_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, web.port));
     let mut lb = SockLb::load().expect("load");
     let _attachment = lb.attach(&cgroup.path).expect("attach");
-    lb.maps().upsert_service(frontend(vip(80), Protocol::Tcp), &[backend(web_addr)]).expect("upsert");
+    lb.maps().upsert_service(frontend(vip(80), Protocol::Tcp), &entry(&[backend(web_addr)])).expect("upsert");
 
     let mut client = SocketClient::tcp(&cgroup);
     client.connect(vip(80)).expect("connect");
@@ -118,7 +123,7 @@ fn sends_to_a_service_without_backends_are_refused() {
     let cgroup = TestCgroup::create();
     let mut lb = SockLb::load().expect("load");
     let _attachment = lb.attach(&cgroup.path).expect("attach");
-    lb.maps().upsert_service(frontend(vip(DNS_PORT), Protocol::Udp), &[]).expect("upsert");
+    lb.maps().upsert_service(frontend(vip(DNS_PORT), Protocol::Udp), &entry(&[])).expect("upsert");
 
     let mut client = SocketClient::udp(&cgroup);
     let error = client.send_to(vip(DNS_PORT), "query").expect_err("refused");
@@ -136,7 +141,7 @@ fn once_the_service_is_removed_nothing_is_rewritten_either_way() {
     let service = frontend(at_vip.addr, Protocol::Udp);
     let mut lb = SockLb::load().expect("load");
     let _attachment = lb.attach(&cgroup.path).expect("attach");
-    lb.maps().upsert_service(service, &[backend(dns[0].addr)]).expect("upsert");
+    lb.maps().upsert_service(service, &entry(&[backend(dns[0].addr)])).expect("upsert");
 
     let mut client = SocketClient::udp(&cgroup);
     client.send_to(at_vip.addr, "one").expect("sendto");
@@ -165,7 +170,7 @@ fn sockets_outside_the_cgroup_are_not_translated() {
     let dns = echo_backends(1);
     let mut lb = SockLb::load().expect("load");
     let _attachment = lb.attach(&cgroup.path).expect("attach");
-    lb.maps().upsert_service(frontend(vip(DNS_PORT), Protocol::Udp), &[backend(dns[0].addr)]).expect("upsert");
+    lb.maps().upsert_service(frontend(vip(DNS_PORT), Protocol::Udp), &entry(&[backend(dns[0].addr)])).expect("upsert");
 
     // This test process is not in the cgroup: its datagram is not rewritten, so it goes to
     // the VIP itself, where nothing listens, and no reply comes.

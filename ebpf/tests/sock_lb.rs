@@ -12,7 +12,7 @@ use nodelet_ebpf::test_support::{
     attached_program_count, require_root, tcp_connects_from, udp_sends_from, TcpBackend, TestCgroup, UdpBackend,
     PROGRAM_NAMES,
 };
-use nodelet_ebpf::{Backend, EbpfError, Frontend, Protocol, SockLb, MAX_BACKENDS};
+use nodelet_ebpf::{Backend, EbpfError, Frontend, Protocol, ServiceEntry, SockLb, MAX_BACKENDS};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
@@ -22,6 +22,11 @@ fn frontend(port: u16, protocol: Protocol) -> Frontend {
 
 fn loopback(port: u16) -> Backend {
     Backend { ip: IpAddr::V4(Ipv4Addr::LOCALHOST), port }
+}
+
+/// `backends` without session affinity.
+fn entry(backends: &[Backend]) -> ServiceEntry {
+    ServiceEntry::new(backends.to_vec())
 }
 
 fn vip(port: u16) -> SocketAddr {
@@ -40,7 +45,7 @@ fn tcp_connects_to_a_vip_reach_every_backend() {
     let mut lb = SockLb::load().expect("load");
     let _attachment = lb.attach(&cgroup.path).expect("attach");
     let service: Vec<Backend> = backends.iter().map(|b| loopback(b.port)).collect();
-    lb.maps().upsert_service(frontend(80, Protocol::Tcp), &service).expect("upsert");
+    lb.maps().upsert_service(frontend(80, Protocol::Tcp), &entry(&service)).expect("upsert");
 
     let run = tcp_connects_from(&cgroup, vip(80), 60);
 
@@ -55,7 +60,7 @@ fn service_without_backends_refuses_connections() {
     let cgroup = TestCgroup::create();
     let mut lb = SockLb::load().expect("load");
     let _attachment = lb.attach(&cgroup.path).expect("attach");
-    lb.maps().upsert_service(frontend(81, Protocol::Tcp), &[]).expect("upsert");
+    lb.maps().upsert_service(frontend(81, Protocol::Tcp), &entry(&[])).expect("upsert");
 
     let run = tcp_connects_from(&cgroup, vip(81), 2);
 
@@ -71,7 +76,7 @@ fn other_destinations_are_left_alone() {
     let other = TcpBackend::start();
     let mut lb = SockLb::load().expect("load");
     let _attachment = lb.attach(&cgroup.path).expect("attach");
-    lb.maps().upsert_service(frontend(80, Protocol::Tcp), &[loopback(other.port)]).expect("upsert");
+    lb.maps().upsert_service(frontend(80, Protocol::Tcp), &entry(&[loopback(other.port)])).expect("upsert");
 
     let run = tcp_connects_from(&cgroup, SocketAddr::from((Ipv4Addr::LOCALHOST, direct.port)), 3);
 
@@ -88,11 +93,11 @@ fn backend_changes_apply_without_reloading() {
     let _attachment = lb.attach(&cgroup.path).expect("attach");
     let web = frontend(80, Protocol::Tcp);
 
-    lb.maps().upsert_service(web, &[loopback(first.port)]).expect("upsert first");
+    lb.maps().upsert_service(web, &entry(&[loopback(first.port)])).expect("upsert first");
     let run = tcp_connects_from(&cgroup, vip(80), 5);
     assert_eq!(run.answers, vec![first.port.to_string(); 5], "stderr: {}", run.stderr);
 
-    lb.maps().upsert_service(web, &[loopback(second.port)]).expect("upsert second");
+    lb.maps().upsert_service(web, &entry(&[loopback(second.port)])).expect("upsert second");
     let run = tcp_connects_from(&cgroup, vip(80), 5);
     assert_eq!(run.answers, vec![second.port.to_string(); 5], "stderr: {}", run.stderr);
 
@@ -108,7 +113,7 @@ fn udp_connect_is_balanced_too() {
     let mut lb = SockLb::load().expect("load");
     let _attachment = lb.attach(&cgroup.path).expect("attach");
     let service: Vec<Backend> = dns.iter().map(|b| loopback(b.port)).collect();
-    lb.maps().upsert_service(frontend(53, Protocol::Udp), &service).expect("upsert");
+    lb.maps().upsert_service(frontend(53, Protocol::Udp), &entry(&service)).expect("upsert");
 
     udp_sends_from(&cgroup, vip(53), 40);
 
@@ -127,7 +132,7 @@ fn readers_never_see_a_torn_service_while_it_is_replaced() {
     let web = frontend(80, Protocol::Tcp);
     let set_a = [loopback(backends[0].port), loopback(backends[1].port)];
     let set_b = [loopback(backends[2].port), loopback(backends[3].port), loopback(backends[2].port)];
-    lb.lock().expect("lock").maps().upsert_service(web, &set_a).expect("upsert");
+    lb.lock().expect("lock").maps().upsert_service(web, &entry(&set_a)).expect("upsert");
 
     let done = Arc::new(AtomicBool::new(false));
     let flipper = {
@@ -136,7 +141,7 @@ fn readers_never_see_a_torn_service_while_it_is_replaced() {
             let mut flips = 0u32;
             while !done.load(Ordering::SeqCst) {
                 let set: &[Backend] = if flips & 1 == 0 { &set_b } else { &set_a };
-                lb.lock().expect("lock").maps().upsert_service(web, set).expect("flip");
+                lb.lock().expect("lock").maps().upsert_service(web, &entry(set)).expect("flip");
                 flips += 1;
             }
             flips
@@ -165,14 +170,14 @@ fn maps_read_back_what_was_written() {
     let web = frontend(80, Protocol::Tcp);
     let dns = frontend(53, Protocol::Udp);
     let empty = frontend(8080, Protocol::Sctp);
-    maps.upsert_service(web, &[loopback(1), loopback(2)]).expect("web");
-    maps.upsert_service(dns, &[loopback(3)]).expect("dns");
-    maps.upsert_service(empty, &[]).expect("empty");
-    maps.upsert_service(web, &[loopback(4)]).expect("replace web");
+    maps.upsert_service(web, &entry(&[loopback(1), loopback(2)])).expect("web");
+    maps.upsert_service(dns, &entry(&[loopback(3)])).expect("dns");
+    maps.upsert_service(empty, &entry(&[])).expect("empty");
+    maps.upsert_service(web, &entry(&[loopback(4)])).expect("replace web");
 
     let mut services = maps.services().expect("services");
     services.sort();
-    let mut expected = vec![(web, vec![loopback(4)]), (dns, vec![loopback(3)]), (empty, vec![])];
+    let mut expected = vec![(web, entry(&[loopback(4)])), (dns, entry(&[loopback(3)])), (empty, entry(&[]))];
     expected.sort();
     assert_eq!(services, expected);
 
@@ -187,12 +192,12 @@ fn ipv6_and_oversized_services_are_rejected_clearly() {
     let mut lb = SockLb::load().expect("load");
     let mut maps = lb.maps();
     let v6 = Frontend { ip: "fd00::10".parse().expect("ip"), port: 80, protocol: Protocol::Tcp };
-    let error = maps.upsert_service(v6, &[]).expect_err("ipv6");
+    let error = maps.upsert_service(v6, &entry(&[])).expect_err("ipv6");
     assert!(matches!(error, EbpfError::Ipv6Unsupported { .. }), "{error}");
     assert!(error.to_string().contains("ipv6"), "{error}");
 
     let too_many = vec![loopback(1); MAX_BACKENDS + 1];
-    let error = maps.upsert_service(frontend(80, Protocol::Tcp), &too_many).expect_err("too many");
+    let error = maps.upsert_service(frontend(80, Protocol::Tcp), &entry(&too_many)).expect_err("too many");
     assert!(matches!(error, EbpfError::TooManyBackends { .. }), "{error}");
     assert!(maps.services().expect("services").is_empty());
 }

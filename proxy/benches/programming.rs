@@ -38,7 +38,7 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use nodelet_proxy::datapath::{Datapath, EbpfDatapath};
 use nodelet_proxy::table::SERVICE_NAME_LABEL;
-use nodelet_proxy::{build_table, MapSizes, ProxyConfig, Reconciler};
+use nodelet_proxy::{build_table, MapSizes, NodeTopology, ProxyConfig, Reconciler};
 
 const ENDPOINTS: u32 = 10;
 const NAMESPACE: &str = "bench";
@@ -254,17 +254,18 @@ fn nodelet_round(objects: &Objects, cgroup: &Path, changes: usize, samples: &mut
     let needed = MapSizes::services_needed(count, ENDPOINTS);
     let map_sizes = MapSizes { services: needed.max(MapSizes::default().services), ..MapSizes::default() };
     samples.map_entries = map_sizes.services;
-    let cfg = ProxyConfig { attach_cgroup: cgroup.to_path_buf(), pin_dir: None, map_sizes };
+    let cfg = ProxyConfig { attach_cgroup: cgroup.to_path_buf(), pin_dir: None, map_sizes, node_name: None };
+    let node = NodeTopology::default();
 
     // Table build alone, for the breakdown (not part of the sync sample).
-    let (_, build) = time(|| Ok(build_table(&objects.services, &objects.slices)))?;
+    let (_, build) = time(|| Ok(build_table(&objects.services, &objects.slices, &node)))?;
     samples.nodelet_build.push(build);
 
     let (datapath, load) = time(|| EbpfDatapath::new(&cfg).map_err(|e| format!("load the eBPF datapath: {e}")))?;
     samples.nodelet_load.push(load);
     let mut reconciler = Reconciler::new(datapath);
     let (stats, sync) = time(|| {
-        reconciler.sync(&objects.services, &objects.slices).map_err(|e| format!("sync {count} services: {e}"))
+        reconciler.sync(&objects.services, &objects.slices, &node).map_err(|e| format!("sync {count} services: {e}"))
     })?;
     if stats.upserted != objects.services.len() {
         return Err(format!("first sync wrote {} frontends, expected {count}", stats.upserted));
@@ -275,10 +276,12 @@ fn nodelet_round(objects: &Objects, cgroup: &Path, changes: usize, samples: &mut
     let mut changed = Objects { services: objects.services.clone(), slices: objects.slices.clone() };
     for change in 0..changes {
         changed.change_one_endpoint(u32::try_from(change).map_err(|_| "too many changes")?);
-        let (_, build) = time(|| Ok(build_table(&changed.services, &changed.slices)))?;
+        let (_, build) = time(|| Ok(build_table(&changed.services, &changed.slices, &node)))?;
         samples.nodelet_change_build.push(build);
         let (stats, elapsed) = time(|| {
-            reconciler.sync(&changed.services, &changed.slices).map_err(|e| format!("sync one endpoint change: {e}"))
+            reconciler
+                .sync(&changed.services, &changed.slices, &node)
+                .map_err(|e| format!("sync one endpoint change: {e}"))
         })?;
         if stats.upserted != 1 || stats.removed != 0 {
             return Err(format!("an endpoint change wrote {stats:?}, expected one upsert"));
@@ -288,7 +291,7 @@ fn nodelet_round(objects: &Objects, cgroup: &Path, changes: usize, samples: &mut
 
     // What the kernel holds is what was asked for (outside the timings).
     let programmed = reconciler.datapath_mut().read_back().map_err(|e| format!("read back: {e}"))?;
-    let desired = build_table(&changed.services, &changed.slices);
+    let desired = build_table(&changed.services, &changed.slices, &node).table;
     if programmed != desired {
         return Err(format!("the maps hold {} frontends, not the {} desired", programmed.len(), desired.len()));
     }

@@ -1,4 +1,4 @@
-//! Where the proxy attaches its load-balancer.
+//! Where the proxy attaches its load-balancer, and for which node it builds the table.
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +29,11 @@ pub struct ProxyConfig {
     /// Capacity of the load-balancer's maps, fixed when they are created (maps reused
     /// from `pin_dir` keep the size they were created with).
     pub map_sizes: MapSizes,
+    /// The node this proxy runs on, as kube-proxy's `--hostname-override`: endpoints whose
+    /// `nodeName` is this one are local (`internalTrafficPolicy: Local`), and, when watching
+    /// the API, this Node's `topology.kubernetes.io/zone` label selects the endpoints hinted
+    /// for its zone. `None`: no endpoint is local and no topology hint applies.
+    pub node_name: Option<String>,
 }
 
 impl Default for ProxyConfig {
@@ -39,6 +44,7 @@ impl Default for ProxyConfig {
             attach_cgroup: cgroup2_root_under(Path::new(CGROUP_ROOT)),
             pin_dir: None,
             map_sizes: MapSizes::default(),
+            node_name: None,
         }
     }
 }
@@ -98,11 +104,9 @@ mod tests {
     #[test]
     fn validate_rejects_non_cgroup2_directories() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let missing =
-            ProxyConfig { attach_cgroup: dir.path().join("absent"), pin_dir: None, map_sizes: MapSizes::default() };
+        let missing = ProxyConfig { attach_cgroup: dir.path().join("absent"), ..ProxyConfig::default() };
         assert!(missing.validate().is_err());
-        let plain =
-            ProxyConfig { attach_cgroup: dir.path().to_path_buf(), pin_dir: None, map_sizes: MapSizes::default() };
+        let plain = ProxyConfig { attach_cgroup: dir.path().to_path_buf(), ..ProxyConfig::default() };
         let error = plain.validate().expect_err("not cgroup2");
         assert!(error.to_string().contains("not a cgroup2 directory"), "{error}");
         fs::write(dir.path().join(CGROUP2_MARKER), "").expect("marker");

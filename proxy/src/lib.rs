@@ -1,9 +1,10 @@
 //! nodelet's kube-proxy replacement: Services and EndpointSlices to the eBPF
 //! socket load-balancer of `nodelet-ebpf`.
 //!
-//! `table` computes the desired frontends and backends (pure), `datapath`
-//! writes them through the [`datapath::Datapath`] trait, `sync` keeps doing so
-//! as objects change, fed by `watch` (API server) or by fixed objects.
+//! `table` computes the desired frontends and backends (pure, with kube-proxy's endpoint
+//! selection and session affinity), `datapath` writes them through the
+//! [`datapath::Datapath`] trait, `sync` keeps doing so as objects change, fed by `watch`
+//! (API server, and this proxy's Node for its zone) or by fixed objects.
 #![forbid(unsafe_code)]
 
 mod config;
@@ -19,9 +20,9 @@ pub use config::{cgroup2_root_under, ProxyConfig, DEFAULT_PIN_DIR};
 pub use error::ProxyError;
 pub use manifest::{parse_service_objects, ServiceObjects};
 pub use metrics::register_metrics;
-pub use nodelet_ebpf::{Backend, Frontend, MapSizes, Protocol, SockLb, Unpinned};
+pub use nodelet_ebpf::{Backend, Frontend, MapSizes, Protocol, ServiceEntry, SessionAffinity, SockLb, Unpinned};
 pub use sync::{Reconciler, SyncTiming};
-pub use table::{build_table, ServiceTable};
+pub use table::{build_table, BuiltTable, NodeTopology, Problem, ServiceTable};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -31,24 +32,26 @@ use tokio_util::sync::CancellationToken;
 use datapath::{Datapath, EbpfDatapath};
 use sync::{reconcile_loop, StaticSource};
 
-/// Watch Services and EndpointSlices through the API and keep the datapath in
-/// line, until `shutdown`. Fails only when the datapath cannot be set up;
-/// the load-balancer is detached when this returns, unless `cfg.pin_dir` pins it.
+/// Watch Services and EndpointSlices (and the Node `cfg.node_name`, for its zone) through
+/// the API and keep the datapath in line, until `shutdown`. Fails only when the datapath
+/// cannot be set up; the load-balancer is detached when this returns, unless `cfg.pin_dir`
+/// pins it.
 pub async fn run(client: kube::Client, cfg: ProxyConfig, shutdown: CancellationToken) -> Result<(), ProxyError> {
     let datapath = EbpfDatapath::new(&cfg)?;
-    run_with_datapath(client, datapath, SyncTiming::default(), shutdown).await;
+    run_with_datapath(client, datapath, cfg.node_name, SyncTiming::default(), shutdown).await;
     Ok(())
 }
 
-/// [`run`] over any datapath.
+/// [`run`] over any datapath, for the node `node_name`.
 pub async fn run_with_datapath<D: Datapath>(
     client: kube::Client,
     datapath: D,
+    node_name: Option<String>,
     timing: SyncTiming,
     shutdown: CancellationToken,
 ) {
     let (changes_tx, changes) = mpsc::channel(1);
-    let (source, feed) = watch::watch_objects(client, changes_tx, shutdown.clone());
+    let (source, feed) = watch::watch_objects(client, node_name, changes_tx, shutdown.clone());
     let reconcile = async {
         if !source.wait_until_ready(&shutdown).await {
             return;
@@ -60,7 +63,8 @@ pub async fn run_with_datapath<D: Datapath>(
 }
 
 /// Standalone mode: the same from a fixed set of objects (manifests), until
-/// shutdown.
+/// shutdown. There is no Node object: endpoints are local by `cfg.node_name`, and no
+/// topology hint applies.
 pub async fn run_static(
     services: Vec<Service>,
     slices: Vec<EndpointSlice>,
@@ -68,20 +72,22 @@ pub async fn run_static(
     shutdown: CancellationToken,
 ) -> Result<(), ProxyError> {
     let datapath = EbpfDatapath::new(&cfg)?;
-    run_static_with(datapath, services, slices, SyncTiming::default(), shutdown).await;
+    let node = NodeTopology { name: cfg.node_name, zone: None };
+    run_static_with(datapath, services, slices, node, SyncTiming::default(), shutdown).await;
     Ok(())
 }
 
-/// [`run_static`] over any datapath: syncs once (retrying failures) and
+/// [`run_static`] over any datapath, for `node`: syncs once (retrying failures) and
 /// holds the datapath until shutdown.
 pub async fn run_static_with<D: Datapath>(
     datapath: D,
     services: Vec<Service>,
     slices: Vec<EndpointSlice>,
+    node: NodeTopology,
     timing: SyncTiming,
     shutdown: CancellationToken,
 ) {
-    let source = StaticSource::new(services, slices);
+    let source = StaticSource::new(services, slices, node);
     // No sender: the objects never change.
     let (_, changes) = mpsc::channel(1);
     let mut reconciler = Reconciler::new(datapath);

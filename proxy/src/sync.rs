@@ -1,6 +1,7 @@
 //! The reconcile loop: on any change of the objects, recompute the table and
 //! apply it to the datapath; errors are logged and retried, never fatal.
 
+use std::collections::BTreeSet;
 use std::error::Error;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::datapath::{Datapath, SyncStats};
 use crate::error::ProxyError;
 use crate::metrics::METRICS;
-use crate::table::build_table;
+use crate::table::{build_table, NodeTopology, Problem};
 
 /// How the loop paces itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,24 +37,29 @@ impl Default for SyncTiming {
     }
 }
 
-/// Turns objects into a table and applies it, with metrics.
+/// Turns objects into a table and applies it, with metrics; logs what is wrong with the
+/// objects, each problem once while it lasts.
 pub struct Reconciler<D> {
     datapath: D,
+    problems: BTreeSet<Problem>,
 }
 
 impl<D: Datapath> Reconciler<D> {
     pub fn new(datapath: D) -> Reconciler<D> {
-        Reconciler { datapath }
+        Reconciler { datapath, problems: BTreeSet::new() }
     }
 
-    /// Compute the desired table from the objects and apply it.
+    /// Compute the desired table from the objects, for node `node`, and apply it.
     pub fn sync<'a>(
         &mut self,
         services: impl IntoIterator<Item = &'a Service>,
         slices: impl IntoIterator<Item = &'a EndpointSlice>,
+        node: &NodeTopology,
     ) -> Result<SyncStats, ProxyError> {
         let started = Instant::now();
-        let table = build_table(services, slices);
+        let built = build_table(services, slices, node);
+        self.report(built.problems);
+        let table = built.table;
         match self.datapath.apply(&table) {
             Ok(stats) => {
                 METRICS.observe_success(started.elapsed(), table.len());
@@ -66,6 +72,30 @@ impl<D: Datapath> Reconciler<D> {
         }
     }
 
+    /// What was wrong with the objects of the last sync.
+    pub fn problems(&self) -> &BTreeSet<Problem> {
+        &self.problems
+    }
+
+    /// Log the problems that are new since the last sync (a bad object is named once, not
+    /// on every sync), and those that went away.
+    fn report(&mut self, problems: Vec<Problem>) {
+        let current: BTreeSet<Problem> = problems.into_iter().collect();
+        for problem in current.difference(&self.problems) {
+            let object = &problem.object;
+            tracing::warn!(
+                kind = object.kind,
+                namespace = %object.namespace,
+                name = %object.name,
+                "bad input, the rest is programmed: {problem}"
+            );
+        }
+        for problem in self.problems.difference(&current) {
+            tracing::info!("resolved: {problem}");
+        }
+        self.problems = current;
+    }
+
     pub fn datapath(&self) -> &D {
         &self.datapath
     }
@@ -75,10 +105,11 @@ impl<D: Datapath> Reconciler<D> {
     }
 }
 
-/// The objects at one moment.
+/// The objects at one moment, and the node they are programmed for.
 pub(crate) struct Snapshot {
     pub services: Vec<Arc<Service>>,
     pub slices: Vec<Arc<EndpointSlice>>,
+    pub node: NodeTopology,
 }
 
 /// Where the loop reads the current objects from.
@@ -90,20 +121,22 @@ pub(crate) trait ObjectSource {
 pub(crate) struct StaticSource {
     services: Vec<Arc<Service>>,
     slices: Vec<Arc<EndpointSlice>>,
+    node: NodeTopology,
 }
 
 impl StaticSource {
-    pub(crate) fn new(services: Vec<Service>, slices: Vec<EndpointSlice>) -> StaticSource {
+    pub(crate) fn new(services: Vec<Service>, slices: Vec<EndpointSlice>, node: NodeTopology) -> StaticSource {
         StaticSource {
             services: services.into_iter().map(Arc::new).collect(),
             slices: slices.into_iter().map(Arc::new).collect(),
+            node,
         }
     }
 }
 
 impl ObjectSource for StaticSource {
     fn snapshot(&self) -> Snapshot {
-        Snapshot { services: self.services.clone(), slices: self.slices.clone() }
+        Snapshot { services: self.services.clone(), slices: self.slices.clone(), node: self.node.clone() }
     }
 }
 
@@ -129,8 +162,11 @@ pub(crate) async fn reconcile_loop<D: Datapath>(
             while changes.try_recv().is_ok() {}
             sync_due = false;
             let snapshot = source.snapshot();
-            let result =
-                reconciler.sync(snapshot.services.iter().map(Arc::as_ref), snapshot.slices.iter().map(Arc::as_ref));
+            let result = reconciler.sync(
+                snapshot.services.iter().map(Arc::as_ref),
+                snapshot.slices.iter().map(Arc::as_ref),
+                &snapshot.node,
+            );
             match result {
                 Ok(stats) => {
                     retry_delay = timing.retry_min;

@@ -1,43 +1,48 @@
-//! Services and EndpointSlices from the API server, through reflector stores.
+//! Services and EndpointSlices from the API server, through reflector stores, and the
+//! topology of this proxy's Node (as kube-proxy's NodeTopologyConfig watches it).
 
 use std::fmt::Debug;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::sync::{error_chain, signal_change, ObjectSource, Snapshot};
-use crate::table::SERVICE_NAME_LABEL;
+use crate::table::{NodeTopology, HEADLESS_LABEL, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL};
 
-/// Services that another proxy implementation handles carry this label;
-/// kube-proxy skips them, so do we.
-const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
-
-/// The reflector stores, read by the reconcile loop.
+/// The reflector stores and the node's topology, read by the reconcile loop.
 pub(crate) struct StoreSource {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
+    /// `None` until the Node was listed.
+    node: watch::Receiver<Option<NodeTopology>>,
 }
 
 impl ObjectSource for StoreSource {
     fn snapshot(&self) -> Snapshot {
-        Snapshot { services: self.services.state(), slices: self.slices.state() }
+        let node = self.node.borrow().clone().unwrap_or_default();
+        Snapshot { services: self.services.state(), slices: self.slices.state(), node }
     }
 }
 
 impl StoreSource {
-    /// Wait until both stores hold a full list, so the first sync does not
-    /// remove services that are merely not listed yet. False on shutdown.
+    /// Wait until both stores hold a full list and the Node was listed, so the first sync
+    /// neither removes services that are merely not listed yet nor ignores the node's zone.
+    /// False on shutdown.
     pub(crate) async fn wait_until_ready(&self, shutdown: &CancellationToken) -> bool {
-        let ready =
-            async { self.services.wait_until_ready().await.is_ok() && self.slices.wait_until_ready().await.is_ok() };
+        let mut node = self.node.clone();
+        let ready = async {
+            self.services.wait_until_ready().await.is_ok()
+                && self.slices.wait_until_ready().await.is_ok()
+                && node.wait_for(Option::is_some).await.is_ok()
+        };
         tokio::select! {
             () = shutdown.cancelled() => false,
             ready = ready => ready,
@@ -46,29 +51,100 @@ impl StoreSource {
 }
 
 /// Start watching: returns the stores and the future that feeds them,
-/// signalling `changes` on every change, until `shutdown`.
+/// signalling `changes` on every change, until `shutdown`. With `node_name`, that Node is
+/// watched for its zone label; without, the table is built for no particular node.
 pub(crate) fn watch_objects(
     client: Client,
+    node_name: Option<String>,
     changes: mpsc::Sender<()>,
     shutdown: CancellationToken,
 ) -> (StoreSource, impl std::future::Future<Output = ()>) {
     let (services, services_writer) = reflector::store();
     let (slices, slices_writer) = reflector::store();
-    let services_config = watcher::Config::default().labels(&format!("!{SERVICE_PROXY_NAME_LABEL}"));
-    let slices_config = watcher::Config::default().labels(SERVICE_NAME_LABEL);
+    // kube-proxy's selection: Services another proxy handles, and the slices of headless
+    // Services (which the EndpointSlice controller labels), are not even listed. The
+    // controller copies a Service's labels to its slices, so the first holds for both.
+    let not_ours = format!("!{SERVICE_PROXY_NAME_LABEL},!{HEADLESS_LABEL}");
+    let services_config = watcher::Config::default().labels(&not_ours);
+    let slices_config = watcher::Config::default().labels(&format!("{SERVICE_NAME_LABEL},{not_ours}"));
+    let (node_tx, node) = watch::channel(match &node_name {
+        Some(_) => None,
+        None => Some(NodeTopology::default()),
+    });
     let feed = {
         let services_api: Api<Service> = Api::all(client.clone());
-        let slices_api: Api<EndpointSlice> = Api::all(client);
-        let changes_for_slices = changes.clone();
-        let shutdown_for_slices = shutdown.clone();
+        let slices_api: Api<EndpointSlice> = Api::all(client.clone());
+        let nodes_api: Api<Node> = Api::all(client);
+        let (changes_for_slices, changes_for_node) = (changes.clone(), changes.clone());
+        let (shutdown_for_slices, shutdown_for_node) = (shutdown.clone(), shutdown.clone());
         async move {
+            let node_feed = async move {
+                if let Some(name) = node_name {
+                    feed_node(nodes_api, name, node_tx, changes_for_node, shutdown_for_node).await;
+                }
+            };
             tokio::join!(
                 feed_store(services_api, services_config, services_writer, changes, shutdown),
                 feed_store(slices_api, slices_config, slices_writer, changes_for_slices, shutdown_for_slices),
+                node_feed,
             );
         }
     };
-    (StoreSource { services, slices }, feed)
+    (StoreSource { services, slices, node }, feed)
+}
+
+/// Keep `topology` on the Node `name`'s zone, signalling `changes` when it changes (not on
+/// every status update of the Node), until `shutdown`. Until the Node exists the table is
+/// built for the name alone.
+async fn feed_node(
+    api: Api<Node>,
+    name: String,
+    topology: watch::Sender<Option<NodeTopology>>,
+    changes: mpsc::Sender<()>,
+    shutdown: CancellationToken,
+) {
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let stream = watcher::watcher(api, config).default_backoff();
+    let mut stream = std::pin::pin!(stream);
+    let mut listed = None;
+    loop {
+        let next = tokio::select! {
+            () = shutdown.cancelled() => return,
+            next = stream.next() => next,
+        };
+        let seen = match next {
+            Some(Ok(Event::Init)) => {
+                listed = Some(NodeTopology::named(&name));
+                continue;
+            }
+            Some(Ok(Event::InitApply(node))) => {
+                listed = Some(NodeTopology::from_node(&node));
+                continue;
+            }
+            Some(Ok(Event::InitDone)) => listed.take().unwrap_or_else(|| NodeTopology::named(&name)),
+            Some(Ok(Event::Apply(node))) => NodeTopology::from_node(&node),
+            Some(Ok(Event::Delete(_))) => NodeTopology::named(&name),
+            Some(Err(error)) => {
+                tracing::warn!(kind = "Node", node = %name, error = %error_chain(&error), "watch");
+                continue;
+            }
+            None => {
+                tracing::warn!(kind = "Node", node = %name, "watch stream ended");
+                return;
+            }
+        };
+        let changed = topology.send_if_modified(|current| {
+            let changed = current.as_ref() != Some(&seen);
+            if changed {
+                tracing::info!(node = %name, zone = seen.zone.as_deref().unwrap_or("(none)"), "node topology for the Service proxy");
+                *current = Some(seen);
+            }
+            changed
+        });
+        if changed {
+            signal_change(&changes);
+        }
+    }
 }
 
 /// Run one watcher into its store; watch errors are logged and retried with

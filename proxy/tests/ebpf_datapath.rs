@@ -12,7 +12,10 @@ use nodelet_ebpf::test_support::{
     require_root, tcp_connects_from, SocketClient, TcpBackend, TestCgroup, UdpEchoBackend,
 };
 use nodelet_proxy::datapath::EbpfDatapath;
-use nodelet_proxy::{parse_service_objects, run_static, Backend, Frontend, Protocol, ProxyConfig, Reconciler};
+use nodelet_proxy::{
+    parse_service_objects, run_static, Backend, Frontend, NodeTopology, Protocol, ProxyConfig, Reconciler,
+    ServiceEntry, SessionAffinity,
+};
 use tokio_util::sync::CancellationToken;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -61,12 +64,12 @@ fn slice_changes_move_the_vip_to_the_new_backend() {
     let mut reconciler = Reconciler::new(EbpfDatapath::new(&cfg).expect("datapath"));
 
     let (services, slices) = web_objects(VIP, first.port);
-    reconciler.sync(&services, &slices).expect("sync first");
+    reconciler.sync(&services, &slices, &NodeTopology::default()).expect("sync first");
     let run = tcp_connects_from(&cgroup, vip(), 4);
     assert_eq!(run.answers, vec![first.port.to_string(); 4], "stderr: {}", run.stderr);
 
     let (services, slices) = web_objects(VIP, second.port);
-    let stats = reconciler.sync(&services, &slices).expect("sync second");
+    let stats = reconciler.sync(&services, &slices, &NodeTopology::default()).expect("sync second");
     assert_eq!(stats.upserted, 1);
     let run = tcp_connects_from(&cgroup, vip(), 4);
     assert_eq!(run.answers, vec![second.port.to_string(); 4], "stderr: {}", run.stderr);
@@ -74,7 +77,7 @@ fn slice_changes_move_the_vip_to_the_new_backend() {
     let programmed = reconciler.datapath_mut().read_back().expect("read back");
     assert_eq!(programmed.len(), 1);
 
-    reconciler.sync(&services, &[]).expect("sync without endpoints");
+    reconciler.sync(&services, &[], &NodeTopology::default()).expect("sync without endpoints");
     let run = tcp_connects_from(&cgroup, vip(), 1);
     assert_eq!(run.answers, ["refused"], "no ready endpoint: ECONNREFUSED");
 
@@ -153,11 +156,11 @@ fn a_udp_cluster_ip_is_balanced_and_answers_from_its_address() {
     let wait = Duration::from_secs(2);
 
     let (services, slices) = dns_objects(LOOPBACK_VIP, Some(dns.addr));
-    reconciler.sync(&services, &slices).expect("sync");
+    reconciler.sync(&services, &slices, &NodeTopology::default()).expect("sync");
     let programmed = reconciler.datapath_mut().read_back().expect("read back");
     let frontend = Frontend { ip: IpAddr::V4(LOOPBACK_VIP), port: 10053, protocol: Protocol::Udp };
     let backend = Backend { ip: dns.addr.ip(), port: dns.addr.port() };
-    assert_eq!(programmed.into_iter().collect::<Vec<_>>(), [(frontend, vec![backend])]);
+    assert_eq!(programmed.into_iter().collect::<Vec<_>>(), [(frontend, ServiceEntry::new(vec![backend]))]);
 
     let mut unconnected = SocketClient::udp(&cgroup);
     unconnected.send_to(cluster_ip, "query").expect("sendto");
@@ -169,13 +172,74 @@ fn a_udp_cluster_ip_is_balanced_and_answers_from_its_address() {
     assert_eq!(connected.recv_from(wait), Some((cluster_ip, format!("{} query", dns.addr))));
 
     let (services, slices) = dns_objects(LOOPBACK_VIP, None);
-    reconciler.sync(&services, &slices).expect("sync without endpoints");
+    reconciler.sync(&services, &slices, &NodeTopology::default()).expect("sync without endpoints");
     let error = unconnected.send_to(cluster_ip, "query").expect_err("no ready endpoint");
     assert!(error.contains("Connection refused"), "{error}");
 
-    reconciler.sync(&[], &[]).expect("sync without the Service");
+    reconciler.sync(&[], &[], &NodeTopology::default()).expect("sync without the Service");
     unconnected.send_to(cluster_ip, "query").expect("sendto, not rewritten");
     assert_eq!(unconnected.recv_from(Duration::from_millis(300)), None, "nothing listens at the ClusterIP itself");
+}
+
+/// A Service on `vip`:80 with `sessionAffinity: ClientIP` (and `internalTrafficPolicy: Local`
+/// on node-a), one slice per backend (each on its own port), the last backend on node-b.
+fn sticky_objects(vip: Ipv4Addr, backends: &[&TcpBackend]) -> (Vec<Service>, Vec<EndpointSlice>) {
+    let mut yaml = format!(
+        "
+kind: Service
+apiVersion: v1
+metadata: {{name: sticky, namespace: default}}
+spec:
+  clusterIP: {vip}
+  sessionAffinity: ClientIP
+  internalTrafficPolicy: Local
+  ports: [{{name: http, port: 80, targetPort: http}}]
+"
+    );
+    for (index, backend) in backends.iter().enumerate() {
+        let node = if index + 1 == backends.len() { "node-b" } else { "node-a" };
+        yaml.push_str(&format!(
+            "---
+kind: EndpointSlice
+apiVersion: discovery.k8s.io/v1
+metadata: {{name: sticky-{index}, namespace: default, labels: {{kubernetes.io/service-name: sticky}}}}
+addressType: IPv4
+ports: [{{name: http, port: {port}}}]
+endpoints: [{{addresses: ['{ip}'], nodeName: {node}}}]
+",
+            port = backend.addr.port(),
+            ip = backend.addr.ip(),
+        ));
+    }
+    let objects = parse_service_objects(&yaml, "test").expect("parse");
+    (objects.services, objects.slices)
+}
+
+#[test]
+fn a_client_ip_service_keeps_a_client_on_one_local_backend() {
+    require_root();
+    let cgroup = TestCgroup::create();
+    let backends: Vec<TcpBackend> = (2..=5).map(|last| TcpBackend::start_on(Ipv4Addr::new(127, 0, 0, last))).collect();
+    let cfg = ProxyConfig {
+        attach_cgroup: cgroup.path.clone(),
+        node_name: Some(String::from("node-a")),
+        ..ProxyConfig::default()
+    };
+    let node = NodeTopology { name: cfg.node_name.clone(), zone: None };
+    let mut reconciler = Reconciler::new(EbpfDatapath::new(&cfg).expect("datapath"));
+    let (services, slices) = sticky_objects(LOOPBACK_VIP, &backends.iter().collect::<Vec<_>>());
+
+    reconciler.sync(&services, &slices, &node).expect("sync");
+    let run = tcp_connects_from(&cgroup, loopback_vip(), 20);
+
+    assert_eq!(run.answers.len(), 20, "stderr: {}", run.stderr);
+    assert!(run.answers.iter().all(|answer| *answer == run.answers[0]), "one backend: {:?}", run.answers);
+    let remote = backends[3].addr.to_string();
+    assert_ne!(run.answers[0], remote, "node-b's endpoint is not used by node-a's ClusterIP");
+    let programmed = reconciler.datapath_mut().read_back().expect("read back");
+    let entry = programmed.values().next().expect("the frontend");
+    assert_eq!(entry.affinity, SessionAffinity::ClientIp { timeout_seconds: 10_800 }, "the API default");
+    assert_eq!(entry.backends.len(), 3, "the three endpoints of node-a");
 }
 
 #[test]

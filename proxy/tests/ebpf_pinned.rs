@@ -12,7 +12,7 @@ use nodelet_ebpf::test_support::{
     PROGRAM_NAMES,
 };
 use nodelet_proxy::datapath::{EbpfDatapath, SyncStats};
-use nodelet_proxy::{parse_service_objects, ProxyConfig, Reconciler, SockLb};
+use nodelet_proxy::{parse_service_objects, NodeTopology, ProxyConfig, Reconciler, SockLb};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
 
@@ -62,15 +62,15 @@ fn a_restarted_proxy_resumes_from_the_pinned_maps() {
     let (services, slices) = objects(&[first.port]);
 
     let mut reconciler = Reconciler::new(EbpfDatapath::new(&cfg).expect("datapath"));
-    assert_eq!(reconciler.sync(&services, &slices).expect("sync").upserted, 1);
+    assert_eq!(reconciler.sync(&services, &slices, &NodeTopology::default()).expect("sync").upserted, 1);
     drop(reconciler); // the proxy exits
     assert_eq!(answers(&cgroup), vec![first.port.to_string(); 4], "served while no proxy runs");
 
     let mut reconciler = Reconciler::new(EbpfDatapath::new(&cfg).expect("datapath again"));
-    let stats = reconciler.sync(&services, &slices).expect("same table");
+    let stats = reconciler.sync(&services, &slices, &NodeTopology::default()).expect("same table");
     assert_eq!(stats, SyncStats { upserted: 0, removed: 0, unchanged: 1 }, "nothing rewritten");
     let (services, slices) = objects(&[second.port]);
-    assert_eq!(reconciler.sync(&services, &slices).expect("changed backend").upserted, 1);
+    assert_eq!(reconciler.sync(&services, &slices, &NodeTopology::default()).expect("changed backend").upserted, 1);
     assert_eq!(answers(&cgroup), vec![second.port.to_string(); 4]);
     drop(reconciler);
     assert_eq!(attached_program_count(&cgroup), PROGRAM_NAMES.len(), "the pinned links were reused, not duplicated");

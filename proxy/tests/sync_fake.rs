@@ -5,7 +5,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use nodelet_proxy::datapath::{FailingDatapath, FakeDatapath, SyncStats};
-use nodelet_proxy::{parse_service_objects, run_static_with, Reconciler, SyncTiming};
+use nodelet_proxy::{parse_service_objects, run_static_with, NodeTopology, Reconciler, SyncTiming};
 use tokio_util::sync::CancellationToken;
 
 const WEB: &str = "
@@ -60,22 +60,73 @@ fn only_changed_frontends_are_written() {
     let mut reconciler = Reconciler::new(fake.clone());
     let (services, mut slices) = objects();
 
-    let first = reconciler.sync(&services, &slices).expect("first sync");
+    let first = reconciler.sync(&services, &slices, &NodeTopology::default()).expect("first sync");
     assert_eq!(first, SyncStats { upserted: 2, removed: 0, unchanged: 0 });
-    let again = reconciler.sync(&services, &slices).expect("same objects");
+    let again = reconciler.sync(&services, &slices, &NodeTopology::default()).expect("same objects");
     assert_eq!(again, SyncStats { upserted: 0, removed: 0, unchanged: 2 });
 
     slices[0].endpoints[0].addresses = vec![String::from("10.244.0.6")];
-    let changed = reconciler.sync(&services, &slices).expect("slice changed");
+    let changed = reconciler.sync(&services, &slices, &NodeTopology::default()).expect("slice changed");
     assert_eq!(changed, SyncStats { upserted: 1, removed: 0, unchanged: 1 });
 
-    let removed = reconciler.sync(&services[..1], &slices).expect("api deleted");
+    let removed = reconciler.sync(&services[..1], &slices, &NodeTopology::default()).expect("api deleted");
     assert_eq!(removed, SyncStats { upserted: 0, removed: 1, unchanged: 1 });
     let table = fake.table();
     assert_eq!(table.len(), 1);
-    let backends = table.values().next().expect("web");
-    assert_eq!(backends[0].to_string(), "10.244.0.6:8080");
+    let web = table.values().next().expect("web");
+    assert_eq!(web.backends[0].to_string(), "10.244.0.6:8080");
     assert_eq!(fake.writes(), 4);
+}
+
+#[test]
+fn a_bad_service_is_reported_and_the_rest_is_programmed() {
+    let fake = FakeDatapath::new();
+    let mut reconciler = Reconciler::new(fake.clone());
+    let (mut services, slices) = objects();
+    let api = services[1].spec.as_mut().expect("spec");
+    api.cluster_ip = Some(String::from("10.96.0.300"));
+
+    let stats = reconciler.sync(&services, &slices, &NodeTopology::default()).expect("sync");
+
+    assert_eq!(stats, SyncStats { upserted: 1, removed: 0, unchanged: 0 }, "web is programmed");
+    let problems: Vec<String> = reconciler.problems().iter().map(ToString::to_string).collect();
+    assert_eq!(problems, ["Service default/api: clusterIP \"10.96.0.300\" is not an IP address: skipped"]);
+
+    let (services, slices) = objects();
+    reconciler.sync(&services, &slices, &NodeTopology::default()).expect("fixed");
+    assert!(reconciler.problems().is_empty());
+    assert_eq!(fake.table().len(), 2);
+}
+
+#[test]
+fn the_node_decides_which_endpoints_are_local() {
+    let local = "
+kind: Service
+apiVersion: v1
+metadata: {name: local, namespace: default}
+spec:
+  clusterIP: 10.96.0.12
+  internalTrafficPolicy: Local
+  ports: [{name: http, port: 80}]
+---
+kind: EndpointSlice
+apiVersion: discovery.k8s.io/v1
+metadata: {name: local-1, namespace: default, labels: {kubernetes.io/service-name: local}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.244.0.5], nodeName: node-a}, {addresses: [10.244.1.5], nodeName: node-b}]
+";
+    let objects = parse_service_objects(local, "test").expect("parse");
+    let fake = FakeDatapath::new();
+    let mut reconciler = Reconciler::new(fake.clone());
+    let backends = |fake: &FakeDatapath| -> Vec<String> {
+        fake.table().values().flat_map(|entry| entry.backends.iter().map(ToString::to_string)).collect()
+    };
+
+    reconciler.sync(&objects.services, &objects.slices, &NodeTopology::named("node-b")).expect("sync");
+    assert_eq!(backends(&fake), ["10.244.1.5:8080"]);
+    reconciler.sync(&objects.services, &objects.slices, &NodeTopology::default()).expect("no node name");
+    assert!(backends(&fake).is_empty(), "without a node name no endpoint is local");
 }
 
 #[tokio::test]
@@ -83,7 +134,14 @@ async fn static_mode_programs_the_objects_once_and_stops_on_shutdown() {
     let fake = FakeDatapath::new();
     let (services, slices) = objects();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(run_static_with(fake.clone(), services, slices, fast_timing(), shutdown.clone()));
+    let task = tokio::spawn(run_static_with(
+        fake.clone(),
+        services,
+        slices,
+        NodeTopology::default(),
+        fast_timing(),
+        shutdown.clone(),
+    ));
 
     wait_for(|| fake.table().len() == 2).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -98,7 +156,14 @@ async fn failing_datapath_is_retried_with_backoff_not_fatal() {
     let failing = FailingDatapath::new();
     let (services, slices) = objects();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(run_static_with(failing.clone(), services, slices, fast_timing(), shutdown.clone()));
+    let task = tokio::spawn(run_static_with(
+        failing.clone(),
+        services,
+        slices,
+        NodeTopology::default(),
+        fast_timing(),
+        shutdown.clone(),
+    ));
 
     wait_for(|| failing.attempts() >= 4).await;
     assert!(!task.is_finished(), "a failing datapath does not end the loop");
@@ -115,7 +180,7 @@ async fn shutdown_during_the_first_wait_returns_promptly() {
     let slow = SyncTiming { coalesce: Duration::from_secs(60), ..SyncTiming::default() };
     tokio::time::timeout(
         Duration::from_secs(2),
-        run_static_with(FakeDatapath::new(), services, slices, slow, shutdown),
+        run_static_with(FakeDatapath::new(), services, slices, NodeTopology::default(), slow, shutdown),
     )
     .await
     .expect("returns on shutdown");

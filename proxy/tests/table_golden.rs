@@ -1,29 +1,49 @@
 //! Golden tests of the table: `golden/<case>.yaml` (Services and
-//! EndpointSlices) must give `golden/<case>.table`. Set
-//! NODELET_UPDATE_GOLDEN=1 to rewrite the expected files.
+//! EndpointSlices, and optionally the Node the table is built for: its name and zone
+//! label) must give `golden/<case>.table`. Set NODELET_UPDATE_GOLDEN=1 to rewrite the
+//! expected files.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use nodelet_proxy::{build_table, parse_service_objects, ServiceTable};
+use k8s_openapi::api::core::v1::Node;
+use nodelet_proxy::{build_table, parse_service_objects, BuiltTable, NodeTopology, SessionAffinity};
+use serde::Deserialize;
 
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
-/// One line per frontend: `ip:port/proto -> backend backend...`.
-fn render(table: &ServiceTable) -> String {
-    table
-        .iter()
-        .map(|(frontend, backends)| {
-            let backends = if backends.is_empty() {
-                String::from("(none)")
-            } else {
-                backends.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
-            };
-            format!("{frontend} -> {backends}\n")
-        })
-        .collect()
+/// One line per frontend: `ip:port/proto -> backend backend...`, with `[ClientIP <timeout>s]`
+/// after the frontend when it has session affinity; then one line per problem:
+/// `problem: <Kind> <namespace>/<name>: <what, and what was done>`.
+fn render(built: &BuiltTable) -> String {
+    let frontends = built.table.iter().map(|(frontend, entry)| {
+        let backends = if entry.backends.is_empty() {
+            String::from("(none)")
+        } else {
+            entry.backends.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
+        };
+        let affinity = match entry.affinity {
+            SessionAffinity::None => String::new(),
+            affinity => format!(" [{affinity}]"),
+        };
+        format!("{frontend}{affinity} -> {backends}\n")
+    });
+    let problems = built.problems.iter().map(|problem| format!("problem: {problem}\n"));
+    frontends.chain(problems).collect()
+}
+
+/// The node of the case: its `kind: Node` document, if any.
+fn node_of(yaml: &str) -> NodeTopology {
+    for document in serde_yaml::Deserializer::from_str(yaml) {
+        let value = serde_yaml::Value::deserialize(document).expect("yaml");
+        if value.get("kind").and_then(serde_yaml::Value::as_str) == Some("Node") {
+            let node: Node = serde_yaml::from_value(value).expect("a Node");
+            return NodeTopology::from_node(&node);
+        }
+    }
+    NodeTopology::default()
 }
 
 #[test]
@@ -34,12 +54,12 @@ fn tables_match_golden_files() {
         .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
         .collect();
     cases.sort();
-    assert!(cases.len() >= 4, "golden cases found: {cases:?}");
+    assert!(cases.len() >= 12, "golden cases found: {cases:?}");
     let update = std::env::var("NODELET_UPDATE_GOLDEN").is_ok_and(|v| v == "1");
     for input in cases {
         let yaml = fs::read_to_string(&input).expect("read input");
         let objects = parse_service_objects(&yaml, &input.display().to_string()).expect("parse input");
-        let rendered = render(&build_table(&objects.services, &objects.slices));
+        let rendered = render(&build_table(&objects.services, &objects.slices, &node_of(&yaml)));
         let expected_path = input.with_extension("table");
         if update {
             fs::write(&expected_path, &rendered).expect("write golden");

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use nodelet_kubelet::agent::proxy_only::{ProxyOnlyConfig, DEFAULT_PROXY_BIND_ADDRESS};
-use nodelet_proxy::{Backend, Frontend, ProxyConfig, SockLb, DEFAULT_PIN_DIR};
+use nodelet_proxy::{Frontend, ProxyConfig, ServiceEntry, SessionAffinity, SockLb, DEFAULT_PIN_DIR};
 
 use super::run::{parse_bind_address, parse_pin_dir, resolve_pin_dir, BindAddress, PinPolicy};
 
@@ -30,6 +30,10 @@ pub struct ProxyArgs {
     /// Where to serve /healthz, /livez and /metrics (ip:port; "" or "0" serves nothing).
     #[arg(long, default_value = DEFAULT_PROXY_BIND_ADDRESS, value_parser = parse_bind_address)]
     healthz_bind_address: BindAddress,
+    /// The name of this node, as kube-proxy's flag (default: the host name): its endpoints
+    /// serve `internalTrafficPolicy: Local`, and its Node's zone label picks topology hints.
+    #[arg(long, value_name = "NAME")]
+    hostname_override: Option<String>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -57,11 +61,16 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
 
 fn serve(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let kubeconfig = args.kubeconfig.context("--kubeconfig is required")?;
+    let node_name = match args.hostname_override {
+        Some(name) => name,
+        None => nodelet_kubelet::local::default_node_name().context("reading the host name for --hostname-override")?,
+    };
     let defaults = ProxyConfig::default();
     let proxy = ProxyConfig {
         attach_cgroup: args.proxy_attach_cgroup.unwrap_or(defaults.attach_cgroup),
         pin_dir: resolve_pin_dir(args.proxy_pin_dir, PinPolicy::PinByDefault)?,
         map_sizes: defaults.map_sizes,
+        node_name: Some(node_name),
     };
     proxy.validate()?;
     let config = ProxyOnlyConfig { kubeconfig, proxy, healthz_bind_address: args.healthz_bind_address.0 };
@@ -101,22 +110,27 @@ fn cleanup(pin_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
 
 /// `cilium service list`'s layout: one row per frontend, one line per backend. IDs number
 /// the frontends in order (the maps keep no service ids). Only ClusterIP frontends are
-/// programmed by this datapath so far.
-fn service_table(services: &[(Frontend, Vec<Backend>)]) -> String {
+/// programmed by this datapath so far; a frontend with session affinity says so after its
+/// backends.
+fn service_table(services: &[(Frontend, ServiceEntry)]) -> String {
     let rows: Vec<(String, String, Vec<String>)> = services
         .iter()
         .enumerate()
-        .map(|(index, (frontend, backends))| {
+        .map(|(index, (frontend, entry))| {
             let protocol = frontend.protocol.to_string().to_uppercase();
-            let lines = if backends.is_empty() {
+            let mut lines: Vec<String> = if entry.backends.is_empty() {
                 vec![String::from("(none: connections refused)")]
             } else {
-                backends
+                entry
+                    .backends
                     .iter()
                     .enumerate()
                     .map(|(slot, backend)| format!("{} => {backend}/{protocol} (active)", slot + 1))
                     .collect()
             };
+            if let SessionAffinity::ClientIp { timeout_seconds } = entry.affinity {
+                lines.push(format!("(session affinity: ClientIP, {timeout_seconds}s)"));
+            }
             ((index + 1).to_string(), frontend.to_string().to_uppercase(), lines)
         })
         .collect();
@@ -139,22 +153,26 @@ fn service_table(services: &[(Frontend, Vec<Backend>)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nodelet_proxy::Protocol;
+    use nodelet_proxy::{Backend, Protocol};
     use std::net::{IpAddr, Ipv4Addr};
 
     #[test]
     fn lists_frontends_and_backends_as_cilium_does() {
         let frontend = |last, protocol| Frontend { ip: IpAddr::V4(Ipv4Addr::new(10, 96, 0, last)), port: 53, protocol };
         let backend = |last| Backend { ip: IpAddr::V4(Ipv4Addr::new(10, 244, 0, last)), port: 5353 };
+        let sticky = SessionAffinity::ClientIp { timeout_seconds: 10_800 };
         let table = service_table(&[
-            (frontend(10, Protocol::Udp), vec![backend(2), backend(3)]),
-            (frontend(11, Protocol::Tcp), vec![]),
+            (frontend(10, Protocol::Udp), ServiceEntry::new(vec![backend(2), backend(3)])),
+            (frontend(11, Protocol::Tcp), ServiceEntry::new(vec![])),
+            (frontend(12, Protocol::Tcp), ServiceEntry::with_affinity(vec![backend(4)], sticky)),
         ]);
         let expected = [
             "ID   Frontend            Service Type   Backend",
             "1    10.96.0.10:53/UDP   ClusterIP      1 => 10.244.0.2:5353/UDP (active)",
             "                                        2 => 10.244.0.3:5353/UDP (active)",
             "2    10.96.0.11:53/TCP   ClusterIP      (none: connections refused)",
+            "3    10.96.0.12:53/TCP   ClusterIP      1 => 10.244.0.4:5353/TCP (active)",
+            "                                        (session affinity: ClientIP, 10800s)",
         ];
         assert_eq!(table.lines().collect::<Vec<_>>(), expected);
     }

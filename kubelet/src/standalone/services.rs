@@ -9,7 +9,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use nodelet_proxy::datapath::EbpfDatapath;
-use nodelet_proxy::{parse_service_objects, Reconciler, ServiceObjects};
+use nodelet_proxy::{parse_service_objects, NodeTopology, Reconciler, ServiceObjects};
 use tokio_util::sync::CancellationToken;
 
 use super::endpoints::slices_for_pods;
@@ -21,7 +21,10 @@ use crate::pod::{self, MemoryStatusSink};
 const RESYNC: Duration = Duration::from_millis(500);
 
 pub async fn run(dir: &Path, cfg: &LocalConfig, statuses: Arc<MemoryStatusSink>, shutdown: CancellationToken) {
-    let datapath = match EbpfDatapath::new(&crate::host_runtime::proxy_config(cfg)) {
+    let proxy_config = crate::host_runtime::proxy_config(cfg);
+    // No Node object in standalone mode: endpoints are local by name, no zone.
+    let node = NodeTopology { name: proxy_config.node_name.clone(), zone: None };
+    let datapath = match EbpfDatapath::new(&proxy_config) {
         Ok(datapath) => datapath,
         Err(err) => {
             tracing::error!(error = %nodelet_runtime::error_chain(&err), "the Service proxy cannot start; Services are not load-balanced");
@@ -33,7 +36,7 @@ pub async fn run(dir: &Path, cfg: &LocalConfig, statuses: Arc<MemoryStatusSink>,
     loop {
         let desired = desired_objects(dir, &cfg.node_name, &statuses);
         if applied.as_ref() != Some(&desired) {
-            match reconciler.sync(&desired.0, &desired.1) {
+            match reconciler.sync(&desired.0, &desired.1, &node) {
                 Ok(stats) => {
                     tracing::debug!(?stats, "Service datapath synced");
                     applied = Some(desired);

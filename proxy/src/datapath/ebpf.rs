@@ -65,10 +65,10 @@ impl Datapath for EbpfDatapath {
                 Err(error) => failures.push((frontend, error)),
             }
         }
-        for (frontend, backends) in plan.upserts {
-            match maps.upsert_service(frontend, backends) {
+        for (frontend, entry) in plan.upserts {
+            match maps.upsert_service(frontend, entry) {
                 Ok(()) => {
-                    self.programmed.insert(frontend, backends.to_vec());
+                    self.programmed.insert(frontend, entry.clone());
                     stats.upserted += 1;
                 }
                 Err(error) => failures.push((frontend, error)),

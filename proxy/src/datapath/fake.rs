@@ -56,8 +56,8 @@ impl Datapath for FakeDatapath {
         for frontend in &plan.removals {
             state.table.remove(frontend);
         }
-        for (frontend, backends) in plan.upserts {
-            state.table.insert(frontend, backends.to_vec());
+        for (frontend, entry) in plan.upserts {
+            state.table.insert(frontend, entry.clone());
         }
         state.applies += 1;
         state.writes += stats.upserted + stats.removed;

@@ -1,12 +1,12 @@
 //! The difference between what a datapath programmed and what is desired.
 
-use nodelet_ebpf::{Backend, Frontend};
+use nodelet_ebpf::{Frontend, ServiceEntry};
 
 use crate::table::ServiceTable;
 
 /// Writes needed to go from `programmed` to `desired`.
 pub(crate) struct Plan<'a> {
-    pub upserts: Vec<(Frontend, &'a [Backend])>,
+    pub upserts: Vec<(Frontend, &'a ServiceEntry)>,
     pub removals: Vec<Frontend>,
     pub unchanged: usize,
 }
@@ -14,11 +14,11 @@ pub(crate) struct Plan<'a> {
 pub(crate) fn plan<'a>(programmed: &ServiceTable, desired: &'a ServiceTable) -> Plan<'a> {
     let mut upserts = Vec::new();
     let mut unchanged = 0;
-    for (frontend, backends) in desired {
-        if programmed.get(frontend) == Some(backends) {
+    for (frontend, entry) in desired {
+        if programmed.get(frontend) == Some(entry) {
             unchanged += 1;
         } else {
-            upserts.push((*frontend, backends.as_slice()));
+            upserts.push((*frontend, entry));
         }
     }
     let removals = programmed.keys().filter(|frontend| !desired.contains_key(frontend)).copied().collect();
@@ -28,7 +28,7 @@ pub(crate) fn plan<'a>(programmed: &ServiceTable, desired: &'a ServiceTable) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nodelet_ebpf::Protocol;
+    use nodelet_ebpf::{Backend, Protocol, SessionAffinity};
     use std::net::{IpAddr, Ipv4Addr};
 
     fn frontend(last: u8) -> Frontend {
@@ -39,22 +39,29 @@ mod tests {
         Backend { ip: IpAddr::V4(Ipv4Addr::new(10, 244, 0, last)), port: 8080 }
     }
 
+    fn entry(backends: &[Backend]) -> ServiceEntry {
+        ServiceEntry::new(backends.to_vec())
+    }
+
     #[test]
     fn only_differences_are_planned() {
+        let sticky = SessionAffinity::ClientIp { timeout_seconds: 60 };
         let programmed = ServiceTable::from([
-            (frontend(1), vec![backend(1)]),
-            (frontend(2), vec![backend(2)]),
-            (frontend(3), vec![]),
+            (frontend(1), entry(&[backend(1)])),
+            (frontend(2), entry(&[backend(2)])),
+            (frontend(3), entry(&[])),
+            (frontend(5), entry(&[backend(5)])),
         ]);
         let desired = ServiceTable::from([
-            (frontend(1), vec![backend(1)]),
-            (frontend(2), vec![backend(2), backend(3)]),
-            (frontend(4), vec![]),
+            (frontend(1), entry(&[backend(1)])),
+            (frontend(2), entry(&[backend(2), backend(3)])),
+            (frontend(4), entry(&[])),
+            (frontend(5), ServiceEntry::with_affinity(vec![backend(5)], sticky)),
         ]);
         let plan = plan(&programmed, &desired);
         assert_eq!(plan.unchanged, 1);
         let upserted: Vec<Frontend> = plan.upserts.iter().map(|(f, _)| *f).collect();
-        assert_eq!(upserted, [frontend(2), frontend(4)]);
+        assert_eq!(upserted, [frontend(2), frontend(4), frontend(5)], "affinity changes count too");
         assert_eq!(plan.removals, [frontend(3)]);
     }
 }

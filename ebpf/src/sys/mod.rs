@@ -1,6 +1,7 @@
 //! The few bpf(2) commands aya 0.13 does not expose for cgroup programs: creating a bpf_link
 //! we can pin (aya keeps a cgroup link's fd private), pinning and opening it, reading its
-//! info, swapping its program and force-detaching it.
+//! info, swapping its program and force-detaching it; and (`map`) byte-level access to a
+//! pinned map whose layout is not this build's.
 //!
 //! Each command's attribute is a prefix of the kernel's `union bpf_attr`: the kernel accepts
 //! a shorter size and treats the missing tail as zero.
@@ -11,6 +12,12 @@ use std::mem::size_of;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+
+mod map;
+
+#[cfg(feature = "test-support")]
+pub(crate) use map::map_create;
+pub(crate) use map::{map_info, MapInfo, RawMap};
 
 // enum bpf_cmd (include/uapi/linux/bpf.h).
 const BPF_OBJ_PIN: libc::c_long = 6;
@@ -92,6 +99,10 @@ pub(crate) struct LinkInfo {
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a live, initialised #[repr(C)] prefix of union bpf_attr of exactly
     // size_of::<T>() bytes; the kernel reads (and for some commands writes) only that much.
+    // The addresses some attributes carry (a path, an info buffer, a map key and value) are
+    // of buffers the callers in this module keep alive for the call, each as large as the
+    // kernel uses: NUL-terminated paths, info structs with their length in the attribute,
+    // and key and value buffers checked against the map's sizes (`map::RawMap`).
     let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>()) };
     if ret < 0 {
         Err(io::Error::last_os_error())

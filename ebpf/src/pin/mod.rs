@@ -3,6 +3,10 @@
 //! A pin directory holds the maps (by their names, pinned by aya at load) and one bpf_link
 //! per program (`ProgramSpec::link_pin`). While the pins exist the programs stay attached
 //! and the maps keep serving, whether or not a nodelet process runs.
+//!
+//! A map pinned by a nodelet of another map layout is not reused: `stale` sets it aside.
+
+mod stale;
 
 use std::fs;
 use std::io;
@@ -12,10 +16,12 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, Map, MapData};
 
+pub(crate) use stale::{set_aside_stale_maps, StaleMap};
+
 use crate::error::EbpfError;
 use crate::layout::{Lb4Key, Lb4Value};
 use crate::maps::LbMaps;
-use crate::object::{MAPS, PROGRAMS, SERVICES_MAP};
+use crate::object::{MAPS, PROGRAMS, SERVICES_MAP, SERVICES_MAP_SPEC};
 use crate::sys::{self, LinkInfo};
 use crate::types::ServiceList;
 
@@ -110,7 +116,7 @@ pub(crate) fn unpin_and_detach(pin_dir: &Path) -> Result<Unpinned, EbpfError> {
         unpinned.link = true;
     }
     for map in MAPS {
-        let path = pin_dir.join(map);
+        let path = pin_dir.join(map.name);
         match fs::remove_file(&path) {
             Ok(()) => unpinned.maps += 1,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -131,6 +137,9 @@ pub(crate) fn pinned_services(pin_dir: &Path) -> Result<Option<ServiceList>, Ebp
     let path = pin_dir.join(SERVICES_MAP);
     if !path.exists() {
         return Ok(None);
+    }
+    if let Some(reason) = stale::layout_mismatch(&path, &SERVICES_MAP_SPEC)? {
+        return Err(EbpfError::PinnedMapLayout { path, reason });
     }
     let open_error = |source| EbpfError::Map {
         name: SERVICES_MAP,

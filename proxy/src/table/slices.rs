@@ -1,0 +1,151 @@
+//! EndpointSlices by Service, checked once, and the endpoints of one Service port in them,
+//! as kube-proxy's EndpointSliceCache reads them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
+use nodelet_ebpf::Backend;
+
+use super::problem::{ObjectRef, Problem};
+use super::select::EndpointInfo;
+use super::service::{protocol_of, PortSpec};
+use super::SERVICE_NAME_LABEL;
+
+const IPV4_ADDRESS_TYPE: &str = "IPv4";
+
+/// The IPv4 EndpointSlices of each known Service (by namespace, then name), in slice-name
+/// order.
+pub(super) struct SliceIndex<'a> {
+    by_service: BTreeMap<&'a str, BTreeMap<&'a str, Vec<&'a EndpointSlice>>>,
+}
+
+impl<'a> SliceIndex<'a> {
+    /// Index `slices` by their Service among `known` ((namespace, name) of every Service,
+    /// proxied or not), reporting slices that belong to none and invalid content.
+    pub(super) fn new(
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+        known: &BTreeSet<(&str, &str)>,
+        problems: &mut BTreeSet<Problem>,
+    ) -> SliceIndex<'a> {
+        let mut by_service: BTreeMap<&str, BTreeMap<&str, Vec<&EndpointSlice>>> = BTreeMap::new();
+        for slice in slices {
+            let namespace = slice.metadata.namespace.as_deref().unwrap_or_default();
+            let object = ObjectRef::endpoint_slice(namespace, slice.metadata.name.as_deref().unwrap_or_default());
+            let labels = slice.metadata.labels.as_ref();
+            let Some(service) = labels.and_then(|labels| labels.get(SERVICE_NAME_LABEL)).filter(|s| !s.is_empty())
+            else {
+                problems.insert(Problem::new(object, format!("has no {SERVICE_NAME_LABEL} label: not used")));
+                continue;
+            };
+            if !known.contains(&(namespace, service.as_str())) {
+                let message = format!("its Service {namespace}/{service} does not exist: not used");
+                problems.insert(Problem::new(object, message));
+                continue;
+            }
+            // IPv6 and FQDN slices: only the IPv4 hooks exist.
+            if slice.address_type != IPV4_ADDRESS_TYPE {
+                continue;
+            }
+            check(slice, &object, problems);
+            by_service.entry(namespace).or_default().entry(service.as_str()).or_default().push(slice);
+        }
+        for slices in by_service.values_mut().flat_map(BTreeMap::values_mut) {
+            slices.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        }
+        SliceIndex { by_service }
+    }
+
+    /// The slices of Service `namespace/name`.
+    pub(super) fn of(&self, namespace: &str, name: &str) -> &[&'a EndpointSlice] {
+        self.by_service.get(namespace).and_then(|services| services.get(name)).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Report what `endpoints` will skip in the slice, once per slice rather than per port.
+fn check(slice: &EndpointSlice, object: &ObjectRef, problems: &mut BTreeSet<Problem>) {
+    for port in slice.ports.iter().flatten() {
+        let name = port.name.as_deref().unwrap_or("");
+        if let Some(number) = port.port.filter(|n| u16::try_from(*n).ok().is_none_or(|n| n == 0)) {
+            problems
+                .insert(Problem::new(object.clone(), format!("port {name:?} has invalid number {number}: skipped")));
+        }
+        if protocol_of(port.protocol.as_deref()).is_none() {
+            let protocol = port.protocol.as_deref().unwrap_or("");
+            let message = format!("port {name:?} has unknown protocol {protocol:?}: skipped");
+            problems.insert(Problem::new(object.clone(), message));
+        }
+    }
+    let unusable: Vec<String> = slice
+        .endpoints
+        .iter()
+        .filter(|endpoint| address_of(endpoint).is_none())
+        .map(|endpoint| endpoint.addresses.first().map_or_else(|| String::from("no address"), |a| format!("{a:?}")))
+        .collect();
+    if let Some(first) = unusable.first() {
+        let message = format!("{} endpoints without an IPv4 address (first: {first}): skipped", unusable.len());
+        problems.insert(Problem::new(object.clone(), message));
+    }
+}
+
+/// The endpoint's address: its first, as kube-proxy takes (the others are the same pod's).
+fn address_of(endpoint: &Endpoint) -> Option<Ipv4Addr> {
+    match endpoint.addresses.first()?.parse::<IpAddr>().ok()? {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// The endpoints of Service port `port` in `slices`, on the number each slice gives the
+/// port of the same name and protocol, sorted and unique. An endpoint listed twice (while
+/// slices are rebalanced) counts once: the first slice's, or a local one.
+pub(super) fn endpoints(
+    slices: &[&EndpointSlice],
+    port: &PortSpec<'_>,
+    publish_not_ready: bool,
+    node_name: Option<&str>,
+) -> Vec<EndpointInfo> {
+    let mut found: BTreeMap<Backend, EndpointInfo> = BTreeMap::new();
+    for slice in slices {
+        let target_port = slice.ports.iter().flatten().find_map(|slice_port| {
+            let same_name = slice_port.name.as_deref().unwrap_or("") == port.name;
+            let same_protocol = protocol_of(slice_port.protocol.as_deref()) == Some(port.protocol);
+            (same_name && same_protocol).then_some(slice_port.port).flatten().and_then(|n| u16::try_from(n).ok())
+        });
+        let Some(target_port) = target_port.filter(|n| *n != 0) else {
+            continue;
+        };
+        for endpoint in &slice.endpoints {
+            let Some(ip) = address_of(endpoint) else {
+                continue;
+            };
+            let backend = Backend { ip: IpAddr::V4(ip), port: target_port };
+            let info = endpoint_info(endpoint, backend, publish_not_ready, node_name);
+            if found.get(&backend).is_none_or(|seen| info.local && !seen.local) {
+                found.insert(backend, info);
+            }
+        }
+    }
+    found.into_values().collect()
+}
+
+/// Conditions unset mean ready and serving, not terminating (the EndpointSlice API's
+/// defaults). With `publishNotReadyAddresses` every endpoint is ready, as the
+/// EndpointSlice controller would have written it.
+fn endpoint_info(endpoint: &Endpoint, backend: Backend, publish_not_ready: bool, node: Option<&str>) -> EndpointInfo {
+    let conditions = endpoint.conditions.as_ref();
+    let zone_hints: Option<BTreeSet<String>> = endpoint
+        .hints
+        .as_ref()
+        .and_then(|hints| hints.for_zones.as_ref())
+        .filter(|zones| !zones.is_empty())
+        .map(|zones| zones.iter().map(|zone| zone.name.clone()).collect());
+    EndpointInfo {
+        backend,
+        ready: publish_not_ready || conditions.and_then(|c| c.ready).unwrap_or(true),
+        serving: conditions.and_then(|c| c.serving).unwrap_or(true),
+        terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+        local: node.is_some() && endpoint.node_name.as_deref() == node,
+        zone_hints,
+    }
+}
