@@ -3,12 +3,14 @@
 //! client fetches the page through a Service's ClusterIP (eBPF connect4 in the test's own
 //! cgroup); the agent is killed and restarted without restarting the pod; everything is
 //! deleted, and afterwards no netns, veth, mount, cgroup, BPF program or process is left.
+//! Probes: readiness gates Ready, a failing liveness probe restarts its container.
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{ContainerStatus, Node, Pod, PodCondition, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
@@ -30,19 +32,7 @@ async fn agent_runs_pods_and_balances_a_service() {
     let admin = admin_client(&api).await;
     let cgroup = TestCgroup::create(&format!("nodelet-e2e-{suffix}"));
 
-    let args: Vec<String> = vec![
-        "agent".into(),
-        "--kubeconfig".into(),
-        kubeconfig.display().to_string(),
-        "--node-name".into(),
-        node_name.clone(),
-        "--pod-cidr".into(),
-        "10.245.7.0/24".into(),
-        "--cgroup-root".into(),
-        cgroup.path(),
-        "--proxy-attach-cgroup".into(),
-        cgroup.cgroup2_dir.display().to_string(),
-    ];
+    let args = agent_args(&kubeconfig, &node_name, "10.245.7.0/24", &cgroup);
     let mut agent = NodeletProcess::start(work.path(), &format!("nlb{suffix}"), &args);
 
     // The Node registers and turns Ready; the Lease is renewed.
@@ -137,6 +127,153 @@ async fn agent_runs_pods_and_balances_a_service() {
     drop(registry);
 }
 
+/// Probes on a real pod IP, from the agent on the host. A web server that listens only after
+/// 5 s turns Ready only then (tcpSocket readiness on a named port), and its httpGet liveness
+/// probe keeps passing; a container whose httpGet liveness probe hits a closed port is
+/// killed within the probe's grace period and restarted again; the agent counts the runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_gate_readiness_and_restart_unhealthy_containers() {
+    require_root();
+    let suffix = unique_suffix();
+    let work = tempfile::Builder::new().prefix("nodelet-e2e").tempdir().expect("temp dir");
+    let registry = TestRegistry::start(&work.path().join("registry"));
+    let api = TestApiServer::start(&work.path().join("api")).await.expect("test API server");
+    let node_name = format!("e2e-probes-{suffix}");
+    let kubeconfig = api.node_kubeconfig(&node_name).expect("node kubeconfig");
+    let admin = admin_client(&api).await;
+    let cgroup = TestCgroup::create(&format!("nodelet-e2e-{suffix}"));
+    let args = agent_args(&kubeconfig, &node_name, "10.245.31.0/24", &cgroup);
+    let mut agent = NodeletProcess::start(work.path(), &format!("nlp{suffix}"), &args);
+    let nodes: Api<Node> = Api::all(admin.clone());
+    wait_for("the Node to be Ready", Duration::from_secs(60), || async {
+        node_ready(&nodes.get_opt(&node_name).await.ok()??).then_some(())
+    })
+    .await;
+
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    pods.create(&PostParams::default(), &slow_web_pod(&node_name, &registry.image("web:1")))
+        .await
+        .expect("creating the slow web pod");
+    pods.create(&PostParams::default(), &unhealthy_pod(&node_name, &registry.image("busybox:1")))
+        .await
+        .expect("creating the unhealthy pod");
+
+    // Running, started, but not ready while nothing listens.
+    let running = wait_for("the slow web server to run", Duration::from_secs(120), || async {
+        let pod = pods.get("slow-web").await.ok()?;
+        container_status(&pod)?.state.as_ref()?.running.is_some().then_some(pod)
+    })
+    .await;
+    let status = container_status(&running).expect("container status").clone();
+    assert_eq!((status.started, status.ready), (Some(true), false), "{status:?}");
+    let not_ready = condition(&running, "Ready").expect("Ready condition");
+    assert_eq!(not_ready.status, "False");
+    assert_eq!(not_ready.reason.as_deref(), Some("ContainersNotReady"));
+    assert_eq!(not_ready.message.as_deref(), Some("containers with unready status: [httpd]"));
+
+    let ready = wait_for("the slow web server to be Ready", Duration::from_secs(60), || async {
+        let pod = pods.get("slow-web").await.ok()?;
+        pod_ready(&pod).then_some(pod)
+    })
+    .await;
+    let started_at = status.state.as_ref().and_then(|s| s.running.as_ref()?.started_at.clone()).expect("startedAt");
+    let ready_at = condition(&ready, "Ready").and_then(|c| c.last_transition_time).expect("lastTransitionTime");
+    let waited = ready_at.0 - started_at.0;
+    assert!(waited >= chrono::Duration::seconds(4), "Ready {waited} after the start, before the server listened");
+
+    // Killed within the probe's 1 s grace (kubelet's minimum 2 s), not the pod's 30 s, twice.
+    let unhealthy = wait_for("the unhealthy container to restart twice", Duration::from_secs(90), || async {
+        let pod = pods.get("unhealthy").await.ok()?;
+        (container_status(&pod)?.restart_count >= 2).then_some(pod)
+    })
+    .await;
+    let last = container_status(&unhealthy).and_then(|s| s.last_state.as_ref()?.terminated.clone());
+    let last = last.expect("lastState.terminated of the restarted container");
+    assert!(matches!(last.exit_code, 137 | 143), "killed, not exited: {last:?}");
+    let ran = last.finished_at.expect("finishedAt").0 - last.started_at.expect("startedAt").0;
+    assert!(ran < chrono::Duration::seconds(15), "an unhealthy attempt lived {ran}");
+
+    let web = pods.get("slow-web").await.expect("slow web pod");
+    assert_eq!(restart_count(&web), 0, "a passing liveness probe restarted the web server");
+    let metrics = scrape_metrics(&agent.log()).expect("the agent's /metrics");
+    for series in [
+        r#"pod="slow-web",pod_uid="#,
+        r#"probe_type="Readiness",result="successful"}"#,
+        r#"probe_type="Liveness",result="failed"}"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with("prober_probe_total{") && l.contains(series)),
+            "{series}:\n{metrics}"
+        );
+    }
+
+    for name in ["slow-web", "unhealthy"] {
+        pods.delete(name, &DeleteParams::default()).await.expect("deleting a pod");
+    }
+    wait_for("the pods to be gone", Duration::from_secs(90), || async {
+        pods.list(&Default::default()).await.ok()?.items.is_empty().then_some(())
+    })
+    .await;
+    assert!(agent.leftover_veths().is_empty(), "veths left on the bridge: {:?}", agent.leftover_veths());
+    assert!(agent.leftover_mounts().is_empty(), "mounts left: {:?}", agent.leftover_mounts());
+    assert!(agent.is_running(), "the agent exited:\n{}", agent.log());
+    assert!(agent.stop(Duration::from_secs(15)).is_some());
+    drop(agent);
+    drop(cgroup);
+    api.shutdown().await;
+    drop(registry);
+}
+
+/// `nodelet agent` against the test API server, in the test's cgroup, with its own pod CIDR.
+fn agent_args(kubeconfig: &std::path::Path, node_name: &str, pod_cidr: &str, cgroup: &TestCgroup) -> Vec<String> {
+    vec![
+        "agent".into(),
+        "--kubeconfig".into(),
+        kubeconfig.display().to_string(),
+        "--node-name".into(),
+        node_name.into(),
+        "--pod-cidr".into(),
+        pod_cidr.into(),
+        "--cgroup-root".into(),
+        cgroup.path(),
+        "--proxy-attach-cgroup".into(),
+        cgroup.cgroup2_dir.display().to_string(),
+    ]
+}
+
+/// GET /metrics from the address the agent logged it serves on (it binds port 0).
+fn scrape_metrics(log: &str) -> Option<String> {
+    let line = log.lines().map(strip_ansi).find(|l| l.contains("serving /healthz and /metrics"))?;
+    let address = line.split("local_addr=").nth(1)?.split_whitespace().next()?.to_string();
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+/// The log's colours (escape sequences up to their final letter) removed.
+fn strip_ansi(line: &str) -> String {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(char::is_ascii_alphabetic);
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+fn condition(pod: &Pod, type_: &str) -> Option<PodCondition> {
+    pod.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_).cloned()
+}
+
+fn container_status(pod: &Pod) -> Option<&ContainerStatus> {
+    pod.status.as_ref()?.container_statuses.as_ref()?.first()
+}
+
 async fn admin_client(api: &TestApiServer) -> Client {
     let kubeconfig = kube::config::Kubeconfig::read_from(api.admin_kubeconfig()).expect("admin kubeconfig");
     let config =
@@ -184,6 +321,46 @@ fn web_pod(node: &str, image: &str) -> Pod {
         }
     }))
     .expect("web pod")
+}
+
+/// busybox httpd on the named port 8080, listening only 5 s after the container starts.
+fn slow_web_pod(node: &str, image: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "slow-web"},
+        "spec": {
+            "nodeName": node,
+            "terminationGracePeriodSeconds": 2,
+            "containers": [{
+                "name": "httpd", "image": image,
+                "command": ["sh", "-c", "sleep 5; exec httpd -f -p 8080 -h /www"],
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 1},
+                "livenessProbe": {"httpGet": {"port": "http", "path": "/"}, "initialDelaySeconds": 8, "periodSeconds": 1}
+            }]
+        }
+    }))
+    .expect("slow web pod")
+}
+
+/// A container whose liveness probe asks a port nothing listens on.
+fn unhealthy_pod(node: &str, image: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "unhealthy"},
+        "spec": {
+            "nodeName": node,
+            "terminationGracePeriodSeconds": 30,
+            "containers": [{
+                "name": "main", "image": image, "command": ["sleep", "3600"],
+                "livenessProbe": {
+                    "httpGet": {"port": 8081, "path": "/healthz"},
+                    "periodSeconds": 1, "failureThreshold": 2, "terminationGracePeriodSeconds": 1
+                }
+            }]
+        }
+    }))
+    .expect("unhealthy pod")
 }
 
 fn client_pod(node: &str, image: &str) -> Pod {

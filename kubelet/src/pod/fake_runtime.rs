@@ -5,11 +5,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use chrono::Utc;
 use oci_spec::image::{ConfigBuilder, ImageConfigurationBuilder};
+use tokio::time::Instant;
 
-use super::runtime_port::{ContainerInfo, ImageInfo, PodRuntime, PortError, RunState, SandboxInfo};
+use super::runtime_port::{ContainerInfo, ExecResult, ImageInfo, PodRuntime, PortError, RunState, SandboxInfo};
 
 #[derive(Default)]
 struct State {
@@ -24,6 +26,11 @@ struct State {
     ignore_term: bool,
     journal: Vec<String>,
     next_ip: u8,
+    /// Exit codes of exec by command (joined with spaces); a command not listed is
+    /// unsupported, as with a runtime without exec.
+    exec_exits: BTreeMap<String, i32>,
+    /// Every exec: the command and when (tokio's clock, paused in tests).
+    exec_calls: Vec<(String, Instant)>,
 }
 
 #[derive(Default)]
@@ -93,6 +100,16 @@ impl FakeRuntime {
     /// Put a container straight into the runtime, as one left by an earlier agent.
     pub fn insert_container(&self, info: ContainerInfo) {
         self.with(|s| s.containers.insert(info.id.clone(), info));
+    }
+
+    /// From now on, exec of `command` (joined with spaces) exits with `code`.
+    pub fn exec_exits(&self, command: &str, code: i32) {
+        self.with(|s| s.exec_exits.insert(command.to_string(), code));
+    }
+
+    /// When each exec of `command` ran.
+    pub fn exec_calls(&self, command: &str) -> Vec<Instant> {
+        self.with(|s| s.exec_calls.iter().filter(|(c, _)| c == command).map(|(_, at)| *at).collect())
     }
 
     pub fn insert_sandbox(&self, sandbox: SandboxInfo) {
@@ -242,5 +259,16 @@ impl PodRuntime for FakeRuntime {
 
     async fn list_containers(&self) -> Result<Vec<ContainerInfo>, PortError> {
         Ok(self.with(|s| s.containers.values().cloned().collect()))
+    }
+
+    async fn exec_sync(&self, _id: &str, cmd: &[String], _timeout: Duration) -> Result<ExecResult, PortError> {
+        let command = cmd.join(" ");
+        self.with(|s| {
+            s.exec_calls.push((command.clone(), Instant::now()));
+            match s.exec_exits.get(&command) {
+                Some(&exit_code) => Ok(ExecResult { exit_code, ..ExecResult::default() }),
+                None => Err(PortError::Unsupported { operation: "exec in a container" }),
+            }
+        })
     }
 }

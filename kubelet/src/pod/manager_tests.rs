@@ -8,6 +8,8 @@ use super::*;
 use crate::pod::config::PodConfig;
 use crate::pod::fake_runtime::FakeRuntime;
 use crate::pod::ids::*;
+use crate::pod::probe::metrics::{PodLabels, ProbeSeries};
+use crate::pod::probe::{ProbeKind, ProbeMetrics};
 use crate::pod::runtime_port::{ContainerInfo, PodRuntime, RunState, SandboxInfo};
 use crate::pod::status_sink::{SinkError, StatusSink};
 
@@ -40,6 +42,7 @@ impl RecordingSink {
 struct Harness {
     runtime: Arc<FakeRuntime>,
     sink: Arc<RecordingSink>,
+    probe_metrics: ProbeMetrics,
     manager: PodManager,
     _dir: tempfile::TempDir,
 }
@@ -53,15 +56,17 @@ fn harness() -> Harness {
     let runtime = Arc::new(FakeRuntime::new());
     runtime.add_image("busybox:1");
     let sink = Arc::new(RecordingSink { runtime: runtime.clone(), statuses: Mutex::new(Vec::new()) });
+    let probe_metrics = ProbeMetrics::default();
     let manager = PodManager::new(
         WorkerContext {
             cfg: Arc::new(cfg),
             runtime: runtime.clone() as Arc<dyn PodRuntime>,
             sink: sink.clone() as Arc<dyn StatusSink>,
+            probe_metrics: probe_metrics.clone(),
         },
         CancellationToken::new(),
     );
-    Harness { runtime, sink, manager, _dir: dir }
+    Harness { runtime, sink, probe_metrics, manager, _dir: dir }
 }
 
 fn pod(uid: &str, policy: &str) -> Pod {
@@ -237,4 +242,85 @@ async fn pod_gone_from_source_is_released_without_final_delete() {
     assert!(h.runtime.container_ids().is_empty());
     assert!(!h.runtime.journal().iter().any(|l| l.starts_with("final delete")));
     run_until("worker ended", || h.manager.worker_count() == 0).await;
+}
+
+/// `pod(uid, policy)` with `probe` as its container's probe of `kind`.
+fn probed_pod(uid: &str, policy: &str, kind: &str, probe: serde_json::Value) -> Pod {
+    let mut p = pod(uid, policy);
+    let container = &mut p.spec.as_mut().expect("spec").containers[0];
+    let probe = Some(serde_json::from_value(probe).expect("probe"));
+    match kind {
+        "liveness" => container.liveness_probe = probe,
+        "readiness" => container.readiness_probe = probe,
+        _ => container.startup_probe = probe,
+    }
+    p
+}
+
+fn first_container(status: &Option<PodStatus>) -> Option<k8s_openapi::api::core::v1::ContainerStatus> {
+    status.as_ref()?.container_statuses.as_ref()?.first().cloned()
+}
+
+fn ready_condition(status: &Option<PodStatus>) -> Option<(String, Option<String>)> {
+    let ready = status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")?.clone();
+    Some((ready.status, ready.reason))
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_liveness_kills_after_the_grace_and_restarts_the_container() {
+    let mut h = harness();
+    h.runtime.ignore_term();
+    h.runtime.exec_exits("alive", 1);
+    let probe = serde_json::json!({
+        "exec": {"command": ["alive"]}, "periodSeconds": 1, "failureThreshold": 2, "terminationGracePeriodSeconds": 3
+    });
+    h.manager.handle(SourceEvent::Snapshot(vec![probed_pod("u1", "Always", "liveness", probe)])).await;
+    run_until("SIGTERM", || h.runtime.journal().contains(&"kill u1-app-0 15".to_string())).await;
+    let termed = tokio::time::Instant::now();
+    run_until("SIGKILL", || h.runtime.journal().contains(&"kill u1-app-0 9".to_string())).await;
+    let grace = termed.elapsed();
+    assert!(grace >= Duration::from_secs(2) && grace <= Duration::from_secs(4), "killed after {grace:?}");
+    run_until("two restarts", || restart_count(&h.sink.last()) >= 2).await;
+    let container = first_container(&h.sink.last()).expect("container status");
+    let last = container.last_state.and_then(|s| s.terminated).expect("lastState terminated");
+    assert_eq!(last.exit_code, 137);
+    let pod = PodLabels { name: "pod-u1".into(), namespace: "default".into(), uid: "u1".into() };
+    let series = ProbeSeries { pod, container: "app".into(), kind: ProbeKind::Liveness };
+    assert!(h.probe_metrics.value(&series, "failed") >= 4, "two failures per attempt are counted");
+}
+
+#[tokio::test(start_paused = true)]
+async fn readiness_probe_makes_the_pod_ready_and_unready() {
+    let mut h = harness();
+    h.runtime.exec_exits("ready", 1);
+    let probe = serde_json::json!({"exec": {"command": ["ready"]}, "periodSeconds": 1, "failureThreshold": 1});
+    h.manager.handle(SourceEvent::Snapshot(vec![probed_pod("u1", "Always", "readiness", probe)])).await;
+    run_until("Running", || phase(&h.sink.last()).as_deref() == Some("Running")).await;
+    let not_ready = Some(("False".to_string(), Some("ContainersNotReady".to_string())));
+    assert_eq!(ready_condition(&h.sink.last()), not_ready);
+    assert_eq!(first_container(&h.sink.last()).and_then(|c| c.started), Some(true));
+    h.runtime.exec_exits("ready", 0);
+    run_until("Ready", || ready_condition(&h.sink.last()).is_some_and(|(status, _)| status == "True")).await;
+    assert!(first_container(&h.sink.last()).is_some_and(|c| c.ready));
+    h.runtime.exec_exits("ready", 1);
+    run_until("not Ready again", || ready_condition(&h.sink.last()) == not_ready).await;
+    assert_eq!(restart_count(&h.sink.last()), 0, "readiness never restarts a container");
+}
+
+#[tokio::test(start_paused = true)]
+async fn startup_failure_restarts_and_startup_gates_readiness() {
+    let mut h = harness();
+    let probe = serde_json::json!({"exec": {"command": ["started"]}, "periodSeconds": 1, "failureThreshold": 3});
+    let mut p = probed_pod("u1", "Always", "startup", probe);
+    p.spec.as_mut().expect("spec").containers[0].readiness_probe = Some(
+        serde_json::from_value(serde_json::json!({"exec": {"command": ["ready"]}, "periodSeconds": 1})).expect("probe"),
+    );
+    h.runtime.exec_exits("started", 1);
+    h.runtime.exec_exits("ready", 0);
+    h.manager.handle(SourceEvent::Snapshot(vec![p])).await;
+    run_until("a restart after the startup failure", || restart_count(&h.sink.last()) >= 1).await;
+    assert!(h.runtime.exec_calls("ready").is_empty(), "readiness ran before the container started");
+    h.runtime.exec_exits("started", 0);
+    run_until("Ready", || ready_condition(&h.sink.last()).is_some_and(|(status, _)| status == "True")).await;
+    assert_eq!(first_container(&h.sink.last()).and_then(|c| c.started), Some(true));
 }

@@ -11,6 +11,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
+use super::probe::ProbeMetrics;
 use super::status::PHASE_RUNNING;
 use super::status_sink::{SinkError, StatusSink};
 
@@ -34,6 +35,7 @@ pub struct PodMetrics {
     running_containers: Family<Labels, Gauge>,
     start_duration_seconds: Histogram,
     pods: Arc<Mutex<HashMap<String, PodRecord>>>,
+    probes: ProbeMetrics,
 }
 
 /// What the metrics remember of one pod (by uid) between its reports.
@@ -54,11 +56,17 @@ impl Default for PodMetrics {
             running_containers: Family::default(),
             start_duration_seconds: Histogram::new(POD_START_BUCKETS),
             pods: Arc::default(),
+            probes: ProbeMetrics::default(),
         }
     }
 }
 
 impl PodMetrics {
+    /// Where the probes count their runs (prober_probe_total).
+    pub fn probes(&self) -> ProbeMetrics {
+        self.probes.clone()
+    }
+
     /// Wrap `sink` so that every status it accepts updates these metrics.
     pub fn observe(&self, sink: Arc<dyn StatusSink>) -> Arc<dyn StatusSink> {
         Arc::new(MetricsSink { inner: sink, metrics: self.clone() })
@@ -150,7 +158,7 @@ fn container_state(status: &ContainerStatus) -> Option<&'static str> {
 
 /// Register the pod metrics in `registry` and return the handle that observes statuses.
 pub fn register_metrics(registry: &mut Registry) -> PodMetrics {
-    let metrics = PodMetrics::default();
+    let metrics = PodMetrics { probes: ProbeMetrics::register(registry), ..PodMetrics::default() };
     registry.register(
         "kubelet_running_pods",
         "Number of pods that have a running pod sandbox",

@@ -1,6 +1,6 @@
 //! Pods on this node: sources (API watch, static manifests), the Kubernetes -> OCI
-//! translation, a per-pod worker stepping a state machine, status reporting, deletion and
-//! adoption of containers that outlived an agent restart.
+//! translation, a per-pod worker stepping a state machine, container probes, status
+//! reporting, deletion and adoption of containers that outlived an agent restart.
 //!
 //! Entry points: [`run_api_pods`] (agent mode) and [`run_static_pods`] (`nodelet run DIR`).
 
@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod model;
 pub mod node_runtime;
 pub mod pod_files;
+pub mod probe;
 pub mod quantity;
 pub mod runtime_port;
 pub mod source;
@@ -60,7 +61,8 @@ pub async fn run_api_pods(
 ) {
     let sink = metrics.observe(Arc::new(ApiStatusSink::new(client.clone())));
     let node_name = cfg.node_name.clone();
-    let manager = PodManager::new(WorkerContext { cfg: Arc::new(cfg), runtime, sink }, shutdown.clone());
+    let context = WorkerContext { cfg: Arc::new(cfg), runtime, sink, probe_metrics: metrics.probes() };
+    let manager = PodManager::new(context, shutdown.clone());
     let (tx, rx) = mpsc::channel(64);
     let watch = tokio::spawn({
         let shutdown = shutdown.clone();
@@ -72,18 +74,22 @@ pub async fn run_api_pods(
 
 /// Standalone mode: run the Pod documents of the manifests in `dir` (rescanned every
 /// [`STATIC_RESCAN`]) and report status to `sink`, until `shutdown`. Fails only when `dir`
-/// cannot be read; broken manifests are logged and skipped.
+/// cannot be read; broken manifests are logged and skipped. The statuses reported and the
+/// probes run update `metrics`.
 pub async fn run_static_pods(
     dir: PathBuf,
     cfg: PodConfig,
     runtime: Arc<dyn PodRuntime>,
     sink: Arc<dyn StatusSink>,
+    metrics: &PodMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), SourceError> {
     // Fail early, before any worker starts, when the directory is unusable.
     source::load_static_pods(&dir, &cfg.node_name)?;
     let node_name = cfg.node_name.clone();
-    let manager = PodManager::new(WorkerContext { cfg: Arc::new(cfg), runtime, sink }, shutdown.clone());
+    let sink = metrics.observe(sink);
+    let context = WorkerContext { cfg: Arc::new(cfg), runtime, sink, probe_metrics: metrics.probes() };
+    let manager = PodManager::new(context, shutdown.clone());
     let (tx, rx) = mpsc::channel(64);
     let watch = tokio::spawn(source::watch_static_pods(dir, node_name, STATIC_RESCAN, tx, shutdown.clone()));
     manager.run(rx).await;

@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 use tokio::time::Instant;
 
 use super::ids::ContainerOwner;
+use super::probe::{ContainerProbes, ProbeView};
 use super::runtime_port::{ContainerInfo, ImageInfo, PullPolicy, SandboxInfo};
 
 /// Kubernetes' default terminationGracePeriodSeconds.
@@ -44,6 +45,7 @@ pub struct ContainerPlan {
     pub name: String,
     pub image: String,
     pub pull_policy: PullPolicy,
+    pub probes: ContainerProbes,
 }
 
 /// Why the pod is going away.
@@ -69,18 +71,18 @@ pub struct PodPlan {
     pub restart_policy: RestartPolicy,
     pub containers: Vec<ContainerPlan>,
     pub removal: Option<Removal>,
+    /// terminationGracePeriodSeconds: the grace of a kill for a failed probe, unless the
+    /// probe sets its own.
+    pub termination_grace: Duration,
 }
 
 impl PodPlan {
     /// `gone` says the pod left its source entirely.
     pub fn from_pod(pod: &Pod, gone: bool) -> PodPlan {
         let spec = pod.spec.clone().unwrap_or_default();
-        let grace = pod
-            .metadata
-            .deletion_grace_period_seconds
-            .or(spec.termination_grace_period_seconds)
-            .map(|s| Duration::from_secs(u64::try_from(s).unwrap_or(0)))
-            .unwrap_or(DEFAULT_GRACE);
+        let seconds = |s: i64| Duration::from_secs(u64::try_from(s).unwrap_or(0));
+        let termination_grace = spec.termination_grace_period_seconds.map_or(DEFAULT_GRACE, seconds);
+        let grace = pod.metadata.deletion_grace_period_seconds.map_or(termination_grace, seconds);
         let removal = if gone {
             Some(Removal::Gone { grace })
         } else if pod.metadata.deletion_timestamp.is_some() {
@@ -100,10 +102,12 @@ impl PodPlan {
                         name: c.name.clone(),
                         pull_policy: PullPolicy::for_container(c.image_pull_policy.as_deref(), &image),
                         image,
+                        probes: ContainerProbes::from_container(c),
                     }
                 })
                 .collect(),
             removal,
+            termination_grace,
         }
     }
 }
@@ -115,10 +119,12 @@ pub struct Attempt {
     pub info: ContainerInfo,
 }
 
-/// The runtime's containers of one pod, by container name, oldest attempt first.
+/// The runtime's containers of one pod, by container name, oldest attempt first, and what
+/// their probes found.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Observed {
     pub containers: BTreeMap<String, Vec<Attempt>>,
+    pub probes: ProbeView,
 }
 
 impl Observed {
@@ -139,7 +145,7 @@ impl Observed {
         for attempts in containers.values_mut() {
             attempts.sort_by_key(|a| a.attempt);
         }
-        Observed { containers }
+        Observed { containers, probes: ProbeView::default() }
     }
 
     pub fn latest(&self, name: &str) -> Option<&Attempt> {
@@ -175,6 +181,16 @@ pub struct ContainerMemory {
     pub crash_streak: u32,
     /// The attempt whose exit was last seen, and when the worker saw it.
     pub exit_seen: Option<(u32, Instant)>,
+    /// The kill of an attempt that failed its liveness or startup probe, under way.
+    pub probe_kill: Option<ProbeKill>,
+}
+
+/// How far the kill of an unhealthy attempt went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeKill {
+    pub attempt: u32,
+    pub term_sent_at: Instant,
+    pub kill_sent: bool,
 }
 
 /// What the worker remembers about the pod between steps.

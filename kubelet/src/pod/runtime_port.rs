@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use oci_spec::image::ImageConfiguration;
@@ -17,6 +18,8 @@ pub enum PortError {
     ImageNeverPull { reference: String },
     #[error("container {id} not found")]
     ContainerNotFound { id: String },
+    #[error("{operation} is not supported by this runtime")]
+    Unsupported { operation: &'static str },
     #[error("{operation} {subject}")]
     Runtime {
         operation: &'static str,
@@ -68,6 +71,14 @@ pub struct ContainerInfo {
     pub exit_code: Option<i32>,
     pub oom_killed: bool,
     pub annotations: BTreeMap<String, String>,
+}
+
+/// How a command run in a container ended (CRI's ExecSyncResponse).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecResult {
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +144,16 @@ pub trait PodRuntime: Send + Sync {
     /// the worker then polls.
     fn container_changes(&self, _pod_uid: &str) -> Option<tokio::sync::watch::Receiver<()>> {
         None
+    }
+    /// Run `cmd` in the running container `container_id` and wait for it to end, killing it
+    /// after `timeout` (CRI's ExecSync; exec probes use it). Runtimes without exec say so.
+    async fn exec_sync(
+        &self,
+        _container_id: &str,
+        _cmd: &[String],
+        _timeout: Duration,
+    ) -> Result<ExecResult, PortError> {
+        Err(PortError::Unsupported { operation: "exec in a container" })
     }
 
     /// The image to run, by pull policy: present -> use it unless Always; absent -> pull unless

@@ -10,7 +10,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::time::Instant;
 
 use super::ids::CONTAINER_ID_SCHEME;
-use super::model::{Attempt, Observed, PodMemory, PodPlan, RestartPolicy};
+use super::model::{Attempt, ContainerPlan, Observed, PodMemory, PodPlan, RestartPolicy};
+use super::probe::Verdict;
 use super::runtime_port::RunState;
 use super::step::{backoff_delay, restart_at};
 
@@ -35,7 +36,7 @@ pub struct StatusInput<'a> {
 
 pub fn compute_status(input: &StatusInput<'_>) -> PodStatus {
     let container_statuses: Vec<ContainerStatus> =
-        input.plan.containers.iter().map(|c| container_status(input, &c.name, &c.image)).collect();
+        input.plan.containers.iter().map(|c| container_status(input, c)).collect();
     let phase = pod_phase(input, &container_statuses);
     let all_ready = container_statuses.iter().all(|s| s.ready);
     let completed = phase == PHASE_SUCCEEDED;
@@ -101,7 +102,8 @@ fn condition(
     PodCondition { type_: type_.to_string(), status, last_transition_time, reason, message, ..PodCondition::default() }
 }
 
-fn container_status(input: &StatusInput<'_>, name: &str, image: &str) -> ContainerStatus {
+fn container_status(input: &StatusInput<'_>, plan: &ContainerPlan) -> ContainerStatus {
+    let (name, image) = (plan.name.as_str(), plan.image.as_str());
     let memory = input.memory.container(name);
     let latest = input.observed.latest(name);
     let previous = input.observed.previous(name);
@@ -143,12 +145,17 @@ fn container_status(input: &StatusInput<'_>, name: &str, image: &str) -> Contain
         },
     };
     let running = state.running.is_some();
+    // kubelet's prober manager: started once the startup probe passed (at once without one),
+    // ready once started and the readiness probe passed (at once without one).
+    let verdicts = latest.map(|l| input.observed.probes.get(name, l.attempt)).unwrap_or_default();
+    let started = running && (plan.probes.startup.is_none() || verdicts.startup == Some(Verdict::Success));
+    let ready = started && (plan.probes.readiness.is_none() || verdicts.readiness == Some(Verdict::Success));
     ContainerStatus {
         name: name.to_string(),
         state: Some(state),
         last_state,
-        ready: running,
-        started: Some(running),
+        ready,
+        started: Some(started),
         restart_count: latest.map_or(0, |l| i32::try_from(l.attempt).unwrap_or(i32::MAX)),
         image: image.to_string(),
         image_id: memory.image.as_ref().map(|i| i.image_id.clone()).unwrap_or_default(),

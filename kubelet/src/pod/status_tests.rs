@@ -7,6 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use super::*;
 use crate::pod::ids::*;
 use crate::pod::model::{Attempt, ContainerMemory, Waiting};
+use crate::pod::probe::ProbeKind;
 use crate::pod::runtime_port::{ContainerInfo, SandboxInfo};
 
 fn pod(policy: &str) -> Pod {
@@ -59,6 +60,7 @@ fn status_of(pod: &Pod, attempts: Vec<Attempt>, memory: &PodMemory, previous: Op
         } else {
             [("app".to_string(), attempts)].into_iter().collect()
         },
+        ..Observed::default()
     };
     compute_status(&StatusInput {
         pod,
@@ -167,4 +169,74 @@ async fn transition_times_stay_while_status_stays() {
         condition(&third, "PodScheduled").last_transition_time,
         condition(&first, "PodScheduled").last_transition_time
     );
+}
+
+/// The pod with a readiness probe on "app", and a startup probe when `startup`.
+fn probed_pod(startup: bool) -> Pod {
+    let mut p = pod("Always");
+    let container = &mut p.spec.as_mut().expect("spec").containers[0];
+    let probe = || serde_json::from_value(serde_json::json!({"tcpSocket": {"port": 80}})).expect("probe");
+    container.readiness_probe = Some(probe());
+    if startup {
+        container.startup_probe = Some(probe());
+    }
+    p
+}
+
+fn probed_status(pod: &Pod, verdicts: &[(ProbeKind, Verdict)]) -> PodStatus {
+    let plan = PodPlan::from_pod(pod, false);
+    let mut observed = Observed {
+        containers: [("app".to_string(), vec![attempt(0, RunState::Running, None)])].into(),
+        ..Observed::default()
+    };
+    for (kind, verdict) in verdicts {
+        observed.probes.set("app", 0, *kind, *verdict);
+    }
+    compute_status(&StatusInput {
+        pod,
+        plan: &plan,
+        observed: &observed,
+        memory: &memory(),
+        host_ip: None,
+        start_time: Utc::now(),
+        now: Instant::now(),
+        wall_now: Utc::now(),
+        previous: None,
+    })
+}
+
+fn started_ready(status: &PodStatus) -> (Option<bool>, bool) {
+    let container = &status.container_statuses.as_ref().expect("statuses")[0];
+    (container.started, container.ready)
+}
+
+#[tokio::test(start_paused = true)]
+async fn readiness_probe_drives_ready_and_the_conditions() {
+    let p = probed_pod(false);
+    let unready = probed_status(&p, &[]);
+    assert_eq!(started_ready(&unready), (Some(true), false), "running, started, not ready before a success");
+    assert_eq!(unready.phase.as_deref(), Some("Running"));
+    for type_ in ["ContainersReady", "Ready"] {
+        let c = condition(&unready, type_);
+        assert_eq!(c.status, "False", "{type_}");
+        assert_eq!(c.reason.as_deref(), Some("ContainersNotReady"));
+        assert_eq!(c.message.as_deref(), Some("containers with unready status: [app]"));
+    }
+    let ready = probed_status(&p, &[(ProbeKind::Readiness, Verdict::Success)]);
+    assert_eq!(started_ready(&ready), (Some(true), true));
+    assert_eq!(condition(&ready, "Ready").status, "True");
+    let failing = probed_status(&p, &[(ProbeKind::Readiness, Verdict::Failure)]);
+    assert_eq!(started_ready(&failing), (Some(true), false));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_container_is_neither_started_nor_ready_until_its_startup_probe_passes() {
+    let p = probed_pod(true);
+    assert_eq!(started_ready(&probed_status(&p, &[])), (Some(false), false));
+    let readiness_only = probed_status(&p, &[(ProbeKind::Readiness, Verdict::Success)]);
+    assert_eq!(started_ready(&readiness_only), (Some(false), false), "startup gates readiness");
+    let started = probed_status(&p, &[(ProbeKind::Startup, Verdict::Success)]);
+    assert_eq!(started_ready(&started), (Some(true), false));
+    let both = probed_status(&p, &[(ProbeKind::Startup, Verdict::Success), (ProbeKind::Readiness, Verdict::Success)]);
+    assert_eq!(started_ready(&both), (Some(true), true));
 }

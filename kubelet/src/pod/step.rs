@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::model::{Observed, PodMemory, PodPlan, RestartPolicy};
+use super::model::{ContainerMemory, ContainerPlan, Observed, PodMemory, PodPlan, RestartPolicy};
+use super::probe::ProbeKind;
 use super::runtime_port::RunState;
 
 /// CrashLoopBackOff and image pull backoff: 10s doubling up to 5 minutes, as kubelet.
@@ -14,6 +15,8 @@ pub const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// A container that ran this long resets its crash streak (kubelet: twice the max backoff).
 pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
+/// kubelet never kills a container with less grace than this.
+pub const MIN_KILL_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Signal {
@@ -46,6 +49,14 @@ pub enum Action {
         attempt: u32,
         signal: Signal,
     },
+    /// Kill an attempt that failed its liveness or startup probe: SIGTERM, SIGKILL after the
+    /// grace period. It restarts (or not) per restartPolicy, as any exit.
+    StopUnhealthy {
+        container: String,
+        attempt: u32,
+        probe: ProbeKind,
+        signal: Signal,
+    },
     /// All containers finished for good: give the IP back, keep containers for their logs.
     ReleaseSandbox,
     /// Delete every container, unmount, release the sandbox, remove the pod directory.
@@ -59,6 +70,13 @@ pub struct Decision {
     pub wake_at: Option<Instant>,
     /// The pod is released: the worker reports a last time and ends.
     pub done: bool,
+}
+
+impl Decision {
+    /// Step again at `at` at the latest.
+    fn wake(&mut self, at: Instant) {
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
 }
 
 /// The delay before the restart that follows `streak` earlier restarts.
@@ -104,9 +122,6 @@ pub fn decide(plan: &PodPlan, observed: &Observed, memory: &PodMemory, now: Inst
         return decide_removal(removal.grace(), observed, memory, now);
     }
     let mut decision = Decision::default();
-    let wake = |decision: &mut Decision, at: Instant| {
-        decision.wake_at = Some(decision.wake_at.map_or(at, |w| w.min(at)));
-    };
 
     if all_finished(plan, observed) {
         if !memory.sandbox_released && memory.sandbox.is_some() {
@@ -116,7 +131,7 @@ pub fn decide(plan: &PodPlan, observed: &Observed, memory: &PodMemory, now: Inst
     }
     if memory.sandbox.is_none() {
         match memory.sandbox_retry_at {
-            Some(at) if at > now => wake(&mut decision, at),
+            Some(at) if at > now => decision.wake(at),
             _ => decision.actions.push(Action::SetupSandbox),
         }
         return decision;
@@ -133,7 +148,12 @@ pub fn decide(plan: &PodPlan, observed: &Observed, memory: &PodMemory, now: Inst
         let next_attempt = match observed.latest(name) {
             None => 0,
             Some(latest) => match latest.info.state {
-                RunState::Running => continue,
+                RunState::Running => {
+                    if let Some(probe) = observed.probes.failed(name, latest.attempt) {
+                        stop_unhealthy(&mut decision, plan, container, &remembered, latest.attempt, probe, now);
+                    }
+                    continue;
+                }
                 RunState::Created => {
                     decision.actions.push(Action::StartCreated { container: name.clone(), attempt: latest.attempt });
                     continue;
@@ -141,7 +161,7 @@ pub fn decide(plan: &PodPlan, observed: &Observed, memory: &PodMemory, now: Inst
                 RunState::Stopped => match restart_at(plan, observed, memory, name) {
                     None => continue,
                     Some(at) if at > now => {
-                        wake(&mut decision, at);
+                        decision.wake(at);
                         continue;
                     }
                     Some(_) => latest.attempt + 1,
@@ -149,12 +169,46 @@ pub fn decide(plan: &PodPlan, observed: &Observed, memory: &PodMemory, now: Inst
             },
         };
         match remembered.retry_at {
-            Some(at) if at > now => wake(&mut decision, at),
+            Some(at) if at > now => decision.wake(at),
             _ if remembered.image.is_none() => decision.actions.push(Action::EnsureImage { container: name.clone() }),
             _ => decision.actions.push(Action::CreateAndStart { container: name.clone(), attempt: next_attempt }),
         }
     }
     decision
+}
+
+/// The grace of a kill for a failed probe: the probe's own terminationGracePeriodSeconds, else
+/// the pod's, and never under kubelet's minimum.
+pub fn probe_kill_grace(plan: &PodPlan, container: &ContainerPlan, probe: ProbeKind) -> Duration {
+    let own = container.probes.get(probe).and_then(|p| p.termination_grace);
+    own.unwrap_or(plan.termination_grace).max(MIN_KILL_GRACE)
+}
+
+/// SIGTERM to an attempt that failed its liveness or startup probe, SIGKILL once the grace
+/// period is over.
+fn stop_unhealthy(
+    decision: &mut Decision,
+    plan: &PodPlan,
+    container: &ContainerPlan,
+    memory: &ContainerMemory,
+    attempt: u32,
+    probe: ProbeKind,
+    now: Instant,
+) {
+    let grace = probe_kill_grace(plan, container, probe);
+    let action = |signal| Action::StopUnhealthy { container: container.name.clone(), attempt, probe, signal };
+    match memory.probe_kill.filter(|kill| kill.attempt == attempt) {
+        None => {
+            decision.actions.push(action(Signal::Term));
+            decision.wake(now + grace);
+        }
+        Some(kill) if now >= kill.term_sent_at + grace => {
+            if !kill.kill_sent {
+                decision.actions.push(action(Signal::Kill));
+            }
+        }
+        Some(kill) => decision.wake(kill.term_sent_at + grace),
+    }
 }
 
 /// SIGTERM everything alive, SIGKILL after the grace period, then release everything.

@@ -7,6 +7,7 @@ use tokio::time::Instant;
 use super::*;
 use crate::pod::ids::*;
 use crate::pod::model::{Attempt, ContainerPlan, Observed, PodMemory, PodPlan, Removal, RestartPolicy};
+use crate::pod::probe::ProbeKind;
 use crate::pod::runtime_port::{ContainerInfo, ImageInfo, PullPolicy, RunState, SandboxInfo};
 
 fn plan(policy: RestartPolicy) -> PodPlan {
@@ -17,8 +18,10 @@ fn plan(policy: RestartPolicy) -> PodPlan {
             name: "app".into(),
             image: "busybox:1".into(),
             pull_policy: PullPolicy::IfNotPresent,
+            probes: Default::default(),
         }],
         removal: None,
+        termination_grace: Duration::from_secs(30),
     }
 }
 
@@ -47,7 +50,7 @@ fn attempt(n: u32, state: RunState, exit: Option<i32>) -> Attempt {
 }
 
 fn observed(attempts: Vec<Attempt>) -> Observed {
-    Observed { containers: [("app".to_string(), attempts)].into_iter().collect() }
+    Observed { containers: [("app".to_string(), attempts)].into_iter().collect(), ..Observed::default() }
 }
 
 fn ready_memory() -> PodMemory {
@@ -171,4 +174,55 @@ async fn deletion_terms_waits_kills_then_tears_down() {
     assert_eq!(decide(&p, &stopped, &memory, start).actions, [Action::TearDown]);
     memory.torn_down = true;
     assert!(decide(&p, &Observed::default(), &memory, start).done);
+}
+
+fn with_liveness(grace: Option<u64>) -> PodPlan {
+    let mut p = plan(RestartPolicy::Always);
+    p.termination_grace = Duration::from_secs(30);
+    let container: k8s_openapi::api::core::v1::Container = serde_json::from_value(serde_json::json!({
+        "name": "app",
+        "livenessProbe": {"tcpSocket": {"port": 80}, "terminationGracePeriodSeconds": grace}
+    }))
+    .expect("container");
+    p.containers[0].probes = crate::pod::probe::ContainerProbes::from_container(&container);
+    p
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_liveness_terms_then_kills_after_the_probes_grace() {
+    let p = with_liveness(Some(5));
+    let mut running = observed(vec![attempt(1, RunState::Running, None)]);
+    let mut memory = ready_memory();
+    let start = Instant::now();
+    assert_eq!(decide(&p, &running, &memory, start), Decision::default(), "healthy: nothing to do");
+    running.probes.set("app", 1, ProbeKind::Liveness, crate::pod::probe::Verdict::Failure);
+    let stop =
+        |signal| Action::StopUnhealthy { container: "app".into(), attempt: 1, probe: ProbeKind::Liveness, signal };
+    let first = decide(&p, &running, &memory, start);
+    assert_eq!(first.actions, [stop(Signal::Term)]);
+    assert_eq!(first.wake_at, Some(start + Duration::from_secs(5)), "the probe's own grace");
+    memory.container_mut("app").probe_kill =
+        Some(crate::pod::model::ProbeKill { attempt: 1, term_sent_at: start, kill_sent: false });
+    let waiting = decide(&p, &running, &memory, start + Duration::from_secs(2));
+    assert!(waiting.actions.is_empty());
+    assert_eq!(waiting.wake_at, Some(start + Duration::from_secs(5)));
+    assert_eq!(decide(&p, &running, &memory, start + Duration::from_secs(5)).actions, [stop(Signal::Kill)]);
+    memory.container_mut("app").probe_kill.as_mut().expect("kill").kill_sent = true;
+    assert_eq!(decide(&p, &running, &memory, start + Duration::from_secs(6)), Decision::default());
+}
+
+#[test]
+fn kill_grace_is_the_probes_else_the_pods_and_at_least_two_seconds() {
+    let grace = |p: &PodPlan| probe_kill_grace(p, &p.containers[0], ProbeKind::Liveness).as_secs();
+    assert_eq!(grace(&with_liveness(Some(7))), 7);
+    assert_eq!(grace(&with_liveness(None)), 30);
+    assert_eq!(grace(&with_liveness(Some(0))), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_probe_of_an_older_attempt_kills_nothing() {
+    let p = with_liveness(None);
+    let mut running = observed(vec![attempt(0, RunState::Stopped, Some(137)), attempt(1, RunState::Running, None)]);
+    running.probes.set("app", 0, ProbeKind::Liveness, crate::pod::probe::Verdict::Failure);
+    assert!(decide(&p, &running, &ready_memory(), Instant::now()).actions.is_empty());
 }

@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 use super::config::PodConfig;
 use super::ids::{container_id, sandbox_id};
 use super::layout::{container_dir, log_path, pod_dir};
-use super::model::{Observed, PodMemory, PodPlan, Removal, Waiting};
+use super::model::{Observed, PodMemory, PodPlan, ProbeKill, Removal, RestartPolicy, Waiting};
 use super::pod_files::write_pod_files;
+use super::probe::{PodProber, ProbeMetrics};
 use super::runtime_port::{error_chain, PodRuntime, PortError, PullPolicy, RunState, SandboxInfo};
 use super::status::{compute_status, StatusInput};
 use super::status_sink::StatusSink;
@@ -36,6 +37,8 @@ pub struct WorkerContext {
     pub cfg: Arc<PodConfig>,
     pub runtime: Arc<dyn PodRuntime>,
     pub sink: Arc<dyn StatusSink>,
+    /// Where the pods' probes count their runs.
+    pub probe_metrics: ProbeMetrics,
 }
 
 /// How a worker ended.
@@ -53,6 +56,8 @@ struct Worker {
     start_time: DateTime<Utc>,
     last_sent: Option<PodStatus>,
     observed_once: bool,
+    /// The pod's probe tasks; dropped (and so stopped) with the worker.
+    prober: PodProber,
 }
 
 /// Run one pod until it is released or `shutdown` fires. `sandbox` is the pod's sandbox when
@@ -68,12 +73,15 @@ pub async fn run_worker(
     let mut changes = ctx.runtime.container_changes(&uid);
     let interval = if changes.is_some() { ctx.cfg.resync_interval } else { ctx.cfg.sync_interval };
     let start_time = first.pod.status.as_ref().and_then(|s| s.start_time.as_ref()).map_or_else(Utc::now, |t| t.0);
+    let prober = PodProber::new(&first.pod, ctx.runtime.clone(), ctx.probe_metrics.clone());
+    let mut verdicts = prober.changes();
     let mut worker = Worker {
         ctx,
         memory: PodMemory { pod_ip: sandbox.as_ref().map(|s| s.ip), sandbox, ..PodMemory::default() },
         start_time,
         last_sent: first.pod.status.clone(),
         observed_once: false,
+        prober,
     };
     loop {
         let update = updates.borrow_and_update().clone();
@@ -97,6 +105,8 @@ pub async fn run_worker(
                 }
             }
             _ = containers_changed(&mut changes) => {}
+            // The prober lives as long as the worker, so its channel never closes here.
+            _ = verdicts.changed() => {}
             _ = tokio::time::sleep_until(until) => {}
         }
     }
@@ -134,7 +144,9 @@ impl Worker {
         let pod = &update.pod;
         let plan = PodPlan::from_pod(pod, update.gone);
         let all = self.ctx.runtime.pod_containers(&plan.uid).await?;
-        let observed = Observed::for_pod(&plan.uid, &all);
+        let mut observed = Observed::for_pod(&plan.uid, &all);
+        self.prober.sync(&plan, &observed, self.memory.pod_ip);
+        observed.probes = self.prober.view();
         let now = Instant::now();
         self.note_exits(&plan, &observed, now);
 
@@ -338,20 +350,25 @@ impl Worker {
                 remove_dir_if_present(&dir)?;
             }
             Action::Signal { container, attempt, signal } => {
-                let id = container_id(uid, &container, attempt);
-                let number = match signal {
-                    Signal::Term => nix::sys::signal::Signal::SIGTERM,
-                    Signal::Kill => nix::sys::signal::Signal::SIGKILL,
-                } as i32;
-                if let Err(error) = runtime.kill_container(&id, number).await {
-                    // It may have exited meanwhile; the next observation tells.
-                    tracing::debug!(%id, "signal: {}", error_chain(&error));
-                }
+                send_signal(runtime.as_ref(), &container_id(uid, &container, attempt), signal).await;
                 match signal {
                     Signal::Term => {
                         self.memory.term_sent_at.get_or_insert(now);
                     }
                     Signal::Kill => self.memory.kill_sent = true,
+                }
+            }
+            Action::StopUnhealthy { container, attempt, probe, signal } => {
+                if signal == Signal::Term {
+                    let restart = if plan.restart_policy == RestartPolicy::Never { "" } else { ", will be restarted" };
+                    // kubelet's Killing event.
+                    tracing::info!(pod = %pod_key(pod), "Container {container} failed {} probe{restart}", probe.lowercase());
+                }
+                send_signal(runtime.as_ref(), &container_id(uid, &container, attempt), signal).await;
+                let kill = &mut self.memory.container_mut(&container).probe_kill;
+                match (signal, kill.as_mut()) {
+                    (Signal::Kill, Some(sent)) => sent.kill_sent = true,
+                    _ => *kill = Some(ProbeKill { attempt, term_sent_at: now, kill_sent: signal == Signal::Kill }),
                 }
             }
             Action::ReleaseSandbox => {
@@ -414,6 +431,17 @@ impl Worker {
         let id = container_id(uid, container, attempt);
         self.ctx.runtime.create_container(&id, &dir, &log).await.map_err(|e| runtime_error(&e))?;
         self.ctx.runtime.start_container(&id).await.map_err(|e| runtime_error(&e))
+    }
+}
+
+async fn send_signal(runtime: &dyn PodRuntime, id: &str, signal: Signal) {
+    let number = match signal {
+        Signal::Term => nix::sys::signal::Signal::SIGTERM,
+        Signal::Kill => nix::sys::signal::Signal::SIGKILL,
+    } as i32;
+    if let Err(error) = runtime.kill_container(id, number).await {
+        // It may have exited meanwhile; the next observation tells.
+        tracing::debug!(%id, "signal: {}", error_chain(&error));
     }
 }
 

@@ -48,7 +48,8 @@ pub async fn run_standalone(dir: &Path, cfg: LocalConfig, shutdown: Cancellation
         dir.to_path_buf(),
         pod_config.clone(),
         host.node_runtime.clone(),
-        metrics.pods.observe(sink.clone()),
+        sink.clone(),
+        &metrics.pods,
         running.clone(),
     );
     let proxy = services::run(dir, &cfg, sink.clone(), running.clone());
@@ -71,7 +72,12 @@ pub async fn run_standalone(dir: &Path, cfg: LocalConfig, shutdown: Cancellation
 async fn release_everything(pod_config: pod::PodConfig, host: host_runtime::HostRuntime, sink: Arc<MemoryStatusSink>) {
     tracing::info!("releasing pods, pod network and container monitor");
     let sink: Arc<dyn StatusSink> = sink;
-    let context = pod::worker::WorkerContext { cfg: Arc::new(pod_config), runtime: host.node_runtime.clone(), sink };
+    let context = pod::worker::WorkerContext {
+        cfg: Arc::new(pod_config),
+        runtime: host.node_runtime.clone(),
+        sink,
+        probe_metrics: Default::default(),
+    };
     let manager = PodManager::new(context, CancellationToken::new());
     let (events, receiver) = tokio::sync::mpsc::channel(1);
     let _ = events.send(SourceEvent::Snapshot(Vec::new())).await;
