@@ -2,114 +2,13 @@
 //! bundles, a state root and cgroup parent per test, and everything removed on drop.
 
 mod container_support;
+mod runc_support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::path::Path;
 
 use container_support::*;
+use runc_support::*;
 use serde_json::Value;
-
-const NODELET_RUNC: &str = env!("CARGO_BIN_EXE_nodelet-runc");
-const DEBIAN_RUNC: &str = "/usr/sbin/runc";
-
-/// One runtime binary with its own --root; force-deletes every container it created on drop
-/// (before TestEnv's drop kills what is left in the cgroups and removes them).
-struct Cli {
-    exe: PathBuf,
-    root: PathBuf,
-    out_dir: PathBuf,
-    created: std::cell::RefCell<Vec<String>>,
-}
-
-struct Output {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Cli {
-    fn new(env: &TestEnv, exe: &str, name: &str) -> Cli {
-        let out_dir = env.dir.path().join(format!("{name}-out"));
-        std::fs::create_dir_all(&out_dir).expect("out dir");
-        Cli {
-            exe: PathBuf::from(exe),
-            root: env.dir.path().join(format!("{name}-root")),
-            out_dir,
-            created: Default::default(),
-        }
-    }
-
-    /// Run a command. stdout and stderr go to files, not pipes: a container created by
-    /// `create` inherits them and would keep a pipe open after the command exits.
-    fn run(&self, args: &[&str]) -> Output {
-        let n = rand::random::<u32>();
-        let out_path = self.out_dir.join(format!("{n}.out"));
-        let err_path = self.out_dir.join(format!("{n}.err"));
-        let status = Command::new(&self.exe)
-            .arg("--root")
-            .arg(&self.root)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out_path).expect("stdout file"))
-            .stderr(std::fs::File::create(&err_path).expect("stderr file"))
-            .status()
-            .expect("run runtime binary");
-        if matches!(args.first(), Some(&"create") | Some(&"run")) {
-            if let Some(id) = args.last() {
-                self.created.borrow_mut().push(id.to_string());
-            }
-        }
-        Output {
-            code: status.code().unwrap_or(-1),
-            stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
-            stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
-        }
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert_eq!(out.code, 0, "{} {args:?} failed: {}", self.exe.display(), out.stderr);
-        out.stdout
-    }
-
-    fn state(&self, id: &str) -> Value {
-        serde_json::from_str(&self.ok(&["state", id])).expect("state is JSON")
-    }
-
-    fn wait_status(&self, id: &str, status: &str) -> Value {
-        let mut last = Value::Null;
-        wait_until(Duration::from_secs(10), || {
-            last = self.state(id);
-            last["status"] == status
-        });
-        last
-    }
-}
-
-impl Drop for Cli {
-    fn drop(&mut self) {
-        for id in self.created.borrow().iter() {
-            let _ = self.run(&["delete", "--force", id]);
-        }
-    }
-}
-
-/// A bundle running `args` under this test's cgroup parent.
-fn make_bundle(env: &TestEnv, id: &str, args: &[&str]) -> PathBuf {
-    let (bundle, mut spec) = env.bundle(id, args);
-    spec.set_annotations(Some([("org.example.test".to_string(), id.to_string())].into_iter().collect()));
-    write_bundle(&bundle, &spec);
-    bundle
-}
-
-fn unique(name: &str) -> String {
-    format!("{name}-{}", random_suffix())
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
 
 #[test]
 fn lifecycle_create_start_kill_delete() {

@@ -11,6 +11,10 @@ use clap::Parser;
 use nodelet_runtime::runc::{execute, Cli, LogFormat};
 
 fn main() -> ExitCode {
+    // `exec` re-executes this binary as its helper: before anything else, with no thread started.
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == nodelet_runtime::exec::HELPER_COMMAND) {
+        nodelet_runtime::exec::helper_main();
+    }
     let cli = Cli::parse();
     let log_file = match open_log(&cli) {
         Ok(file) => file,
@@ -25,7 +29,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let message = nodelet_runtime::error_chain(&e);
             report_error(&cli, log_file, &message);
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }

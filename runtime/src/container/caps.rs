@@ -34,7 +34,7 @@ fn set(which: CapSet, wanted: &CapsHashSet) -> Result<(), CapsError> {
 
 /// Drop from the bounding set every capability the spec does not list. No spec
 /// capabilities at all means "leave them as they are", as runc does.
-pub(super) fn limit_bounding_set(spec_caps: Option<&LinuxCapabilities>) -> Result<(), CapsError> {
+pub(crate) fn limit_bounding_set(spec_caps: Option<&LinuxCapabilities>) -> Result<(), CapsError> {
     let Some(spec_caps) = spec_caps else {
         return Ok(());
     };
@@ -50,7 +50,7 @@ pub(super) fn limit_bounding_set(spec_caps: Option<&LinuxCapabilities>) -> Resul
 }
 
 /// Set permitted, inheritable, effective and ambient exactly as the spec lists them.
-pub(super) fn apply_process_sets(spec_caps: Option<&LinuxCapabilities>) -> Result<(), CapsError> {
+pub(crate) fn apply_process_sets(spec_caps: Option<&LinuxCapabilities>) -> Result<(), CapsError> {
     let Some(spec_caps) = spec_caps else {
         return Ok(());
     };

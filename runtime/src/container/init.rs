@@ -175,6 +175,7 @@ fn set_up(init: &InitSpec, sync: &std::fs::File) -> Result<Ready, InitError> {
     let spec_caps = process.capabilities().as_ref();
     caps::limit_bounding_set(spec_caps).map_err(InitError::Caps)?;
     process::set_user(process).map_err(InitError::Process)?;
+    process::set_umask(process);
     caps::apply_process_sets(spec_caps).map_err(InitError::Caps)?;
     process::change_cwd(process).map_err(InitError::Process)?;
     let command = process::resolve_command(process).map_err(InitError::Process)?;

@@ -2,16 +2,16 @@
 //! namespaces ([`spawn`]); the child sets itself up ([`init`]) and waits on an exec FIFO
 //! until the monitor starts it.
 
-mod caps;
+pub(crate) mod caps;
 mod devices;
 mod init;
 mod mounts;
 mod namespaces;
 mod paths;
 mod personality;
-mod process;
+pub(crate) mod process;
 mod rootfs;
-mod seccomp;
+pub(crate) mod seccomp;
 mod spec;
 mod sysctl;
 

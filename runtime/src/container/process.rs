@@ -74,7 +74,7 @@ pub enum ProcessError {
 }
 
 /// The resolved program, arguments and environment, ready for execve.
-pub(super) struct Command {
+pub(crate) struct Command {
     path: CString,
     args: Vec<CString>,
     env: Vec<CString>,
@@ -105,7 +105,7 @@ fn rlimit_resource(kind: PosixRlimitType) -> Resource {
     }
 }
 
-pub(super) fn set_rlimits(process: &Process) -> Result<(), ProcessError> {
+pub(crate) fn set_rlimits(process: &Process) -> Result<(), ProcessError> {
     for limit in process.rlimits().iter().flatten() {
         setrlimit(rlimit_resource(limit.typ()), limit.soft(), limit.hard())
             .map_err(|source| ProcessError::Rlimit { resource: format!("{:?}", limit.typ()), source })?;
@@ -115,7 +115,7 @@ pub(super) fn set_rlimits(process: &Process) -> Result<(), ProcessError> {
 
 /// Switch to the spec's uid, gid and supplementary groups, keeping capabilities (the caller
 /// then sets the ones the spec lists).
-pub(super) fn set_user(process: &Process) -> Result<(), ProcessError> {
+pub(crate) fn set_user(process: &Process) -> Result<(), ProcessError> {
     let user = process.user();
     let gids: Vec<u32> = user.additional_gids().clone().unwrap_or_default();
     let groups: Vec<Gid> = gids.iter().copied().map(Gid::from_raw).collect();
@@ -128,9 +128,16 @@ pub(super) fn set_user(process: &Process) -> Result<(), ProcessError> {
     nix::sys::prctl::set_keepcaps(false).map_err(ProcessError::KeepCaps)
 }
 
+/// `process.user.umask`, when given (otherwise the inherited umask stays).
+pub(crate) fn set_umask(process: &Process) {
+    if let Some(umask) = process.user().umask() {
+        nix::sys::stat::umask(Mode::from_bits_truncate(umask));
+    }
+}
+
 /// `process.oomScoreAdj`, written while the init still has CAP_SYS_RESOURCE (lowering the
 /// score needs it) and sees the host's /proc.
-pub(super) fn set_oom_score_adj(process: &Process) -> Result<(), ProcessError> {
+pub(crate) fn set_oom_score_adj(process: &Process) -> Result<(), ProcessError> {
     let Some(score) = process.oom_score_adj() else {
         return Ok(());
     };
@@ -138,14 +145,14 @@ pub(super) fn set_oom_score_adj(process: &Process) -> Result<(), ProcessError> {
         .map_err(|source| ProcessError::OomScoreAdj { score, source })
 }
 
-pub(super) fn set_no_new_privileges(process: &Process) -> Result<(), ProcessError> {
+pub(crate) fn set_no_new_privileges(process: &Process) -> Result<(), ProcessError> {
     if process.no_new_privileges().unwrap_or(false) {
         nix::sys::prctl::set_no_new_privs().map_err(ProcessError::NoNewPrivs)?;
     }
     Ok(())
 }
 
-pub(super) fn change_cwd(process: &Process) -> Result<(), ProcessError> {
+pub(crate) fn change_cwd(process: &Process) -> Result<(), ProcessError> {
     let cwd = process.cwd();
     nix::unistd::chdir(cwd).map_err(|source| ProcessError::Cwd { path: cwd.clone(), source })
 }
@@ -166,9 +173,15 @@ pub(super) fn set_stdio(log: &OwnedFd) -> Result<(), ProcessError> {
 
 /// Resolve `args[0]` against the container's $PATH (from the spec's env, not ours), after
 /// the user and cwd are set so the executable check runs with the container's identity.
-pub(super) fn resolve_command(process: &Process) -> Result<Command, ProcessError> {
+/// Without HOME in the env, the user's home from the container's /etc/passwd (or "/") is
+/// added, as runc does.
+pub(crate) fn resolve_command(process: &Process) -> Result<Command, ProcessError> {
     let args: Vec<String> = process.args().clone().unwrap_or_default();
-    let env: Vec<String> = process.env().clone().unwrap_or_default();
+    let mut env: Vec<String> = process.env().clone().unwrap_or_default();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        env.push(format!("HOME={}", home_of(process.user().uid(), &passwd).unwrap_or("/")));
+    }
     let program = args.first().cloned().unwrap_or_default();
     let search_path = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(DEFAULT_PATH);
     let path =
@@ -178,6 +191,17 @@ pub(super) fn resolve_command(process: &Process) -> Result<Command, ProcessError
             .map_err(|_| ProcessError::Nul { value: path.display().to_string() })?,
         args: args.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?,
         env: env.iter().map(|e| cstring(e)).collect::<Result<_, _>>()?,
+    })
+}
+
+/// The home directory of `uid` in an /etc/passwd (name:password:uid:gid:gecos:home:shell).
+fn home_of(uid: u32, passwd: &str) -> Option<&str> {
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        match fields.as_slice() {
+            [_, _, id, _, _, home, ..] if id.parse() == Ok(uid) && !home.is_empty() => Some(*home),
+            _ => None,
+        }
     })
 }
 
@@ -195,9 +219,23 @@ fn find_executable(program: &str, search_path: &str) -> Option<PathBuf> {
 }
 
 /// Replace this process with the user program. Returns only on failure.
-pub(super) fn exec(command: &Command) -> ProcessError {
+pub(crate) fn exec(command: &Command) -> ProcessError {
     match nix::unistd::execve(&command.path, &command.args, &command.env) {
         Err(source) => ProcessError::Exec { path: PathBuf::from(command.path.to_string_lossy().into_owned()), source },
         Ok(never) => match never {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::home_of;
+
+    #[test]
+    fn home_comes_from_the_users_passwd_entry() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\nweb:x:1000:1000::/srv/web:/bin/sh\nbad line\nnohome:x:7:7:::\n";
+        assert_eq!(home_of(0, passwd), Some("/root"));
+        assert_eq!(home_of(1000, passwd), Some("/srv/web"));
+        assert_eq!(home_of(7, passwd), None, "an empty home is no home");
+        assert_eq!(home_of(5, passwd), None);
     }
 }

@@ -122,7 +122,7 @@ fn check_spec(spec: &Spec) -> Result<(), RuncError> {
 
 /// runc writes the pid without a newline, through a temp file and a rename, so a reader
 /// never sees a partial file.
-fn write_pid_file(path: &Path, pid: i32) -> Result<(), RuncError> {
+pub(super) fn write_pid_file(path: &Path, pid: i32) -> Result<(), RuncError> {
     let tmp_name = format!(".{}.tmp", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
     let tmp = path.with_file_name(tmp_name);
     std::fs::write(&tmp, pid.to_string()).map_err(io_err("cannot write pid file", &tmp))?;

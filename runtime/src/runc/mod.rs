@@ -9,6 +9,7 @@
 mod container;
 mod create;
 mod delete;
+mod exec;
 mod features;
 mod kill;
 mod list;
@@ -79,6 +80,8 @@ pub enum Command {
     List(list::ListArgs),
     /// Show the processes of a container.
     Ps(ps::PsArgs),
+    /// Run one more process in a created or running container.
+    Exec(Box<exec::ExecArgs>),
     /// Write a default config.json into the current directory.
     Spec(spec::SpecArgs),
     /// Print the runtime-spec features document of this implementation.
@@ -99,6 +102,20 @@ pub enum RuncError {
     StartStopped,
     #[error("container not running")]
     NotRunning,
+    #[error("cannot exec in a stopped container")]
+    ExecStopped,
+    /// Every error of `exec`, which runc reports with this prefix and exit code 255.
+    #[error("exec failed")]
+    ExecFailed(#[source] Box<RuncError>),
+    #[error(transparent)]
+    Exec(Box<crate::exec::ExecError>),
+    #[error("invalid process file {path}: field {field}")]
+    BadProcess {
+        path: PathBuf,
+        field: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("cannot delete container {id} that is not stopped: {status}")]
     NotStopped { id: String, status: ContainerStatus },
     #[error("invalid signal: {0}")]
@@ -160,8 +177,19 @@ pub fn execute(cli: &Cli) -> Result<i32, RuncError> {
         Command::Run(args) => run::run(root, args),
         Command::List(args) => list::list(root, args).map(|()| 0),
         Command::Ps(args) => ps::ps(root, args),
+        Command::Exec(args) => exec::exec(root, args).map_err(|e| RuncError::ExecFailed(Box::new(e))),
         Command::Spec(args) => spec::write_spec(args).map(|()| 0),
         Command::Features => features::print_features().map(|()| 0),
+    }
+}
+
+impl RuncError {
+    /// The exit code runc uses for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RuncError::ExecFailed(_) => 255,
+            _ => 1,
+        }
     }
 }
 

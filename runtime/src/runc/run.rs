@@ -22,7 +22,7 @@ pub struct RunArgs {
 }
 
 /// Signals a foreground `run` passes on to the container instead of dying of them.
-const FORWARDED: &[Signal] = &[
+pub(super) const FORWARDED: &[Signal] = &[
     Signal::SIGHUP,
     Signal::SIGINT,
     Signal::SIGQUIT,

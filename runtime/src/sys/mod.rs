@@ -21,8 +21,9 @@ pub enum CloneResult {
 /// Fork-like `clone(2)` with namespace flags: the child starts in the new namespaces (for
 /// CLONE_NEWPID it is pid 1 there) on a copy-on-write copy of the caller's stack.
 ///
-/// Only sound in a single-threaded process (the monitor): the child is a copy of this one
-/// thread, so no lock can be held by a thread that does not exist in the child.
+/// Only sound in a single-threaded process (the monitor, the exec helper): the child is a
+/// copy of this one thread, so no lock can be held by a thread that does not exist in the
+/// child.
 pub fn clone_process(flags: CloneFlags) -> Result<CloneResult, Errno> {
     let flags = flags.bits() as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
     // SAFETY: raw clone with a null stack behaves like fork(2): the child continues on a
@@ -117,4 +118,40 @@ pub fn spawn_in_new_session(command: &mut Command) -> io::Result<Child> {
         })
     };
     command.spawn()
+}
+
+/// Let the child spawned by `command` inherit `fd` (which the caller opened with O_CLOEXEC, so
+/// that no other spawn of a multithreaded caller inherits it) at the same number: runc's way of
+/// handing its init a sync pipe. The caller tells the child the number.
+pub fn inherit_fd(command: &mut Command, fd: RawFd) {
+    // SAFETY: the closure runs between fork and exec and only calls fcntl(2) on an fd number,
+    // which is async-signal-safe and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+}
+
+/// Take ownership of an fd this process inherited from its parent (its number passed by
+/// [`inherit_fd`]'s caller), after checking that it is open. Returns it with FD_CLOEXEC set, so
+/// nothing this process executes inherits it.
+///
+/// Call it once per number, at start-up, before anything else could have opened or closed that
+/// number: two owners of one fd would close it twice.
+pub fn take_inherited_fd(fd: RawFd) -> Result<OwnedFd, Errno> {
+    if fd < 3 {
+        return Err(Errno::EBADF); // stdio belongs to the process's streams
+    }
+    // SAFETY: F_SETFD only changes the flags of the fd number, and fails with EBADF when it is
+    // not open.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the fd is open (checked above), was inherited across exec so no Rust object of
+    // this process owns it, and the caller takes it exactly once.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

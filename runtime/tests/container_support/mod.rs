@@ -19,7 +19,7 @@ use rand::Rng;
 pub const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] = &[
     "sh", "true", "false", "yes", "echo", "cat", "sleep", "hostname", "pwd", "ls", "env", "id", "mkdir", "chmod",
-    "touch", "uname",
+    "touch", "uname", "grep", "readlink", "sort", "tr", "wc", "head",
 ];
 
 pub fn require_root() {

@@ -8,7 +8,7 @@ mod features;
 mod plan;
 
 use libseccomp::ScmpFilterContext;
-use oci_spec::runtime::{LinuxSeccompAction, Spec};
+use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, Spec};
 
 pub use features::{supported, Supported};
 
@@ -61,24 +61,27 @@ pub enum SeccompError {
 }
 
 /// A compiled filter, ready to load.
-pub(super) struct Filter {
+pub(crate) struct Filter {
     ctx: ScmpFilterContext,
 }
 
 /// Compile the spec's profile, if it has one. Touches no process state.
-pub(super) fn compile(spec: &Spec) -> Result<Option<Filter>, SeccompError> {
-    let Some(seccomp) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) else {
-        return Ok(None);
-    };
+pub(crate) fn compile(spec: &Spec) -> Result<Option<Filter>, SeccompError> {
+    spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()).map(compile_profile).transpose()
+}
+
+/// Compile one profile (the container's, for a process exec'd into it). Touches no process
+/// state.
+pub(crate) fn compile_profile(seccomp: &LinuxSeccomp) -> Result<Filter, SeccompError> {
     let plan = plan::translate(seccomp)?;
     let ctx = build::build(&plan)?;
     build::check_size(&ctx)?;
-    Ok(Some(Filter { ctx }))
+    Ok(Filter { ctx })
 }
 
 impl Filter {
     /// Install the filter on this process; every later syscall, exec included, goes through it.
-    pub(super) fn load(&self) -> Result<(), SeccompError> {
+    pub(crate) fn load(&self) -> Result<(), SeccompError> {
         self.ctx.load().map_err(SeccompError::Load)
     }
 }
