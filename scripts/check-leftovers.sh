@@ -17,6 +17,10 @@ for link in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f
   case "$link" in nlt*|nlb*|nodelet*) report "interface $link" ;; esac
 done
 
+for netns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
+  case "$netns" in nlb-*|nle-*|nlt-*|nodelet*) report "network namespace $netns" ;; esac
+done
+
 while IFS= read -r dir; do report "cgroup $dir"; done < <(
   find /sys/fs/cgroup -maxdepth 3 -type d -name 'nodelet-test*' -o -maxdepth 3 -type d -name 'nodelet-e2e*' 2>/dev/null)
 
@@ -30,6 +34,8 @@ for cmdline in /proc/[0-9]*/cmdline; do
     "nodelet monitor"|"nodelet agent"|"nodelet run"|"nodelet proxy"|nodelet-monitor\ *|nodelet-test-apiserver\ *)
       report "process $pid: ${argv[*]}" ;;
   esac
+  # An exec helper names the container it serves in its argv[0].
+  case "${argv[0]}" in nodelet-exec-helper:*) report "process $pid: ${argv[*]}" ;; esac
 done
 
 if [ "$found" = 0 ]; then echo "no leftovers"; fi

@@ -3,14 +3,15 @@
 //! client fetches the page through a Service's ClusterIP (eBPF connect4 in the test's own
 //! cgroup); the agent is killed and restarted without restarting the pod; everything is
 //! deleted, and afterwards no netns, veth, mount, cgroup, BPF program or process is left.
-//! Probes: readiness gates Ready, a failing liveness probe restarts its container.
+//! Probes: readiness gates Ready (tcpSocket, and exec inside the container), a failing
+//! liveness probe restarts its container; kubelet's events are recorded.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ContainerStatus, Node, Pod, PodCondition, Service};
+use k8s_openapi::api::core::v1::{ContainerStatus, Event, Node, Pod, PodCondition, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
@@ -157,6 +158,9 @@ async fn probes_gate_readiness_and_restart_unhealthy_containers() {
     pods.create(&PostParams::default(), &unhealthy_pod(&node_name, &registry.image("busybox:1")))
         .await
         .expect("creating the unhealthy pod");
+    pods.create(&PostParams::default(), &exec_ready_pod(&node_name, &registry.image("busybox:1")))
+        .await
+        .expect("creating the exec-probed pod");
 
     // Running, started, but not ready while nothing listens.
     let running = wait_for("the slow web server to run", Duration::from_secs(120), || async {
@@ -193,6 +197,39 @@ async fn probes_gate_readiness_and_restart_unhealthy_containers() {
     let ran = last.finished_at.expect("finishedAt").0 - last.started_at.expect("startedAt").0;
     assert!(ran < chrono::Duration::seconds(15), "an unhealthy attempt lived {ran}");
 
+    // An exec readiness probe runs `cat` inside the container: Ready once the file exists.
+    let exec_ready = wait_for("the exec-probed pod to be Ready", Duration::from_secs(60), || async {
+        let pod = pods.get("exec-ready").await.ok()?;
+        pod_ready(&pod).then_some(pod)
+    })
+    .await;
+    assert_eq!(restart_count(&exec_ready), 0);
+
+    // kubelet's events for them, from the node's identity.
+    let events: Api<Event> = Api::namespaced(admin.clone(), "default");
+    let reasons = wait_for("the pods' events", Duration::from_secs(30), || async {
+        let list = events.list(&Default::default()).await.ok()?.items;
+        let reasons: Vec<(String, String)> = list
+            .iter()
+            .map(|e| (e.involved_object.name.clone().unwrap_or_default(), e.reason.clone().unwrap_or_default()))
+            .collect();
+        let has = |pod: &str, reason: &str| reasons.iter().any(|(p, r)| p == pod && r == reason);
+        (has("exec-ready", "Pulled")
+            && has("exec-ready", "Created")
+            && has("exec-ready", "Started")
+            && has("unhealthy", "Unhealthy")
+            && has("unhealthy", "Killing"))
+        .then_some(list)
+    })
+    .await;
+    let unhealthy_event = reasons
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("Unhealthy") && e.involved_object.name.as_deref() == Some("unhealthy"))
+        .expect("Unhealthy");
+    assert_eq!(unhealthy_event.type_.as_deref(), Some("Warning"));
+    assert!(unhealthy_event.message.as_deref().unwrap_or_default().starts_with("Liveness probe failed:"));
+    assert_eq!(unhealthy_event.source.as_ref().and_then(|s| s.host.as_deref()), Some(node_name.as_str()));
+
     let web = pods.get("slow-web").await.expect("slow web pod");
     assert_eq!(restart_count(&web), 0, "a passing liveness probe restarted the web server");
     let metrics = scrape_metrics(&agent.log()).expect("the agent's /metrics");
@@ -207,7 +244,7 @@ async fn probes_gate_readiness_and_restart_unhealthy_containers() {
         );
     }
 
-    for name in ["slow-web", "unhealthy"] {
+    for name in ["slow-web", "unhealthy", "exec-ready"] {
         pods.delete(name, &DeleteParams::default()).await.expect("deleting a pod");
     }
     wait_for("the pods to be gone", Duration::from_secs(90), || async {
@@ -361,6 +398,24 @@ fn unhealthy_pod(node: &str, image: &str) -> Pod {
         }
     }))
     .expect("unhealthy pod")
+}
+
+/// Ready only once its exec readiness probe finds the file the container writes after 2 s.
+fn exec_ready_pod(node: &str, image: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "exec-ready"},
+        "spec": {
+            "nodeName": node,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "main", "image": image,
+                "command": ["sh", "-c", "sleep 2; touch /tmp/ready; exec sleep 3600"],
+                "readinessProbe": {"exec": {"command": ["cat", "/tmp/ready"]}, "periodSeconds": 1}
+            }]
+        }
+    }))
+    .expect("exec-probed pod")
 }
 
 fn client_pod(node: &str, image: &str) -> Pod {

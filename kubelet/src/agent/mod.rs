@@ -138,6 +138,7 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
         host_runtime::pod_config(local, host_ip),
         host.node_runtime.clone(),
         &metrics.pods,
+        events.clone(),
         shutdown.clone(),
     );
     let proxy = run_proxy(cfg.proxy_enabled, client.clone(), local, shutdown.clone());

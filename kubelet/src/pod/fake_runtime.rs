@@ -121,6 +121,7 @@ fn image_info(reference: &str) -> ImageInfo {
     ImageInfo {
         reference: reference.to_string(),
         image_id: format!("{reference}@sha256:0000"),
+        size: 1234,
         config: ImageConfigurationBuilder::default()
             .config(ConfigBuilder::default().cmd(vec!["/bin/app".to_string()]).build().expect("config"))
             .build()
@@ -166,7 +167,11 @@ impl PodRuntime for FakeRuntime {
         Ok(self.with(|s| s.images.contains(reference).then(|| image_info(reference))))
     }
 
-    async fn pull_image(&self, reference: &str) -> Result<ImageInfo, PortError> {
+    async fn pull_image(
+        &self,
+        reference: &str,
+        _secrets: &[nodelet_runtime::image::DockerConfig],
+    ) -> Result<ImageInfo, PortError> {
         self.with(|s| {
             s.journal.push(format!("pull {reference}"));
             if s.broken_registry.contains(reference) {

@@ -63,6 +63,8 @@ fn harness() -> Harness {
             runtime: runtime.clone() as Arc<dyn PodRuntime>,
             sink: sink.clone() as Arc<dyn StatusSink>,
             probe_metrics: probe_metrics.clone(),
+            events: crate::events::EventRecorder::log_only(),
+            pull_secrets: Arc::new(crate::pod::pull_secrets::NoPullSecrets),
         },
         CancellationToken::new(),
     );

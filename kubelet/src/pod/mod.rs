@@ -15,6 +15,7 @@ pub mod model;
 pub mod node_runtime;
 pub mod pod_files;
 pub mod probe;
+pub mod pull_secrets;
 pub mod quantity;
 pub mod runtime_port;
 pub mod source;
@@ -44,7 +45,10 @@ pub use runtime_port::PodRuntime;
 pub use source::SourceError;
 pub use status_sink::{ApiStatusSink, MemoryStatusSink, StatusSink};
 
+use pull_secrets::{ApiPullSecrets, NoPullSecrets};
 use worker::WorkerContext;
+
+use crate::events::EventRecorder;
 
 /// How often `nodelet run` looks at its manifest directory again.
 pub const STATIC_RESCAN: Duration = Duration::from_secs(5);
@@ -57,11 +61,19 @@ pub async fn run_api_pods(
     cfg: PodConfig,
     runtime: Arc<dyn PodRuntime>,
     metrics: &PodMetrics,
+    events: EventRecorder,
     shutdown: CancellationToken,
 ) {
     let sink = metrics.observe(Arc::new(ApiStatusSink::new(client.clone())));
     let node_name = cfg.node_name.clone();
-    let context = WorkerContext { cfg: Arc::new(cfg), runtime, sink, probe_metrics: metrics.probes() };
+    let context = WorkerContext {
+        cfg: Arc::new(cfg),
+        runtime,
+        sink,
+        probe_metrics: metrics.probes(),
+        events,
+        pull_secrets: Arc::new(ApiPullSecrets::new(client.clone())),
+    };
     let manager = PodManager::new(context, shutdown.clone());
     let (tx, rx) = mpsc::channel(64);
     let watch = tokio::spawn({
@@ -88,7 +100,15 @@ pub async fn run_static_pods(
     source::load_static_pods(&dir, &cfg.node_name)?;
     let node_name = cfg.node_name.clone();
     let sink = metrics.observe(sink);
-    let context = WorkerContext { cfg: Arc::new(cfg), runtime, sink, probe_metrics: metrics.probes() };
+    // No API server: events are only logged, and pull secrets cannot be read.
+    let context = WorkerContext {
+        cfg: Arc::new(cfg),
+        runtime,
+        sink,
+        probe_metrics: metrics.probes(),
+        events: EventRecorder::log_only(),
+        pull_secrets: Arc::new(NoPullSecrets),
+    };
     let manager = PodManager::new(context, shutdown.clone());
     let (tx, rx) = mpsc::channel(64);
     let watch = tokio::spawn(source::watch_static_pods(dir, node_name, STATIC_RESCAN, tx, shutdown.clone()));

@@ -2,19 +2,23 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::task::AbortHandle;
 
-use nodelet_runtime::image::{Image, ImageStore, NoProgress};
+use nodelet_runtime::exec::{self, ExecHelper};
+use nodelet_runtime::image::{DockerConfig, Image, ImageStore, NoProgress};
 use nodelet_runtime::monitor::{ContainerState, ContainerStatus, Runtime, RuntimeError};
 use nodelet_runtime::network::{PodNetwork, SandboxNetwork};
 
 use super::container_cache::{keep_current, ContainerCache};
-use super::runtime_port::{ContainerInfo, ImageInfo, PodRuntime, PortError, RunState, SandboxInfo};
+use super::runtime_port::{ContainerInfo, ExecResult, ImageInfo, PodRuntime, PortError, RunState, SandboxInfo};
 
 pub struct NodeRuntime {
     images: Arc<ImageStore>,
     monitor: Runtime,
+    /// `nodelet exec-helper`: joins a container's namespaces for exec (never this process).
+    exec_helper: ExecHelper,
     network: Arc<PodNetwork>,
     containers: Arc<ContainerCache>,
     watch: AbortHandle,
@@ -31,7 +35,7 @@ impl NodeRuntime {
     pub fn new(images: Arc<ImageStore>, monitor: Runtime, network: Arc<PodNetwork>) -> NodeRuntime {
         let containers = ContainerCache::new();
         let watch = tokio::spawn(keep_current(containers.clone(), monitor.clone())).abort_handle();
-        NodeRuntime { images, monitor, network, containers, watch }
+        NodeRuntime { images, monitor, network, containers, watch, exec_helper: ExecHelper::this_binary() }
     }
 
     /// After a change through the monitor: wait until the watch shows it, so the next read
@@ -61,7 +65,7 @@ fn sandbox_info(sandbox: SandboxNetwork) -> SandboxInfo {
 }
 
 fn image_info(image: Image) -> ImageInfo {
-    ImageInfo { reference: image.reference, image_id: image.repo_digest, config: image.config }
+    ImageInfo { reference: image.reference, image_id: image.repo_digest, config: image.config, size: image.size }
 }
 
 fn container_info(state: ContainerState) -> ContainerInfo {
@@ -105,9 +109,9 @@ impl PodRuntime for NodeRuntime {
             .map(|found| found.map(image_info))
     }
 
-    async fn pull_image(&self, reference: &str) -> Result<ImageInfo, PortError> {
+    async fn pull_image(&self, reference: &str, secrets: &[DockerConfig]) -> Result<ImageInfo, PortError> {
         self.images
-            .pull(reference, &NoProgress)
+            .pull_with_secrets(reference, &NoProgress, secrets)
             .await
             .map(image_info)
             .map_err(|e| PortError::runtime("pull image", reference, e))
@@ -181,6 +185,17 @@ impl PodRuntime for NodeRuntime {
             .await
             .map(|list| list.into_iter().map(container_info).collect())
             .map_err(|e| PortError::runtime("list containers", "", e))
+    }
+
+    async fn exec_sync(&self, container_id: &str, cmd: &[String], timeout: Duration) -> Result<ExecResult, PortError> {
+        let output = exec::exec_sync(&self.monitor, &self.exec_helper, container_id, cmd, timeout)
+            .await
+            .map_err(|e| PortError::runtime("exec in container", container_id, e))?;
+        let mut stderr = output.stderr;
+        if output.timed_out {
+            stderr.extend_from_slice(format!("command timed out after {}s", timeout.as_secs_f64()).as_bytes());
+        }
+        Ok(ExecResult { exit_code: output.exit_code, stdout: output.stdout, stderr })
     }
 
     async fn pod_containers(&self, pod_uid: &str) -> Result<Vec<ContainerInfo>, PortError> {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use nodelet_runtime::image::DockerConfig;
 use oci_spec::image::ImageConfiguration;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -51,6 +52,8 @@ pub struct ImageInfo {
     /// "<repository>@sha256:...": the Kubernetes `imageID`.
     pub image_id: String,
     pub config: ImageConfiguration,
+    /// Bytes (the compressed layers), for the Pulled event.
+    pub size: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,7 +123,8 @@ pub trait PodRuntime: Send + Sync {
 
     /// A locally present image, by reference.
     async fn local_image(&self, reference: &str) -> Result<Option<ImageInfo>, PortError>;
-    async fn pull_image(&self, reference: &str) -> Result<ImageInfo, PortError>;
+    /// Pull with the pod's pull secrets (tried before the node's credentials).
+    async fn pull_image(&self, reference: &str, secrets: &[DockerConfig]) -> Result<ImageInfo, PortError>;
 
     /// Mount the image's rootfs at `<container_dir>/rootfs`; returns that path. Idempotent.
     async fn mount_rootfs(&self, image: &ImageInfo, container_dir: &Path) -> Result<PathBuf, PortError>;
@@ -154,20 +158,6 @@ pub trait PodRuntime: Send + Sync {
         _timeout: Duration,
     ) -> Result<ExecResult, PortError> {
         Err(PortError::Unsupported { operation: "exec in a container" })
-    }
-
-    /// The image to run, by pull policy: present -> use it unless Always; absent -> pull unless
-    /// Never.
-    async fn ensure_image(&self, reference: &str, policy: PullPolicy) -> Result<ImageInfo, PortError> {
-        if policy != PullPolicy::Always {
-            if let Some(image) = self.local_image(reference).await? {
-                return Ok(image);
-            }
-            if policy == PullPolicy::Never {
-                return Err(PortError::ImageNeverPull { reference: reference.to_string() });
-            }
-        }
-        self.pull_image(reference).await
     }
 }
 

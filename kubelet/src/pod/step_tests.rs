@@ -66,6 +66,7 @@ fn ready_memory() -> PodMemory {
         reference: "busybox:1".into(),
         image_id: "busybox@sha256:1".into(),
         config: Default::default(),
+        size: 0,
     });
     memory
 }

@@ -11,13 +11,16 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::{pod_reference, EventRecorder, EventType};
+
 use super::config::PodConfig;
 use super::ids::{container_id, sandbox_id};
 use super::layout::{container_dir, log_path, pod_dir};
 use super::model::{Observed, PodMemory, PodPlan, ProbeKill, Removal, RestartPolicy, Waiting};
 use super::pod_files::write_pod_files;
 use super::probe::{PodProber, ProbeMetrics};
-use super::runtime_port::{error_chain, PodRuntime, PortError, PullPolicy, RunState, SandboxInfo};
+use super::pull_secrets::PullSecrets;
+use super::runtime_port::{error_chain, ImageInfo, PodRuntime, PortError, PullPolicy, RunState, SandboxInfo};
 use super::status::{compute_status, StatusInput};
 use super::status_sink::StatusSink;
 use super::step::{backoff_delay, decide, Action, Signal, BACKOFF_RESET_AFTER};
@@ -39,6 +42,9 @@ pub struct WorkerContext {
     pub sink: Arc<dyn StatusSink>,
     /// Where the pods' probes count their runs.
     pub probe_metrics: ProbeMetrics,
+    /// Pulling, Pulled, Created, Started, Killing, BackOff, Unhealthy, Failed.
+    pub events: EventRecorder,
+    pub pull_secrets: Arc<dyn PullSecrets>,
 }
 
 /// How a worker ended.
@@ -73,7 +79,7 @@ pub async fn run_worker(
     let mut changes = ctx.runtime.container_changes(&uid);
     let interval = if changes.is_some() { ctx.cfg.resync_interval } else { ctx.cfg.sync_interval };
     let start_time = first.pod.status.as_ref().and_then(|s| s.start_time.as_ref()).map_or_else(Utc::now, |t| t.0);
-    let prober = PodProber::new(&first.pod, ctx.runtime.clone(), ctx.probe_metrics.clone());
+    let prober = PodProber::new(&first.pod, ctx.runtime.clone(), ctx.probe_metrics.clone(), ctx.events.clone());
     let mut verdicts = prober.changes();
     let mut worker = Worker {
         ctx,
@@ -220,6 +226,7 @@ impl Worker {
         if self.last_sent.as_ref() == Some(&status) {
             return;
         }
+        self.record_back_offs(pod, &status);
         match self.ctx.sink.report(pod, &status).await {
             Ok(()) => {
                 self.last_sent = Some(status);
@@ -228,6 +235,39 @@ impl Worker {
             Err(error) => {
                 tracing::warn!(pod = %pod_key(pod), "{}", error_chain(&error));
             }
+        }
+    }
+
+    /// A BackOff event each time a container enters CrashLoopBackOff or ImagePullBackOff (kubelet
+    /// records one per sync in back-off; the repeats would only raise the count).
+    fn record_back_offs(&self, pod: &Pod, status: &PodStatus) {
+        let waiting_reason = |status: Option<&PodStatus>, name: &str| {
+            status
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|list| list.iter().find(|c| c.name == name))
+                .and_then(|c| c.state.as_ref())
+                .and_then(|state| state.waiting.as_ref())
+                .and_then(|waiting| waiting.reason.clone())
+        };
+        for container in status.container_statuses.iter().flatten() {
+            let reason = waiting_reason(Some(status), &container.name);
+            if reason == waiting_reason(self.last_sent.as_ref(), &container.name) {
+                continue;
+            }
+            let (namespace, name) =
+                (pod.metadata.namespace.as_deref().unwrap_or("default"), pod.metadata.name.as_deref().unwrap_or(""));
+            let uid = pod.metadata.uid.as_deref().unwrap_or("");
+            let (event_type, message) = match reason.as_deref() {
+                Some("CrashLoopBackOff") => (
+                    EventType::Warning,
+                    format!("Back-off restarting failed container {} in pod {name}_{namespace}({uid})", container.name),
+                ),
+                Some("ImagePullBackOff") => {
+                    (EventType::Normal, format!("Back-off pulling image \"{}\"", container.image))
+                }
+                _ => continue,
+            };
+            self.ctx.events.record(pod_reference(pod, Some(&container.name)), event_type, "BackOff", message);
         }
     }
 
@@ -273,21 +313,7 @@ impl Worker {
                 let Some(spec) = plan.containers.iter().find(|c| c.name == container) else {
                     return Ok(());
                 };
-                let result = if spec.image.is_empty() {
-                    Err(Waiting {
-                        reason: "InvalidImageName".to_string(),
-                        message: "Failed to apply default image tag \"\": couldn't parse image name \"\": invalid reference format".to_string(),
-                    })
-                } else {
-                    runtime.ensure_image(&spec.image, spec.pull_policy).await.map_err(|error| Waiting {
-                        reason: match error {
-                            PortError::ImageNeverPull { .. } => "ErrImageNeverPull",
-                            _ => "ErrImagePull",
-                        }
-                        .to_string(),
-                        message: error_chain(&error),
-                    })
-                };
+                let result = self.ensure_image(pod, &container, &spec.image, spec.pull_policy).await;
                 let memory = self.memory.container_mut(&container);
                 match result {
                     Ok(image) => {
@@ -305,6 +331,21 @@ impl Worker {
             }
             Action::CreateAndStart { container, attempt } => {
                 let result = self.create_and_start(pod, uid, &container, attempt).await;
+                let object = pod_reference(pod, Some(&container));
+                match &result {
+                    Ok(()) => self.ctx.events.record(
+                        object,
+                        EventType::Normal,
+                        "Started",
+                        format!("Started container {container}"),
+                    ),
+                    Err(waiting) => self.ctx.events.record(
+                        object,
+                        EventType::Warning,
+                        "Failed",
+                        format!("Error: {}", waiting.message),
+                    ),
+                }
                 let memory = self.memory.container_mut(&container);
                 match result {
                     Ok(()) => {
@@ -350,6 +391,11 @@ impl Worker {
                 remove_dir_if_present(&dir)?;
             }
             Action::Signal { container, attempt, signal } => {
+                if signal == Signal::Term {
+                    let object = pod_reference(pod, Some(&container));
+                    let message = format!("Stopping container {container}");
+                    self.ctx.events.record(object, EventType::Normal, "Killing", message);
+                }
                 send_signal(runtime.as_ref(), &container_id(uid, &container, attempt), signal).await;
                 match signal {
                     Signal::Term => {
@@ -361,8 +407,9 @@ impl Worker {
             Action::StopUnhealthy { container, attempt, probe, signal } => {
                 if signal == Signal::Term {
                     let restart = if plan.restart_policy == RestartPolicy::Never { "" } else { ", will be restarted" };
-                    // kubelet's Killing event.
-                    tracing::info!(pod = %pod_key(pod), "Container {container} failed {} probe{restart}", probe.lowercase());
+                    let message = format!("Container {container} failed {} probe{restart}", probe.lowercase());
+                    tracing::info!(pod = %pod_key(pod), "{message}");
+                    self.ctx.events.record(pod_reference(pod, Some(&container)), EventType::Normal, "Killing", message);
                 }
                 send_signal(runtime.as_ref(), &container_id(uid, &container, attempt), signal).await;
                 let kill = &mut self.memory.container_mut(&container).probe_kill;
@@ -430,7 +477,73 @@ impl Worker {
         }
         let id = container_id(uid, container, attempt);
         self.ctx.runtime.create_container(&id, &dir, &log).await.map_err(|e| runtime_error(&e))?;
+        let object = pod_reference(pod, Some(container));
+        self.ctx.events.record(object, EventType::Normal, "Created", format!("Created container: {container}"));
         self.ctx.runtime.start_container(&id).await.map_err(|e| runtime_error(&e))
+    }
+
+    /// The image to run, by pull policy (present: used unless Always; absent: pulled unless
+    /// Never), with the pod's pull secrets and kubelet's events. Errors come back as the
+    /// waiting reason kubelet would show.
+    async fn ensure_image(
+        &self,
+        pod: &Pod,
+        container: &str,
+        reference: &str,
+        policy: PullPolicy,
+    ) -> Result<ImageInfo, Waiting> {
+        let object = pod_reference(pod, Some(container));
+        let events = &self.ctx.events;
+        if reference.is_empty() {
+            return Err(Waiting {
+                reason: "InvalidImageName".to_string(),
+                message:
+                    "Failed to apply default image tag \"\": couldn't parse image name \"\": invalid reference format"
+                        .to_string(),
+            });
+        }
+        let pull_error =
+            |error: PortError| Waiting { reason: "ErrImagePull".to_string(), message: error_chain(&error) };
+        if policy != PullPolicy::Always {
+            if let Some(image) = self.ctx.runtime.local_image(reference).await.map_err(pull_error)? {
+                let message = format!("Container image \"{reference}\" already present on machine");
+                events.record(object, EventType::Normal, "Pulled", message);
+                return Ok(image);
+            }
+            if policy == PullPolicy::Never {
+                let message = format!("Container image \"{reference}\" is not present with pull policy of Never");
+                events.record(object, EventType::Warning, "ErrImageNeverPull", message.clone());
+                return Err(Waiting { reason: "ErrImageNeverPull".to_string(), message });
+            }
+        }
+        let credentials = self.ctx.pull_secrets.for_pod(pod).await;
+        if !credentials.problems.is_empty() {
+            let message = format!(
+                "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
+                credentials.problems.join(", ")
+            );
+            events.record(object.clone(), EventType::Warning, "FailedToRetrieveImagePullSecret", message);
+        }
+        events.record(object.clone(), EventType::Normal, "Pulling", format!("Pulling image \"{reference}\""));
+        let started = Instant::now();
+        match self.ctx.runtime.pull_image(reference, &credentials.configs).await {
+            Ok(image) => {
+                let took = started.elapsed().as_secs_f64();
+                let message = format!(
+                    "Successfully pulled image \"{reference}\" in {took:.3}s ({took:.3}s including waiting). Image size: {} bytes.",
+                    image.size
+                );
+                events.record(object, EventType::Normal, "Pulled", message);
+                Ok(image)
+            }
+            Err(error) => {
+                let waiting = pull_error(error);
+                let message = format!("Failed to pull image \"{reference}\": {}", waiting.message);
+                events.record(object.clone(), EventType::Warning, "Failed", message);
+                events.record(object, EventType::Warning, "Failed", "Error: ErrImagePull");
+                Err(waiting)
+            }
+        }
     }
 }
 

@@ -77,6 +77,8 @@ async fn release_everything(pod_config: pod::PodConfig, host: host_runtime::Host
         runtime: host.node_runtime.clone(),
         sink,
         probe_metrics: Default::default(),
+        events: crate::events::EventRecorder::log_only(),
+        pull_secrets: Arc::new(pod::pull_secrets::NoPullSecrets),
     };
     let manager = PodManager::new(context, CancellationToken::new());
     let (events, receiver) = tokio::sync::mpsc::channel(1);

@@ -20,6 +20,7 @@ use super::results::{ProbeResults, ProbeView, Verdicts};
 use super::spec::ProbeSpec;
 use super::task::ProbeTask;
 use super::{ProbeKind, Verdict};
+use crate::events::{pod_reference, EventRecorder};
 use crate::pod::model::{Attempt, ContainerPlan, Observed, PodPlan};
 use crate::pod::runtime_port::{PodRuntime, RunState};
 
@@ -28,6 +29,9 @@ type TaskKey = (String, u32, ProbeKind);
 
 pub struct PodProber {
     pod: PodLabels,
+    /// The pod, for Unhealthy and ProbeWarning events.
+    pod_object: Pod,
+    events: EventRecorder,
     runtime: Arc<dyn PodRuntime>,
     metrics: ProbeMetrics,
     results: Arc<ProbeResults>,
@@ -39,10 +43,19 @@ pub struct PodProber {
 }
 
 impl PodProber {
-    pub fn new(pod: &Pod, runtime: Arc<dyn PodRuntime>, metrics: ProbeMetrics) -> PodProber {
-        let pod = PodLabels::of(pod);
+    pub fn new(pod: &Pod, runtime: Arc<dyn PodRuntime>, metrics: ProbeMetrics, events: EventRecorder) -> PodProber {
+        let pod_object = Pod { metadata: pod.metadata.clone(), spec: pod.spec.clone(), status: None };
         let results = Arc::new(ProbeResults::default());
-        PodProber { pod, runtime, metrics, results, tasks: BTreeMap::new(), series: BTreeSet::new() }
+        PodProber {
+            pod: PodLabels::of(pod),
+            pod_object,
+            events,
+            runtime,
+            metrics,
+            results,
+            tasks: BTreeMap::new(),
+            series: BTreeSet::new(),
+        }
     }
 
     /// Fires when a verdict changes: the worker steps again.
@@ -103,6 +116,8 @@ impl PodProber {
             results: self.results.clone(),
             runtime: self.runtime.clone(),
             metrics: self.metrics.clone(),
+            events: self.events.clone(),
+            object: pod_reference(&self.pod_object, Some(container)),
         };
         let stop = CancellationToken::new();
         tokio::spawn(task.run(stop.clone()));

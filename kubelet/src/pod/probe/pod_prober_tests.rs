@@ -4,6 +4,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::*;
+use crate::events::EventRecorder;
 use crate::pod::fake_runtime::FakeRuntime;
 use crate::pod::ids::container_id;
 use crate::pod::model::Removal;
@@ -49,7 +50,7 @@ fn setup() -> Setup {
         runtime.exec_exits(command, 0);
     }
     let pod = pod();
-    let prober = PodProber::new(&pod, runtime.clone(), ProbeMetrics::default());
+    let prober = PodProber::new(&pod, runtime.clone(), ProbeMetrics::default(), EventRecorder::log_only());
     Setup { runtime, prober, plan: PodPlan::from_pod(&pod, false), ip: Some("10.88.0.2".parse().expect("ip")) }
 }
 

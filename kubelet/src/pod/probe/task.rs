@@ -16,6 +16,7 @@ use super::results::ProbeResults;
 use super::spec::ProbeSpec;
 use super::tally::Tally;
 use super::{Outcome, ProbeKind, Verdict};
+use crate::events::{EventRecorder, EventType};
 use crate::pod::runtime_port::PodRuntime;
 
 pub struct ProbeTask {
@@ -29,6 +30,9 @@ pub struct ProbeTask {
     pub results: Arc<ProbeResults>,
     pub runtime: Arc<dyn PodRuntime>,
     pub metrics: ProbeMetrics,
+    pub events: EventRecorder,
+    /// The container, for its Unhealthy and ProbeWarning events.
+    pub object: k8s_openapi::api::core::v1::ObjectReference,
 }
 
 impl ProbeTask {
@@ -61,17 +65,23 @@ impl ProbeTask {
         }
     }
 
-    /// Each distinct failure once per container at info (kubelet records an Unhealthy event);
-    /// repeats, which come every period, only at debug.
+    /// Every failure is an Unhealthy event (and every warning a ProbeWarning), as kubelet
+    /// records them (repeats become counts); each distinct failure is logged once per container
+    /// at info, repeats, which come every period, only at debug.
     fn log(&self, outcome: &Outcome) {
         let kind = self.series.kind.as_str();
         let (container, pod) =
             (&self.series.container, format!("{}/{}", self.series.pod.namespace, self.series.pod.name));
         match outcome {
             Outcome::Success => tracing::trace!(%pod, %container, "{kind} probe succeeded"),
-            Outcome::Warning(message) => tracing::debug!(%pod, %container, "{kind} probe warning: {message}"),
+            Outcome::Warning(message) => {
+                tracing::debug!(%pod, %container, "{kind} probe warning: {message}");
+                let text = format!("{kind} probe warning: {message}");
+                self.events.record(self.object.clone(), EventType::Warning, "ProbeWarning", text);
+            }
             Outcome::Failure(message) => {
                 let line = format!("{kind} probe failed: {message}");
+                self.events.record(self.object.clone(), EventType::Warning, "Unhealthy", line.clone());
                 if self.results.first_time(container, &line) {
                     tracing::info!(%pod, %container, "{line}");
                 } else {

@@ -3,6 +3,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use super::*;
+use crate::events::EventRecorder;
 use crate::pod::fake_runtime::FakeRuntime;
 use crate::pod::probe::metrics::PodLabels;
 use crate::pod::probe::spec::Handler;
@@ -30,6 +31,8 @@ fn task(runtime: &Arc<FakeRuntime>, results: &Arc<ProbeResults>, kind: ProbeKind
         results: results.clone(),
         runtime: runtime.clone(),
         metrics: ProbeMetrics::default(),
+        events: EventRecorder::log_only(),
+        object: Default::default(),
     }
 }
 
