@@ -524,11 +524,12 @@ fn print_table(results: &BTreeMap<u32, Samples>, ipvs: bool) {
             ipvs_ms.map_or_else(|| "n/a".into(), ratio),
             median(&samples.nodelet_change),
             median(&samples.nodelet_change_build),
-            format!(
-                "{}{:.1}",
-                bound(samples.iptables_change_timed_out || samples.iptables_timed_out),
-                median(&samples.iptables_change)
-            ),
+            if samples.iptables_change.is_empty() {
+                // The full load timed out, so there was nothing to change.
+                "n/a".to_string()
+            } else {
+                format!("{}{:.1}", bound(samples.iptables_change_timed_out), median(&samples.iptables_change))
+            },
         );
     }
     println!();

@@ -14,6 +14,10 @@ use super::{EventInput, EventType};
 
 /// Events waiting to be sent; more are dropped (client-go's queue holds 1000 too).
 const QUEUE: usize = 1000;
+/// kubelet's `eventRecordQPS` and `eventBurst` defaults: the API writes events may take, so
+/// that a burst of pod starts does not crowd out status updates.
+const EVENT_QPS: f64 = 50.0;
+const EVENT_BURST: f64 = 100.0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EventSinkError {
@@ -128,6 +132,7 @@ async fn send_events(
     mut correlator: Correlator,
     shutdown: CancellationToken,
 ) {
+    let (mut tokens, mut refilled) = (EVENT_BURST, tokio::time::Instant::now());
     loop {
         let input = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -136,6 +141,20 @@ async fn send_events(
                 None => return,
             },
         };
+        // Wait for a token (the queue keeps what comes meanwhile).
+        let now = tokio::time::Instant::now();
+        tokens = (tokens + (now - refilled).as_secs_f64() * EVENT_QPS).min(EVENT_BURST);
+        refilled = now;
+        if tokens < 1.0 {
+            let wait = std::time::Duration::from_secs_f64((1.0 - tokens) / EVENT_QPS);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            tokens = 1.0;
+            refilled = tokio::time::Instant::now();
+        }
+        tokens -= 1.0;
         let result = match correlator.observe(&input, Utc::now()) {
             Decision::Drop => {
                 tracing::debug!(reason = %input.reason, "event dropped: rate limited");
