@@ -19,21 +19,10 @@ use super::wire::{Channel, Report, Request, CONTROL_FD_ENV};
 use crate::container::process::{self, ProcessError};
 use crate::container::seccomp::{self, SeccompError};
 use crate::error_chain;
-use crate::sys::{self, CloneResult};
+use crate::sys::{self, CloneResult, FORWARDED_SIGNALS};
 
 /// Exit code of a helper that could not start the process (as `runc exec` fails).
 const FAILED: i32 = 255;
-
-/// Signals the helper passes on to the process instead of dying of them, as `runc exec` does.
-const FORWARDED: [Signal; 7] = [
-    Signal::SIGHUP,
-    Signal::SIGINT,
-    Signal::SIGQUIT,
-    Signal::SIGTERM,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGWINCH,
-];
 
 #[derive(Debug, thiserror::Error)]
 enum HelperError {
@@ -169,7 +158,7 @@ fn check_single_threaded() -> Result<(), HelperError> {
 fn block_signals() -> Result<SigSet, HelperError> {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
-    for signal in FORWARDED {
+    for &signal in FORWARDED_SIGNALS {
         mask.add(signal);
     }
     mask.thread_block().map_err(sys_err("block signals"))?;

@@ -13,9 +13,9 @@ use oci_spec::runtime::{Capability, Process};
 
 use super::container::{Container, ContainerStatus};
 use super::create::write_pid_file;
-use super::run::FORWARDED;
 use super::RuncError;
 use crate::exec::{exec_detached, exec_in_container, ExecHelper, ExecOptions, ExecOverrides, ExecProcess, ExecTarget};
+use crate::sys::FORWARDED_SIGNALS;
 
 #[derive(Debug, clap::Args)]
 pub struct ExecArgs {
@@ -199,7 +199,7 @@ fn parse_caps(names: &[String]) -> Vec<Capability> {
 
 fn forwarded_signals() -> SigSet {
     let mut mask = SigSet::empty();
-    for signal in FORWARDED {
+    for signal in FORWARDED_SIGNALS {
         mask.add(*signal);
     }
     mask

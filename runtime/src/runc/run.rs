@@ -11,6 +11,7 @@ use nix::unistd::Pid;
 use super::container::Container;
 use super::create::{create, CreateArgs};
 use super::{start, RuncError};
+use crate::sys::FORWARDED_SIGNALS;
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -21,17 +22,6 @@ pub struct RunArgs {
     pub create: CreateArgs,
 }
 
-/// Signals a foreground `run` passes on to the container instead of dying of them.
-pub(super) const FORWARDED: &[Signal] = &[
-    Signal::SIGHUP,
-    Signal::SIGINT,
-    Signal::SIGQUIT,
-    Signal::SIGTERM,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGWINCH,
-];
-
 pub(super) fn run(root: &Path, args: &RunArgs) -> Result<i32, RuncError> {
     let id = &args.create.id;
     if args.detach {
@@ -41,7 +31,7 @@ pub(super) fn run(root: &Path, args: &RunArgs) -> Result<i32, RuncError> {
     // Blocked before the clone so none is lost; the init resets its own mask.
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
-    for sig in FORWARDED {
+    for sig in FORWARDED_SIGNALS {
         mask.add(*sig);
     }
     mask.thread_block().map_err(|source| RuncError::Sys { what: "cannot block signals", source })?;

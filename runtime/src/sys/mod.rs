@@ -155,3 +155,15 @@ pub fn take_inherited_fd(fd: RawFd) -> Result<OwnedFd, Errno> {
     // this process owns it, and the caller takes it exactly once.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// Signals a foreground `run` and an exec helper pass on to the process they wait for
+/// instead of dying of them, as runc does.
+pub const FORWARDED_SIGNALS: &[nix::sys::signal::Signal] = &[
+    nix::sys::signal::Signal::SIGHUP,
+    nix::sys::signal::Signal::SIGINT,
+    nix::sys::signal::Signal::SIGQUIT,
+    nix::sys::signal::Signal::SIGTERM,
+    nix::sys::signal::Signal::SIGUSR1,
+    nix::sys::signal::Signal::SIGUSR2,
+    nix::sys::signal::Signal::SIGWINCH,
+];
