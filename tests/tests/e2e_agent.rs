@@ -14,9 +14,11 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ContainerStatus, Event, Node, Pod, PodCondition, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, PostParams};
-use kube::{Api, Client};
+use kube::Api;
 use nodelet_tests::apiserver::TestApiServer;
-use nodelet_tests::harness::{require_root, unique_suffix, wait_for, NodeletProcess, TestCgroup, TestRegistry};
+use nodelet_tests::harness::{
+    node_ready, pod_ready, require_root, unique_suffix, wait_for, NodeletProcess, TestCgroup, TestRegistry,
+};
 use serde_json::json;
 
 const VIP: &str = "10.96.77.10";
@@ -30,7 +32,7 @@ async fn agent_runs_pods_and_balances_a_service() {
     let api = TestApiServer::start(&work.path().join("api")).await.expect("test API server");
     let node_name = format!("e2e-{suffix}");
     let kubeconfig = api.node_kubeconfig(&node_name).expect("node kubeconfig");
-    let admin = admin_client(&api).await;
+    let admin = api.admin_client().await.expect("admin client");
     let cgroup = TestCgroup::create(&format!("nodelet-e2e-{suffix}"));
 
     let args = agent_args(&kubeconfig, &node_name, "10.245.7.0/24", &cgroup);
@@ -141,7 +143,7 @@ async fn probes_gate_readiness_and_restart_unhealthy_containers() {
     let api = TestApiServer::start(&work.path().join("api")).await.expect("test API server");
     let node_name = format!("e2e-probes-{suffix}");
     let kubeconfig = api.node_kubeconfig(&node_name).expect("node kubeconfig");
-    let admin = admin_client(&api).await;
+    let admin = api.admin_client().await.expect("admin client");
     let cgroup = TestCgroup::create(&format!("nodelet-e2e-{suffix}"));
     let args = agent_args(&kubeconfig, &node_name, "10.245.31.0/24", &cgroup);
     let mut agent = NodeletProcess::start(work.path(), &format!("nlp{suffix}"), &args);
@@ -309,23 +311,6 @@ fn condition(pod: &Pod, type_: &str) -> Option<PodCondition> {
 
 fn container_status(pod: &Pod) -> Option<&ContainerStatus> {
     pod.status.as_ref()?.container_statuses.as_ref()?.first()
-}
-
-async fn admin_client(api: &TestApiServer) -> Client {
-    let kubeconfig = kube::config::Kubeconfig::read_from(api.admin_kubeconfig()).expect("admin kubeconfig");
-    let config =
-        kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.expect("admin client config");
-    Client::try_from(config).expect("admin client")
-}
-
-fn node_ready(node: &Node) -> bool {
-    let conditions = node.status.as_ref().and_then(|s| s.conditions.as_ref());
-    conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn pod_ready(pod: &Pod) -> bool {
-    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
-    conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn container_id(pod: &Pod) -> Option<String> {

@@ -18,7 +18,8 @@ use kube::runtime::watcher;
 use kube::{Api, Client};
 use nodelet_tests::apiserver::TestApiServer;
 use nodelet_tests::harness::{
-    process_alive, require_root, unique_suffix, wait_for, NodeletProcess, TestCgroup, TestRegistry,
+    node_ready, pod_ready, process_alive, require_root, unique_suffix, wait_for, NodeletProcess, TestCgroup,
+    TestRegistry,
 };
 use serde_json::json;
 
@@ -326,16 +327,6 @@ async fn record_waiting_states(pods: Api<Pod>, name: &'static str, seen: Arc<Mut
             seen.push(state);
         }
     }
-}
-
-fn node_ready(node: &Node) -> bool {
-    let conditions = node.status.as_ref().and_then(|s| s.conditions.as_ref());
-    conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn pod_ready(pod: &Pod) -> bool {
-    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
-    conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn container_status(pod: &Pod) -> Option<&ContainerStatus> {

@@ -3,6 +3,7 @@
 
 mod agent;
 mod cgroup;
+mod conditions;
 mod host;
 mod names;
 mod registry;
@@ -10,6 +11,7 @@ mod wait;
 
 pub use agent::{nodelet_binary, NodeletProcess};
 pub use cgroup::TestCgroup;
+pub use conditions::{node_ready, pod_ready};
 pub use host::{bpf_programs_on, http_get_from_cgroup, link_exists, process_alive};
 pub use names::unique_suffix;
 pub use registry::TestRegistry;
