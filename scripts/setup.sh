@@ -11,7 +11,8 @@ packages=(
   runc                                  # reference runtime for comparisons
   iproute2 iptables ipvsadm conntrack   # checks in tests, reference datapaths in benchmarks
   iperf3 wrk containernetworking-plugins
-  util-linux curl jq openssl ca-certificates
+  util-linux procps curl jq openssl ca-certificates
+  python3 perl                          # test peers (echo servers and clients in netns), bench parsing
 )
 
 missing=()
@@ -29,5 +30,7 @@ if ((${#missing[@]})); then
 fi
 
 # Rust components the test command uses.
-rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+for component in clippy rustfmt; do
+  rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+done
 echo "setup: ok"
