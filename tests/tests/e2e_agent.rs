@@ -17,7 +17,8 @@ use kube::api::{DeleteParams, PostParams};
 use kube::Api;
 use nodelet_tests::apiserver::TestApiServer;
 use nodelet_tests::harness::{
-    node_ready, pod_ready, require_root, unique_suffix, wait_for, NodeletProcess, TestCgroup, TestRegistry,
+    agent_args, node_ready, pod_ready, require_root, unique_suffix, wait_for, NodeletProcess, TestCgroup, TestNode,
+    TestRegistry,
 };
 use serde_json::json;
 
@@ -136,23 +137,8 @@ async fn agent_runs_pods_and_balances_a_service() {
 /// killed within the probe's grace period and restarted again; the agent counts the runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_gate_readiness_and_restart_unhealthy_containers() {
-    require_root();
-    let suffix = unique_suffix();
-    let work = tempfile::Builder::new().prefix("nodelet-e2e").tempdir().expect("temp dir");
-    let registry = TestRegistry::start(&work.path().join("registry"));
-    let api = TestApiServer::start(&work.path().join("api")).await.expect("test API server");
-    let node_name = format!("e2e-probes-{suffix}");
-    let kubeconfig = api.node_kubeconfig(&node_name).expect("node kubeconfig");
-    let admin = api.admin_client().await.expect("admin client");
-    let cgroup = TestCgroup::create(&format!("nodelet-e2e-{suffix}"));
-    let args = agent_args(&kubeconfig, &node_name, "10.245.31.0/24", &cgroup);
-    let mut agent = NodeletProcess::start(work.path(), &format!("nlp{suffix}"), &args);
-    let nodes: Api<Node> = Api::all(admin.clone());
-    wait_for("the Node to be Ready", Duration::from_secs(60), || async {
-        node_ready(&nodes.get_opt(&node_name).await.ok()??).then_some(())
-    })
-    .await;
-
+    let mut node = TestNode::start("e2e-probes", "10.245.31.0/24").await;
+    let (admin, node_name, registry) = (node.admin.clone(), node.node_name.clone(), &node.registry);
     let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
     pods.create(&PostParams::default(), &slow_web_pod(&node_name, &registry.image("web:1")))
         .await
@@ -234,7 +220,7 @@ async fn probes_gate_readiness_and_restart_unhealthy_containers() {
 
     let web = pods.get("slow-web").await.expect("slow web pod");
     assert_eq!(restart_count(&web), 0, "a passing liveness probe restarted the web server");
-    let metrics = scrape_metrics(&agent.log()).expect("the agent's /metrics");
+    let metrics = scrape_metrics(&node.agent.log()).expect("the agent's /metrics");
     for series in [
         r#"pod="slow-web",pod_uid="#,
         r#"probe_type="Readiness",result="successful"}"#,
@@ -253,31 +239,9 @@ async fn probes_gate_readiness_and_restart_unhealthy_containers() {
         pods.list(&Default::default()).await.ok()?.items.is_empty().then_some(())
     })
     .await;
-    assert!(agent.leftover_veths().is_empty(), "veths left on the bridge: {:?}", agent.leftover_veths());
-    assert!(agent.leftover_mounts().is_empty(), "mounts left: {:?}", agent.leftover_mounts());
-    assert!(agent.is_running(), "the agent exited:\n{}", agent.log());
-    assert!(agent.stop(Duration::from_secs(15)).is_some());
-    drop(agent);
-    drop(cgroup);
-    api.shutdown().await;
-    drop(registry);
-}
-
-/// `nodelet agent` against the test API server, in the test's cgroup, with its own pod CIDR.
-fn agent_args(kubeconfig: &std::path::Path, node_name: &str, pod_cidr: &str, cgroup: &TestCgroup) -> Vec<String> {
-    vec![
-        "agent".into(),
-        "--kubeconfig".into(),
-        kubeconfig.display().to_string(),
-        "--node-name".into(),
-        node_name.into(),
-        "--pod-cidr".into(),
-        pod_cidr.into(),
-        "--cgroup-root".into(),
-        cgroup.path(),
-        "--proxy-attach-cgroup".into(),
-        cgroup.cgroup2_dir.display().to_string(),
-    ]
+    node.assert_no_pod_leftovers();
+    node.assert_agent_running();
+    node.finish().await;
 }
 
 /// GET /metrics from the address the agent logged it serves on (it binds port 0).

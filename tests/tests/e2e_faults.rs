@@ -12,98 +12,12 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ContainerStatus, Node, Pod};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::watcher;
-use kube::{Api, Client};
-use nodelet_tests::apiserver::TestApiServer;
-use nodelet_tests::harness::{
-    node_ready, pod_ready, process_alive, require_root, unique_suffix, wait_for, NodeletProcess, TestCgroup,
-    TestRegistry,
-};
+use kube::Api;
+use nodelet_tests::harness::{pod_ready, process_alive, wait_for, TestNode};
 use serde_json::json;
-
-/// One node of the test's own: the agent and everything it runs against. Fields drop in
-/// order: the agent (and its monitor, mounts, veths, bridge) first, the work dir last.
-struct TestNode {
-    agent: NodeletProcess,
-    cgroup: TestCgroup,
-    api: TestApiServer,
-    registry: TestRegistry,
-    admin: Client,
-    node_name: String,
-    _work: tempfile::TempDir,
-}
-
-impl TestNode {
-    /// Starts the peers and `nodelet agent` for node `<test>-<suffix>` with `pod_cidr`, and
-    /// waits until the Node is Ready.
-    async fn start(test: &str, pod_cidr: &str) -> TestNode {
-        require_root();
-        let suffix = unique_suffix();
-        let work = tempfile::Builder::new().prefix("nodelet-e2e").tempdir().expect("temp dir");
-        let registry = TestRegistry::start(&work.path().join("registry"));
-        let api = TestApiServer::start(&work.path().join("api")).await.expect("test API server");
-        let node_name = format!("{test}-{suffix}");
-        let kubeconfig = api.node_kubeconfig(&node_name).expect("node kubeconfig");
-        let admin = api.admin_client().await.expect("admin client");
-        let cgroup = TestCgroup::create(&format!("nodelet-e2e-{suffix}"));
-        let args: Vec<String> = vec![
-            "agent".into(),
-            "--kubeconfig".into(),
-            kubeconfig.display().to_string(),
-            "--node-name".into(),
-            node_name.clone(),
-            "--pod-cidr".into(),
-            pod_cidr.into(),
-            "--cgroup-root".into(),
-            cgroup.path(),
-            "--proxy-attach-cgroup".into(),
-            cgroup.cgroup2_dir.display().to_string(),
-        ];
-        let agent = NodeletProcess::start(work.path(), &format!("nlb{suffix}"), &args);
-        let node = TestNode { agent, cgroup, api, registry, admin, node_name, _work: work };
-        let nodes: Api<Node> = Api::all(node.admin.clone());
-        wait_for("the Node to be Ready", Duration::from_secs(60), || async {
-            let found = nodes.get_opt(&node.node_name).await.ok()??;
-            node_ready(&found).then_some(())
-        })
-        .await;
-        node
-    }
-
-    fn pods(&self) -> Api<Pod> {
-        Api::namespaced(self.admin.clone(), "default")
-    }
-
-    /// Asserts the agent process still runs, with its log when it does not.
-    fn assert_agent_running(&mut self) {
-        let running = self.agent.is_running();
-        assert!(running, "the agent exited:\n{}", self.agent.log());
-    }
-
-    /// Asserts that no pod left a network namespace, veth or mount behind.
-    fn assert_no_pod_leftovers(&self) {
-        let veths = self.agent.leftover_veths();
-        assert!(veths.is_empty(), "veths left on the bridge: {veths:?}");
-        let netns_left: Vec<_> = std::fs::read_dir(&self.agent.netns_dir)
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        assert!(netns_left.is_empty(), "network namespaces left: {netns_left:?}");
-        let mounts = self.agent.leftover_mounts();
-        assert!(mounts.is_empty(), "mounts left: {mounts:?}");
-    }
-
-    /// Stops the agent (SIGTERM) and the API server; the guards do the rest.
-    async fn finish(mut self) {
-        assert!(self.agent.stop(Duration::from_secs(15)).is_some());
-        let TestNode { agent, cgroup, api, registry, .. } = self;
-        drop(agent);
-        drop(cgroup);
-        api.shutdown().await;
-        drop(registry);
-    }
-}
 
 /// a. An image that is not in the registry: ErrImagePull, then ImagePullBackOff, each naming
 /// the image; the agent keeps running; deleting the pod completes and releases its sandbox.

@@ -6,6 +6,7 @@ mod cgroup;
 mod conditions;
 mod host;
 mod names;
+mod node;
 mod registry;
 mod wait;
 
@@ -14,6 +15,7 @@ pub use cgroup::TestCgroup;
 pub use conditions::{node_ready, pod_ready};
 pub use host::{bpf_programs_on, http_get_from_cgroup, link_exists, process_alive};
 pub use names::unique_suffix;
+pub use node::{agent_args, TestNode};
 pub use registry::TestRegistry;
 pub use wait::wait_for;
 
