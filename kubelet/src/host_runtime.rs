@@ -103,7 +103,7 @@ pub async fn refresh_node_images(
     loop {
         let listed = tokio::task::spawn_blocking({
             let store = store.clone();
-            move || store.list()
+            move || store.summaries()
         })
         .await;
         match listed {

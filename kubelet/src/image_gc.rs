@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nodelet_runtime::image::{Image, ImageStore};
+use nodelet_runtime::image::{ImageStore, ImageSummary};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -65,7 +65,7 @@ pub struct ImageRecords {
 
 impl ImageRecords {
     /// Note the images present now; those in use are used now. Forget the ones gone.
-    pub fn observe(&mut self, images: &[Image], in_use: &HashSet<String>, now: Instant) {
+    pub fn observe(&mut self, images: &[ImageSummary], in_use: &HashSet<String>, now: Instant) {
         let present: HashSet<&str> = images.iter().map(|image| image.digest.as_str()).collect();
         self.records.retain(|digest, _| present.contains(digest.as_str()));
         for digest in present {
@@ -81,7 +81,7 @@ impl ImageRecords {
 /// when below the high one): unused images older than the minimum age, least recently used
 /// first. Sizes are what each image's removal is expected to free.
 pub fn plan(
-    images: &[Image],
+    images: &[ImageSummary],
     in_use: &HashSet<String>,
     records: &ImageRecords,
     usage: DiskUsage,
@@ -124,7 +124,7 @@ pub async fn run_image_gc(
     loop {
         let store_for_round = store.clone();
         let round = tokio::task::spawn_blocking(move || {
-            let images = store_for_round.list()?;
+            let images = store_for_round.summaries()?;
             let in_use = store_for_round.images_in_use()?;
             Ok::<_, nodelet_runtime::image::ImageError>((images, in_use))
         })
@@ -148,7 +148,7 @@ pub async fn run_image_gc(
 #[allow(clippy::too_many_arguments)]
 async fn collect(
     store: &Arc<ImageStore>,
-    images: &[Image],
+    images: &[ImageSummary],
     in_use: &HashSet<String>,
     records: &ImageRecords,
     policy: &ImageGcPolicy,
@@ -203,13 +203,11 @@ async fn collect(
 mod tests {
     use super::*;
 
-    fn image(digest: &str) -> Image {
-        Image {
+    fn image(digest: &str) -> ImageSummary {
+        ImageSummary {
             reference: format!("r/{digest}:1"),
             digest: digest.to_string(),
             repo_digest: format!("r/{digest}@{digest}"),
-            id: digest.to_string(),
-            config: Default::default(),
             size: 10,
         }
     }

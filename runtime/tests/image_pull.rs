@@ -98,6 +98,14 @@ async fn pull_share_repull_mount_unmount() {
     let mut listed: Vec<String> = store.list().unwrap().into_iter().map(|i| i.reference).collect();
     listed.sort();
     assert_eq!(listed, vec![busybox_ref.clone(), web_ref.clone()]);
+    // The index alone says the same of each image.
+    let mut summaries: Vec<(String, String, String, u64)> =
+        store.summaries().unwrap().into_iter().map(|s| (s.reference, s.digest, s.repo_digest, s.size)).collect();
+    let mut full: Vec<(String, String, String, u64)> =
+        store.list().unwrap().into_iter().map(|i| (i.reference, i.digest, i.repo_digest, i.size)).collect();
+    summaries.sort();
+    full.sort();
+    assert_eq!(summaries, full);
     // A new store on the same root sees the same images.
     let reopened = ImageStore::open(store.root()).unwrap();
     assert_eq!(reopened.list().unwrap().len(), 2);

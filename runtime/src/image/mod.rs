@@ -50,6 +50,18 @@ pub struct ImageStore {
     docker_config: Option<DockerConfig>,
 }
 
+/// An image as the index records it (see [`ImageStore::summaries`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageSummary {
+    pub reference: String,
+    /// Manifest digest "sha256:...".
+    pub digest: String,
+    /// "<repository>@sha256:...".
+    pub repo_digest: String,
+    /// Sum of compressed layer sizes.
+    pub size: u64,
+}
+
 /// What [`ImageStore::remove`] and [`ImageStore::prune`] did.
 #[derive(Clone, Debug, Default)]
 pub struct Removed {
@@ -165,6 +177,22 @@ impl ImageStore {
             Some(record) => self.image(&record).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// What the index says of each image, without reading their configs: for the node
+    /// status and garbage collection, which look at every image often.
+    pub fn summaries(&self) -> Result<Vec<ImageSummary>, ImageError> {
+        let index = self.layout.load_index()?;
+        Ok(index
+            .images
+            .values()
+            .map(|record| ImageSummary {
+                reference: record.reference.clone(),
+                digest: record.digest.to_string(),
+                repo_digest: record.repo_digest.clone(),
+                size: record.size,
+            })
+            .collect())
     }
 
     pub fn list(&self) -> Result<Vec<Image>, ImageError> {
