@@ -8,6 +8,7 @@ pub mod config;
 pub mod container_cache;
 pub mod expand;
 pub mod ids;
+mod image_pull;
 pub mod layout;
 pub mod manager;
 pub mod metrics;

@@ -15,8 +15,6 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
-    #[error("image {reference} is not present and the pull policy is Never")]
-    ImageNeverPull { reference: String },
     #[error("container {id} not found")]
     ContainerNotFound { id: String },
     #[error("{operation} is not supported by this runtime")]

@@ -15,12 +15,13 @@ use crate::events::{pod_reference, EventRecorder, EventType};
 
 use super::config::PodConfig;
 use super::ids::{container_id, sandbox_id};
+use super::image_pull::ensure_image;
 use super::layout::{container_dir, log_path, pod_dir};
 use super::model::{Observed, PodMemory, PodPlan, ProbeKill, Removal, RestartPolicy, Waiting};
 use super::pod_files::write_pod_files;
 use super::probe::{PodProber, ProbeMetrics};
 use super::pull_secrets::PullSecrets;
-use super::runtime_port::{error_chain, ImageInfo, PodRuntime, PortError, PullPolicy, RunState, SandboxInfo};
+use super::runtime_port::{error_chain, PodRuntime, PullPolicy, RunState, SandboxInfo};
 use super::status::{compute_status, StatusInput};
 use super::status_sink::StatusSink;
 use super::step::{backoff_delay, decide, Action, Signal, BACKOFF_RESET_AFTER};
@@ -313,7 +314,7 @@ impl Worker {
                 let Some(spec) = plan.containers.iter().find(|c| c.name == container) else {
                     return Ok(());
                 };
-                let result = self.ensure_image(pod, &container, &spec.image, spec.pull_policy).await;
+                let result = ensure_image(&self.ctx, pod, &container, &spec.image, spec.pull_policy).await;
                 let memory = self.memory.container_mut(&container);
                 match result {
                     Ok(image) => {
@@ -480,70 +481,6 @@ impl Worker {
         let object = pod_reference(pod, Some(container));
         self.ctx.events.record(object, EventType::Normal, "Created", format!("Created container: {container}"));
         self.ctx.runtime.start_container(&id).await.map_err(|e| runtime_error(&e))
-    }
-
-    /// The image to run, by pull policy (present: used unless Always; absent: pulled unless
-    /// Never), with the pod's pull secrets and kubelet's events. Errors come back as the
-    /// waiting reason kubelet would show.
-    async fn ensure_image(
-        &self,
-        pod: &Pod,
-        container: &str,
-        reference: &str,
-        policy: PullPolicy,
-    ) -> Result<ImageInfo, Waiting> {
-        let object = pod_reference(pod, Some(container));
-        let events = &self.ctx.events;
-        if reference.is_empty() {
-            return Err(Waiting {
-                reason: "InvalidImageName".to_string(),
-                message:
-                    "Failed to apply default image tag \"\": couldn't parse image name \"\": invalid reference format"
-                        .to_string(),
-            });
-        }
-        let pull_error =
-            |error: PortError| Waiting { reason: "ErrImagePull".to_string(), message: error_chain(&error) };
-        if policy != PullPolicy::Always {
-            if let Some(image) = self.ctx.runtime.local_image(reference).await.map_err(pull_error)? {
-                let message = format!("Container image \"{reference}\" already present on machine");
-                events.record(object, EventType::Normal, "Pulled", message);
-                return Ok(image);
-            }
-            if policy == PullPolicy::Never {
-                let message = format!("Container image \"{reference}\" is not present with pull policy of Never");
-                events.record(object, EventType::Warning, "ErrImageNeverPull", message.clone());
-                return Err(Waiting { reason: "ErrImageNeverPull".to_string(), message });
-            }
-        }
-        let credentials = self.ctx.pull_secrets.for_pod(pod).await;
-        if !credentials.problems.is_empty() {
-            let message = format!(
-                "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
-                credentials.problems.join(", ")
-            );
-            events.record(object.clone(), EventType::Warning, "FailedToRetrieveImagePullSecret", message);
-        }
-        events.record(object.clone(), EventType::Normal, "Pulling", format!("Pulling image \"{reference}\""));
-        let started = Instant::now();
-        match self.ctx.runtime.pull_image(reference, &credentials.configs).await {
-            Ok(image) => {
-                let took = started.elapsed().as_secs_f64();
-                let message = format!(
-                    "Successfully pulled image \"{reference}\" in {took:.3}s ({took:.3}s including waiting). Image size: {} bytes.",
-                    image.size
-                );
-                events.record(object, EventType::Normal, "Pulled", message);
-                Ok(image)
-            }
-            Err(error) => {
-                let waiting = pull_error(error);
-                let message = format!("Failed to pull image \"{reference}\": {}", waiting.message);
-                events.record(object.clone(), EventType::Warning, "Failed", message);
-                events.record(object, EventType::Warning, "Failed", "Error: ErrImagePull");
-                Err(waiting)
-            }
-        }
     }
 }
 
