@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
+use super::token_bucket::TokenBucket;
 use super::{EventInput, COMPONENT};
 
 /// client-go's `defaultSpamBurst` and `defaultSpamQPS` (1/300).
@@ -43,7 +44,7 @@ struct Sent {
 }
 
 struct Bucket {
-    tokens: f64,
+    tokens: TokenBucket,
     at: DateTime<Utc>,
 }
 
@@ -100,15 +101,11 @@ impl Correlator {
     }
 
     fn take_token(&mut self, object: &str, now: DateTime<Utc>) -> bool {
-        let bucket = self.buckets.entry(object.to_string()).or_insert(Bucket { tokens: SPAM_BURST, at: now });
+        let fresh = Bucket { tokens: TokenBucket::new(SPAM_BURST, 1.0 / SPAM_REFILL.as_secs_f64()), at: now };
+        let bucket = self.buckets.entry(object.to_string()).or_insert(fresh);
         let elapsed = (now - bucket.at).to_std().unwrap_or_default();
-        bucket.tokens = (bucket.tokens + elapsed.as_secs_f64() / SPAM_REFILL.as_secs_f64()).min(SPAM_BURST);
         bucket.at = now;
-        if bucket.tokens < 1.0 {
-            return false;
-        }
-        bucket.tokens -= 1.0;
-        true
+        bucket.tokens.take(elapsed).is_ok()
     }
 
     fn new_event(&self, input: &EventInput, now: DateTime<Utc>) -> Event {

@@ -7,6 +7,7 @@
 
 pub mod correlator;
 pub mod recorder;
+mod token_bucket;
 
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::correlator::{Correlator, Decision};
+use super::token_bucket::TokenBucket;
 use super::{EventInput, EventType};
 
 /// Events waiting to be sent; more are dropped (client-go's queue holds 1000 too).
@@ -132,7 +133,7 @@ async fn send_events(
     mut correlator: Correlator,
     shutdown: CancellationToken,
 ) {
-    let (mut tokens, mut refilled) = (EVENT_BURST, tokio::time::Instant::now());
+    let (mut bucket, mut last) = (TokenBucket::new(EVENT_BURST, EVENT_QPS), tokio::time::Instant::now());
     loop {
         let input = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -142,19 +143,16 @@ async fn send_events(
             },
         };
         // Wait for a token (the queue keeps what comes meanwhile).
-        let now = tokio::time::Instant::now();
-        tokens = (tokens + (now - refilled).as_secs_f64() * EVENT_QPS).min(EVENT_BURST);
-        refilled = now;
-        if tokens < 1.0 {
-            let wait = std::time::Duration::from_secs_f64((1.0 - tokens) / EVENT_QPS);
+        let mut now = tokio::time::Instant::now();
+        while let Err(wait) = bucket.take(now - last) {
+            last = now;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
-            tokens = 1.0;
-            refilled = tokio::time::Instant::now();
+            now = tokio::time::Instant::now();
         }
-        tokens -= 1.0;
+        last = now;
         let result = match correlator.observe(&input, Utc::now()) {
             Decision::Drop => {
                 tracing::debug!(reason = %input.reason, "event dropped: rate limited");
