@@ -46,7 +46,8 @@ pub async fn open(cfg: &LocalConfig, pod_cidr: Ipv4Net) -> Result<HostRuntime, H
     for dir in [cfg.root_dir.clone(), cfg.runtime_dir(), cfg.pods_dir()] {
         std::fs::create_dir_all(&dir).map_err(|source| HostRuntimeError::StateDir { path: dir.clone(), source })?;
     }
-    let images = with_node_credentials(ImageStore::open(cfg.images_dir()).map_err(HostRuntimeError::Images)?, cfg);
+    let images = ImageStore::open(cfg.images_dir()).map_err(HostRuntimeError::Images)?;
+    let images = with_node_credentials(images.with_registry_hosts_dir(&cfg.registry_config_dir), cfg);
     let runtime_dir = cfg.runtime_dir();
     let monitor_args: Vec<OsString> = vec!["monitor".into(), "--root".into(), runtime_dir.clone().into()];
     let monitor = Runtime::connect_or_spawn(&runtime_dir, &cfg.self_exe, &monitor_args)
@@ -138,6 +139,7 @@ pub fn pod_config(cfg: &LocalConfig, host_ip: Option<String>) -> PodConfig {
     PodConfig {
         cgroup_root: cfg.cgroup_root.clone(),
         host_ip,
+        dns: cfg.dns.clone(),
         ..PodConfig::new(cfg.node_name.clone(), cfg.root_dir.clone())
     }
 }

@@ -48,6 +48,10 @@ pub struct KubeletConfigFile {
     pub node_status_update_frequency: Option<Duration>,
     pub node_status_report_frequency: Option<Duration>,
     pub node_lease_duration_seconds: Option<i32>,
+    pub cluster_dns: Option<Vec<IpAddr>>,
+    pub cluster_domain: Option<String>,
+    /// `""` (no host resolver for pods) is kept as an empty path.
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// The fields of kubelet's KubeletConfiguration that nodelet does not implement: named as
@@ -79,8 +83,6 @@ const KNOWN_UNSUPPORTED: &[&str] = &[
     "enableDebuggingHandlers",
     "enableContentionProfiling",
     "oomScoreAdj",
-    "clusterDomain",
-    "clusterDNS",
     "streamingConnectionIdleTimeout",
     "imageMinimumGCAge",
     "imageMaximumGCAge",
@@ -102,7 +104,6 @@ const KNOWN_UNSUPPORTED: &[&str] = &[
     "runtimeRequestTimeout",
     "hairpinMode",
     "podPidsLimit",
-    "resolvConf",
     "runOnce",
     "cpuCFSQuota",
     "cpuCFSQuotaPeriod",
@@ -229,6 +230,18 @@ pub fn parse(text: &str, path: &Path) -> Result<KubeletConfigFile, KubeletConfig
                 Some(n) => file.node_lease_duration_seconds = Some(n),
                 None => problem(format!("{value} is not a positive number of seconds")),
             },
+            "clusterDNS" => match ip_list(value) {
+                Some(ips) => file.cluster_dns = Some(ips),
+                None => problem(format!("{value} is not a list of IP addresses")),
+            },
+            "clusterDomain" => match value.as_str() {
+                Some(domain) => file.cluster_domain = Some(domain.trim_end_matches('.').to_string()),
+                None => problem(format!("{value} is not a domain")),
+            },
+            "resolvConf" => match value.as_str() {
+                Some(path) if path.is_empty() || path.starts_with('/') => file.resolv_conf = Some(PathBuf::from(path)),
+                _ => problem(format!("{value} is not an absolute path or \"\"")),
+            },
             known if KNOWN_UNSUPPORTED.contains(&known) => problem("not supported by nodelet".to_string()),
             _ => problem("unknown field".to_string()),
         }
@@ -274,6 +287,11 @@ impl KubeletConfigFile {
             cfg.node_lease_renew_interval = Duration::from_secs_f64(f64::from(seconds) / 4.0);
         }
     }
+}
+
+/// `[10.96.0.10, fd00::10]`.
+fn ip_list(value: &Value) -> Option<Vec<IpAddr>> {
+    value.as_array()?.iter().map(|ip| ip.as_str()?.parse().ok()).collect()
 }
 
 /// `{cpu: 100m, memory: 1Gi, ephemeral-storage: 1Gi}` as kubelet's reservation flag reads it.
@@ -329,9 +347,13 @@ mod tests {
         let file = parse_text(
             "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\npodCIDR: 10.88.0.0/24\n\
              cgroupRoot: /kubepods\nhealthzPort: 10249\nmaxPods: 50\nsystemReserved: {cpu: 500m, memory: 1Gi}\n\
-             nodeStatusUpdateFrequency: 20s\nnodeStatusReportFrequency: 1m30s\nnodeLeaseDurationSeconds: 60\n",
+             nodeStatusUpdateFrequency: 20s\nnodeStatusReportFrequency: 1m30s\nnodeLeaseDurationSeconds: 60\n\
+             clusterDNS: [10.96.0.10]\nclusterDomain: cluster.local\nresolvConf: /run/systemd/resolve/resolv.conf\n",
         )
         .expect("valid");
+        assert_eq!(file.cluster_dns, Some(vec!["10.96.0.10".parse().unwrap()]));
+        assert_eq!(file.cluster_domain.as_deref(), Some("cluster.local"));
+        assert_eq!(file.resolv_conf, Some(PathBuf::from("/run/systemd/resolve/resolv.conf")));
         assert_eq!(file.pod_cidr, Some("10.88.0.0/24".parse().unwrap()));
         assert_eq!(file.healthz_bind_address, Some(Some("127.0.0.1:10249".parse().unwrap())));
         assert_eq!(file.system_reserved.unwrap().cpu_millis, 500);
@@ -346,13 +368,14 @@ mod tests {
     #[test]
     fn names_every_unsupported_or_unknown_field_and_the_file() {
         let error = parse_text(
-            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nclusterDNS: [10.96.0.10]\n\
-             maxPod: 3\nmaxPods: -1\n",
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nclusterDNS: [x]\n\
+             eventBurst: 3\nmaxPod: 3\nmaxPods: -1\n",
         )
         .expect_err("invalid")
         .to_string();
         assert!(error.contains("/etc/nodelet/kubelet.yaml"), "{error}");
-        assert!(error.contains("clusterDNS: not supported by nodelet"), "{error}");
+        assert!(error.contains("clusterDNS: [\"x\"] is not a list of IP addresses"), "{error}");
+        assert!(error.contains("eventBurst: not supported by nodelet"), "{error}");
         assert!(error.contains("maxPod: unknown field"), "{error}");
         assert!(error.contains("maxPods: -1 is not a positive number"), "{error}");
         let wrong_kind = parse_text("apiVersion: v1\nkind: Pod\n").expect_err("not a kubelet config").to_string();

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
 
+use crate::pod::dns::DnsSettings;
+
 /// The pod CIDR `nodelet run` uses when none is given (there is no Node to take it from).
 pub const DEFAULT_STANDALONE_POD_CIDR: &str = "10.88.0.0/16";
 
@@ -14,6 +16,8 @@ pub struct LocalConfig {
     pub node_name: String,
     /// State: images, container state, pod directories.
     pub root_dir: PathBuf,
+    /// Registry hosts (containerd's certs.d layout), read at each pull.
+    pub registry_config_dir: PathBuf,
     /// Parent cgroup of the pods' cgroups, as kubelet's --cgroup-root ("/" by default).
     pub cgroup_root: String,
     /// Pod IPs come from here; in agent mode `None` means the Node's spec.podCIDR.
@@ -33,6 +37,8 @@ pub struct LocalConfig {
     pub self_exe: PathBuf,
     /// Where /healthz and /metrics are served; `None` = not at all.
     pub healthz_bind_address: Option<SocketAddr>,
+    /// How pods resolve names (kubelet's --cluster-dns, --cluster-domain, --resolv-conf).
+    pub dns: DnsSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +53,8 @@ pub enum LocalConfigError {
     Bridge(String),
     #[error("--pod-cidr {0} leaves no address for pods")]
     PodCidr(Ipv4Net),
+    #[error("--cluster-domain {0:?} must be a DNS domain like cluster.local")]
+    ClusterDomain(String),
 }
 
 impl LocalConfig {
@@ -62,6 +70,11 @@ impl LocalConfig {
         }
         if self.bridge.is_empty() || self.bridge.len() > 15 {
             return Err(LocalConfigError::Bridge(self.bridge.clone()));
+        }
+        if let Some(domain) = &self.dns.cluster_domain {
+            if !is_dns_subdomain(domain) {
+                return Err(LocalConfigError::ClusterDomain(domain.clone()));
+            }
         }
         if let Some(cidr) = self.pod_cidr {
             // Network, gateway and broadcast addresses are not for pods.
@@ -114,6 +127,7 @@ mod tests {
         LocalConfig {
             node_name: "worker-1".into(),
             root_dir: "/var/lib/nodelet".into(),
+            registry_config_dir: "/etc/nodelet/certs.d".into(),
             cgroup_root: "/".into(),
             pod_cidr: Some("10.88.0.0/24".parse().unwrap()),
             bridge: "nodelet0".into(),
@@ -124,6 +138,7 @@ mod tests {
             proxy_pin_dir: None,
             self_exe: "/usr/bin/nodelet".into(),
             healthz_bind_address: None,
+            dns: DnsSettings::default(),
         }
     }
 

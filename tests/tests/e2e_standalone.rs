@@ -42,6 +42,10 @@ async fn run_serves_a_service_and_releases_everything_on_sigterm() {
         cgroup.path(),
         "--proxy-attach-cgroup".into(),
         cgroup.cgroup2_dir.display().to_string(),
+        "--cluster-dns".into(),
+        "10.96.0.10".into(),
+        "--cluster-domain".into(),
+        "cluster.local".into(),
     ];
     let mut nodelet = NodeletProcess::start(work.path(), &format!("nlb{suffix}"), &args);
 
@@ -63,6 +67,11 @@ async fn run_serves_a_service_and_releases_everything_on_sigterm() {
     let log = nodelet.log();
     assert!(log.contains(BROKEN_FILE), "the log does not name the malformed manifest {BROKEN_FILE}:\n{log}");
     assert!(nodelet.monitor_pid().is_some(), "no container monitor while the pod runs");
+    assert_eq!(
+        pod_resolv_conf(&nodelet.root_dir),
+        "search default.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n",
+        "the pod's /etc/resolv.conf, dnsPolicy ClusterFirst"
+    );
     assert!(link_exists(&nodelet.bridge), "no bridge {} while the pod runs", nodelet.bridge);
     assert!(!nodelet.leftover_veths().is_empty(), "no veth on the bridge while the pod runs");
     assert!(!bpf_programs_on(&cgroup.cgroup2_dir).is_empty(), "no BPF program on the test cgroup");
@@ -91,6 +100,13 @@ async fn run_serves_a_service_and_releases_everything_on_sigterm() {
     drop(nodelet);
     drop(cgroup);
     drop(registry);
+}
+
+/// The resolv.conf the pod's containers get (the only pod of the run).
+fn pod_resolv_conf(root_dir: &std::path::Path) -> String {
+    let pods: Vec<_> = std::fs::read_dir(root_dir.join("pods")).expect("pods dir").flatten().collect();
+    assert_eq!(pods.len(), 1, "one pod directory expected: {pods:?}");
+    std::fs::read_to_string(pods[0].path().join("resolv.conf")).expect("the pod's resolv.conf")
 }
 
 /// Like examples/web.yaml, with the test registry's image and the test's own VIP.

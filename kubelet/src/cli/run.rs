@@ -1,6 +1,6 @@
 //! `nodelet run DIR`: standalone mode, static pods and Services from manifests.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -8,6 +8,7 @@ use anyhow::Context;
 use ipnet::Ipv4Net;
 use nodelet_kubelet::kubelet_config::KubeletConfigFile;
 use nodelet_kubelet::local::LocalConfig;
+use nodelet_kubelet::pod::dns::{default_host_resolv_conf, DnsSettings};
 use nodelet_kubelet::serve;
 
 /// Settings shared by `agent` and `run`: where state lives and how pods are wired on this host.
@@ -16,6 +17,10 @@ pub struct LocalArgs {
     /// The agent's state directory (images, container state, pod directories).
     #[arg(long, default_value = "/var/lib/nodelet")]
     root_dir: PathBuf,
+    /// Registry hosts as containerd's config_path: <dir>/<host>/hosts.toml (mirrors, plain
+    /// HTTP, CA certificates, skip_verify) or Docker's ca.crt/client.cert files.
+    #[arg(long, default_value = nodelet_runtime::image::DEFAULT_REGISTRY_CONFIG_DIR)]
+    registry_config_dir: PathBuf,
     /// The cgroup under which pods' cgroups are created (kubelet's --cgroup-root; default /).
     #[arg(long)]
     cgroup_root: Option<String>,
@@ -50,6 +55,19 @@ pub struct LocalArgs {
     /// 127.0.0.1:10248, kubelet's).
     #[arg(long, value_parser = parse_bind_address)]
     healthz_bind_address: Option<BindAddress>,
+    /// The cluster's DNS service IPs, comma-separated: the nameservers of ClusterFirst pods
+    /// (kubelet's --cluster-dns; without it they fall back to the host's resolver).
+    #[arg(long, value_delimiter = ',', value_name = "IP,...")]
+    cluster_dns: Vec<IpAddr>,
+    /// The cluster's domain, as cluster.local: ClusterFirst pods search
+    /// <namespace>.svc.<domain>, svc.<domain> and <domain> (kubelet's --cluster-domain).
+    #[arg(long)]
+    cluster_domain: Option<String>,
+    /// The host resolver file pods with dnsPolicy Default use; "" gives them none (kubelet's
+    /// --resolv-conf; default /etc/resolv.conf, or systemd-resolved's upstream file when
+    /// /etc/resolv.conf names only its local stub).
+    #[arg(long, value_parser = parse_pin_dir, value_name = "FILE")]
+    resolv_conf: Option<PathBuf>,
 }
 
 /// `--healthz-bind-address`, wrapped so that clap does not read `Option` as "flag optional".
@@ -114,6 +132,7 @@ impl LocalArgs {
         Ok(LocalConfig {
             node_name: node_name.to_string(),
             root_dir: self.root_dir,
+            registry_config_dir: self.registry_config_dir,
             cgroup_root: self
                 .cgroup_root
                 .or_else(|| file.and_then(|f| f.cgroup_root.clone()))
@@ -127,6 +146,18 @@ impl LocalArgs {
             proxy_pin_dir: resolve_pin_dir(self.proxy_pin_dir, pin)?,
             self_exe,
             healthz_bind_address,
+            dns: DnsSettings {
+                cluster_dns: match (self.cluster_dns, file.and_then(|f| f.cluster_dns.clone())) {
+                    (flag, _) if !flag.is_empty() => flag,
+                    (_, from_file) => from_file.unwrap_or_default(),
+                },
+                cluster_domain: self.cluster_domain.or_else(|| file.and_then(|f| f.cluster_domain.clone())),
+                resolv_conf: match self.resolv_conf.or_else(|| file.and_then(|f| f.resolv_conf.clone())) {
+                    Some(path) if path.as_os_str().is_empty() => None,
+                    Some(path) => Some(path),
+                    None => Some(default_host_resolv_conf()),
+                },
+            },
         })
     }
 }

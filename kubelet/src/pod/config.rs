@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::dns::{default_host_resolv_conf, DnsSettings};
+
 #[derive(Clone, Debug)]
 pub struct PodConfig {
     pub node_name: String,
@@ -12,8 +14,8 @@ pub struct PodConfig {
     pub cgroup_root: String,
     /// Reported as hostIP/hostIPs.
     pub host_ip: Option<String>,
-    /// The resolver file copied into every pod.
-    pub host_resolv_conf: PathBuf,
+    /// How pods resolve names: the cluster's DNS service and domain, the host's resolver.
+    pub dns: DnsSettings,
     /// How often a worker looks at its containers when nothing else wakes it.
     pub sync_interval: Duration,
     /// The same when the runtime pushes every container change to the worker: only a
@@ -28,7 +30,7 @@ impl PodConfig {
             root_dir: root_dir.into(),
             cgroup_root: "/nodelet".to_string(),
             host_ip: None,
-            host_resolv_conf: super::pod_files::default_host_resolv_conf(),
+            dns: DnsSettings { resolv_conf: Some(default_host_resolv_conf()), ..DnsSettings::default() },
             sync_interval: Duration::from_secs(1),
             resync_interval: Duration::from_secs(10),
         }

@@ -52,7 +52,7 @@ fn harness() -> Harness {
     let resolv = dir.path().join("resolv.conf");
     std::fs::write(&resolv, "nameserver 1.1.1.1\n").expect("resolv");
     let mut cfg = PodConfig::new("node-1", dir.path().join("root"));
-    cfg.host_resolv_conf = resolv;
+    cfg.dns.resolv_conf = Some(resolv);
     let runtime = Arc::new(FakeRuntime::new());
     runtime.add_image("busybox:1");
     let sink = Arc::new(RecordingSink { runtime: runtime.clone(), statuses: Mutex::new(Vec::new()) });

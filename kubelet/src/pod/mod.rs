@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod container_cache;
+pub mod dns;
 pub mod expand;
 pub mod ids;
 mod image_pull;

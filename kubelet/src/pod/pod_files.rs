@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Pod;
 
+use super::dns::{pod_dns, render, DnsSettings, ReadResolvConfError};
+
 #[derive(Debug, thiserror::Error)]
 pub enum PodFilesError {
     #[error("write {path}")]
@@ -14,12 +16,8 @@ pub enum PodFilesError {
         #[source]
         source: std::io::Error,
     },
-    #[error("read host resolv.conf {path}")]
-    ReadResolvConf {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    ReadResolvConf(#[from] ReadResolvConfError),
 }
 
 /// Where the pod's shared files live on the host.
@@ -56,8 +54,9 @@ pub fn pod_hostname(pod: &Pod) -> String {
     truncated
 }
 
-/// The content of /etc/hosts, in kubelet's format.
-pub fn hosts_file(pod: &Pod, pod_ip: IpAddr) -> String {
+/// The content of /etc/hosts, in kubelet's format; with a subdomain and a cluster domain, the
+/// pod's FQDN `<hostname>.<subdomain>.<namespace>.svc.<cluster domain>` too.
+pub fn hosts_file(pod: &Pod, pod_ip: IpAddr, cluster_domain: Option<&str>) -> String {
     let mut out = String::from(
         "# Kubernetes-managed hosts file.\n\
          127.0.0.1\tlocalhost\n\
@@ -69,12 +68,13 @@ pub fn hosts_file(pod: &Pod, pod_ip: IpAddr) -> String {
     );
     let hostname = pod_hostname(pod);
     let spec = pod.spec.as_ref();
-    match spec.and_then(|s| s.subdomain.as_deref()).filter(|s| !s.is_empty()) {
-        Some(subdomain) => {
+    let subdomain = spec.and_then(|s| s.subdomain.as_deref()).filter(|s| !s.is_empty());
+    match (subdomain, cluster_domain.filter(|d| !d.is_empty())) {
+        (Some(subdomain), Some(domain)) => {
             let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-            out.push_str(&format!("{pod_ip}\t{hostname}.{subdomain}.{namespace}.svc.cluster.local\t{hostname}\n"));
+            out.push_str(&format!("{pod_ip}\t{hostname}.{subdomain}.{namespace}.svc.{domain}\t{hostname}\n"));
         }
-        None => out.push_str(&format!("{pod_ip}\t{hostname}\n")),
+        _ => out.push_str(&format!("{pod_ip}\t{hostname}\n")),
     }
     let aliases = spec.and_then(|s| s.host_aliases.as_ref());
     if let Some(aliases) = aliases.filter(|a| !a.is_empty()) {
@@ -87,44 +87,25 @@ pub fn hosts_file(pod: &Pod, pod_ip: IpAddr) -> String {
     out
 }
 
-/// Write the pod's files; `host_resolv_conf` is copied as is.
+/// Write the pod's files. Returns the warnings kubelet records while forming the pod's
+/// resolver configuration (reason, message).
 pub fn write_pod_files(
     pod_dir: &Path,
     pod: &Pod,
     pod_ip: IpAddr,
-    host_resolv_conf: &Path,
-) -> Result<PodFiles, PodFilesError> {
+    dns: &DnsSettings,
+) -> Result<(PodFiles, Vec<(&'static str, String)>), PodFilesError> {
     let files = PodFiles::in_dir(pod_dir);
     std::fs::create_dir_all(pod_dir).map_err(|source| PodFilesError::Write { path: pod_dir.to_path_buf(), source })?;
-    let resolv = std::fs::read(host_resolv_conf)
-        .map_err(|source| PodFilesError::ReadResolvConf { path: host_resolv_conf.to_path_buf(), source })?;
-    write(&files.hosts, hosts_file(pod, pod_ip).as_bytes())?;
-    write(&files.resolv_conf, &resolv)?;
+    let resolver = pod_dns(pod, dns, dns.host_config()?);
+    write(&files.hosts, hosts_file(pod, pod_ip, dns.cluster_domain.as_deref()).as_bytes())?;
+    write(&files.resolv_conf, render(&resolver.config).as_bytes())?;
     write(&files.hostname, format!("{}\n", pod_hostname(pod)).as_bytes())?;
-    Ok(files)
+    Ok((files, resolver.warnings))
 }
 
 fn write(path: &Path, content: &[u8]) -> Result<(), PodFilesError> {
     std::fs::write(path, content).map_err(|source| PodFilesError::Write { path: path.to_path_buf(), source })
-}
-
-/// The host's resolver file a pod should copy: systemd-resolved's upstream list when
-/// /etc/resolv.conf only names the local stub (127.0.0.53 is unreachable from a pod netns).
-pub fn default_host_resolv_conf() -> PathBuf {
-    let etc = PathBuf::from("/etc/resolv.conf");
-    let upstream = PathBuf::from("/run/systemd/resolve/resolv.conf");
-    let only_local_stub = std::fs::read_to_string(&etc)
-        .map(|text| {
-            let servers: Vec<&str> =
-                text.lines().filter_map(|l| l.trim().strip_prefix("nameserver")).map(str::trim).collect();
-            !servers.is_empty() && servers.iter().all(|s| s.starts_with("127."))
-        })
-        .unwrap_or(false);
-    if only_local_stub && upstream.exists() {
-        upstream
-    } else {
-        etc
-    }
 }
 
 #[cfg(test)]
@@ -143,7 +124,7 @@ mod tests {
 
     #[test]
     fn hosts_file_names_the_pod() {
-        let text = hosts_file(&pod("web"), "10.88.0.5".parse().expect("ip"));
+        let text = hosts_file(&pod("web"), "10.88.0.5".parse().expect("ip"), Some("cluster.local"));
         assert!(text.starts_with("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n"));
         assert!(text.ends_with("fe00::2\tip6-allrouters\n10.88.0.5\tweb\n"), "{text}");
     }
@@ -155,8 +136,10 @@ mod tests {
         spec.subdomain = Some("svc".into());
         spec.host_aliases =
             Some(vec![HostAlias { ip: "1.2.3.4".into(), hostnames: Some(vec!["a".into(), "b".into()]) }]);
-        let text = hosts_file(&p, "10.88.0.5".parse().expect("ip"));
+        let text = hosts_file(&p, "10.88.0.5".parse().expect("ip"), Some("cluster.local"));
         assert!(text.contains("10.88.0.5\tweb.svc.default.svc.cluster.local\tweb\n"));
+        let no_domain = hosts_file(&p, "10.88.0.5".parse().expect("ip"), None);
+        assert!(no_domain.contains("10.88.0.5\tweb\n"), "{no_domain}");
         assert!(text.ends_with("# Entries added by HostAliases.\n1.2.3.4\ta\tb\n"));
     }
 
@@ -171,9 +154,23 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let resolv = dir.path().join("host-resolv");
         std::fs::write(&resolv, "nameserver 9.9.9.9\n").expect("write");
-        let files = write_pod_files(&dir.path().join("pod"), &pod("web"), "10.0.0.2".parse().expect("ip"), &resolv)
-            .expect("files");
+        let dns = DnsSettings {
+            cluster_dns: vec!["10.96.0.10".parse().expect("ip")],
+            cluster_domain: Some("cluster.local".into()),
+            resolv_conf: Some(resolv),
+        };
+        let (files, warnings) =
+            write_pod_files(&dir.path().join("pod"), &pod("web"), "10.0.0.2".parse().expect("ip"), &dns)
+                .expect("files");
+        assert!(warnings.is_empty());
         assert_eq!(std::fs::read_to_string(files.hostname).expect("read"), "web\n");
-        assert_eq!(std::fs::read_to_string(files.resolv_conf).expect("read"), "nameserver 9.9.9.9\n");
+        assert_eq!(
+            std::fs::read_to_string(files.resolv_conf).expect("read"),
+            "search default.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n"
+        );
+        let missing = DnsSettings { resolv_conf: Some(dir.path().join("none")), ..dns };
+        let error = write_pod_files(&dir.path().join("pod"), &pod("web"), "10.0.0.2".parse().expect("ip"), &missing)
+            .expect_err("no host file");
+        assert!(error.to_string().contains("none"), "{error}");
     }
 }

@@ -435,7 +435,10 @@ impl Worker {
 
     async fn setup_sandbox(&self, pod: &Pod, uid: &str) -> Result<SandboxInfo, StepError> {
         let sandbox = self.ctx.runtime.setup_sandbox(&sandbox_id(uid)).await?;
-        write_pod_files(&pod_dir(&self.ctx.cfg.root_dir, uid), pod, sandbox.ip.into(), &self.ctx.cfg.host_resolv_conf)?;
+        let (_, warnings) = write_pod_files(&pod_dir(&self.ctx.cfg.root_dir, uid), pod, sandbox.ip.into(), &self.ctx.cfg.dns)?;
+        for (reason, message) in warnings {
+            self.ctx.events.record(pod_reference(pod, None), EventType::Warning, reason, message);
+        }
         Ok(sandbox)
     }
 
