@@ -2,7 +2,9 @@
 # Benchmark (not a test), issue 6 item 1: programming time of 1,000, 5,000 and 10,000
 # ClusterIP Services of 10 endpoints each through nodelet's eBPF datapath, against the same
 # Services as kube-proxy-style iptables rules (iptables-restore) and as IPVS (ipvsadm -R),
-# side by side in one run, and the time one endpoint change takes to be live.
+# side by side in one run, and the time one endpoint change takes to be live: as the full
+# rebuild the proxy did before partial syncs, and as the partial sync it does now (the changed
+# EndpointSlice handed to the reconciler until the map write returned).
 #
 #   scripts/bench-proxy.sh            # as root
 #   NODELET_BENCH_SIZES=1000 NODELET_BENCH_REPEAT=5 scripts/bench-proxy.sh

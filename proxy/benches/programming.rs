@@ -5,9 +5,12 @@
 //! For each size (ClusterIP Services of `ENDPOINTS` endpoints each, synthetic Service and
 //! EndpointSlice objects), repeated `NODELET_BENCH_REPEAT` times, alternating:
 //! - nodelet: a fresh `EbpfDatapath` (loaded and attached to a cgroup the bench creates,
-//!   never the root cgroup; not pinned), then `Reconciler::sync` from the objects to the
-//!   maps (table build + map writes); then one endpoint changed in one slice and a second
-//!   `Reconciler::sync` (what one watch event costs after the coalescing delay);
+//!   never the root cgroup; not pinned), then a full `Reconciler::sync_shared` from the
+//!   objects to the maps (table build + map writes); then one endpoint changed in one slice,
+//!   `NODELET_BENCH_CHANGES` times, two ways: the full rebuild the proxy did before partial
+//!   syncs (`build_table` of all objects, then `Datapath::apply` of the whole table), and
+//!   the partial sync it does now (the changed slice handed to `Reconciler::apply_changes`,
+//!   until the map write returned: what one watch event costs);
 //! - iptables: the kube-proxy-style nat ruleset (KUBE-SERVICES, KUBE-SVC-*, KUBE-SEP-*,
 //!   statistic --mode random, DNAT) loaded with `iptables-restore` inside a fresh network
 //!   namespace the bench creates for the round (`nodelet-bench-<id>-ipt`); then the
@@ -36,9 +39,11 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use std::sync::Arc;
+
 use nodelet_proxy::datapath::{Datapath, EbpfDatapath};
 use nodelet_proxy::table::SERVICE_NAME_LABEL;
-use nodelet_proxy::{build_table, MapSizes, NodeTopology, ProxyConfig, Reconciler};
+use nodelet_proxy::{build_table, Changes, MapSizes, NodeTopology, ProxyConfig, Reconciler};
 
 const ENDPOINTS: u32 = 10;
 const NAMESPACE: &str = "bench";
@@ -142,8 +147,11 @@ struct Samples {
     nodelet_load: Vec<Duration>,
     nodelet_sync: Vec<Duration>,
     nodelet_build: Vec<Duration>,
-    nodelet_change: Vec<Duration>,
+    /// One endpoint change as a full rebuild: `build_table` + `Datapath::apply`.
+    nodelet_change_full: Vec<Duration>,
     nodelet_change_build: Vec<Duration>,
+    /// One endpoint change as a partial sync: `Reconciler::apply_changes`.
+    nodelet_change: Vec<Duration>,
     iptables_generate: Vec<Duration>,
     iptables: Vec<Duration>,
     iptables_change: Vec<Duration>,
@@ -264,36 +272,69 @@ fn nodelet_round(objects: &Objects, cgroup: &Path, changes: usize, samples: &mut
     let (datapath, load) = time(|| EbpfDatapath::new(&cfg).map_err(|e| format!("load the eBPF datapath: {e}")))?;
     samples.nodelet_load.push(load);
     let mut reconciler = Reconciler::new(datapath);
+    // Shared objects, as the watch cache holds them (made outside the timing).
+    let services: Vec<Arc<Service>> = objects.services.iter().cloned().map(Arc::new).collect();
+    let slices: Vec<Arc<EndpointSlice>> = objects.slices.iter().cloned().map(Arc::new).collect();
     let (stats, sync) = time(|| {
-        reconciler.sync(&objects.services, &objects.slices, &node).map_err(|e| format!("sync {count} services: {e}"))
+        reconciler
+            .sync_shared(services.iter().cloned(), slices.iter().cloned(), node.clone())
+            .map_err(|e| format!("sync {count} services: {e}"))
     })?;
     if stats.upserted != objects.services.len() {
         return Err(format!("first sync wrote {} frontends, expected {count}", stats.upserted));
     }
     samples.nodelet_sync.push(sync);
 
-    // One endpoint change, `changes` times: the second sync writes one frontend.
+    // One endpoint change, `changes` times, as the full rebuild of before partial syncs:
+    // each writes one frontend.
     let mut changed = Objects { services: objects.services.clone(), slices: objects.slices.clone() };
-    for change in 0..changes {
-        changed.change_one_endpoint(u32::try_from(change).map_err(|_| "too many changes")?);
-        let (_, build) = time(|| Ok(build_table(&changed.services, &changed.slices, &node)))?;
-        samples.nodelet_change_build.push(build);
-        let (stats, elapsed) = time(|| {
-            reconciler
-                .sync(&changed.services, &changed.slices, &node)
-                .map_err(|e| format!("sync one endpoint change: {e}"))
+    let mut number = 0..;
+    for _ in 0..changes {
+        changed.change_one_endpoint(number.next().unwrap_or_default());
+        let (built, build) = time(|| Ok(build_table(&changed.services, &changed.slices, &node)))?;
+        let (stats, apply) = time(|| {
+            reconciler.datapath_mut().apply(&built.table).map_err(|e| format!("apply one endpoint change: {e}"))
         })?;
         if stats.upserted != 1 || stats.removed != 0 {
-            return Err(format!("an endpoint change wrote {stats:?}, expected one upsert"));
+            return Err(format!("an endpoint change (full rebuild) wrote {stats:?}, expected one upsert"));
+        }
+        samples.nodelet_change_build.push(build);
+        samples.nodelet_change_full.push(build + apply);
+    }
+
+    // The same as partial syncs: the changed slice handed to the reconciler, until the map
+    // write returned. The reconciler first takes in the objects the full rebuilds wrote
+    // (nothing to write).
+    let slices: Vec<Arc<EndpointSlice>> = changed.slices.iter().cloned().map(Arc::new).collect();
+    let stats = reconciler
+        .sync_shared(services.iter().cloned(), slices, node.clone())
+        .map_err(|e| format!("resync {count} services: {e}"))?;
+    if stats.upserted != 0 || stats.removed != 0 {
+        return Err(format!("the resync after the full rebuilds wrote {stats:?}, expected nothing"));
+    }
+    for _ in 0..changes {
+        changed.change_one_endpoint(number.next().unwrap_or_default());
+        let mut event = Changes::new();
+        event.slice_applied(Arc::new(changed.slices[0].clone()));
+        let (stats, elapsed) =
+            time(|| reconciler.apply_changes(event).map_err(|e| format!("partial sync of one endpoint change: {e}")))?;
+        if stats.upserted != 1 || stats.removed != 0 {
+            return Err(format!("an endpoint change (partial sync) wrote {stats:?}, expected one upsert"));
         }
         samples.nodelet_change.push(elapsed);
     }
 
-    // What the kernel holds is what was asked for (outside the timings).
+    // What the kernel holds is what was asked for, and what a full build gives (outside
+    // the timings).
     let programmed = reconciler.datapath_mut().read_back().map_err(|e| format!("read back: {e}"))?;
     let desired = build_table(&changed.services, &changed.slices, &node).table;
-    if programmed != desired {
-        return Err(format!("the maps hold {} frontends, not the {} desired", programmed.len(), desired.len()));
+    if programmed != desired || reconciler.table() != &desired {
+        return Err(format!(
+            "the maps hold {} frontends, the reconciler's table {}, not the {} desired",
+            programmed.len(),
+            reconciler.table().len(),
+            desired.len()
+        ));
     }
     // Make sure an empty table also applies (everything removed) before detaching.
     let _ = reconciler.datapath_mut().apply(&Default::default());
@@ -492,9 +533,15 @@ fn ipvs_round(objects: &Objects, netns: &BenchNetns, work: &Path, samples: &mut 
 
 fn print_table(results: &BTreeMap<u32, Samples>, ipvs: bool) {
     println!();
-    println!("medians in ms; nodelet = Reconciler::sync from the objects to the maps (table build + map writes)");
     println!(
-        "{:>8} {:>9} {:>10} {:>11} {:>9} {:>11} {:>12} | {:>13} {:>12} {:>15}",
+        "medians in ms; nodelet = a full Reconciler::sync from the objects to the maps (table build + map writes)"
+    );
+    println!(
+        "one endpoint change: 1-ep full = full rebuild (build_table + apply, before partial syncs), of which \
+         (table build); 1-ep partial = the changed slice handed to Reconciler::apply_changes until the map write returned"
+    );
+    println!(
+        "{:>8} {:>9} {:>10} {:>11} {:>9} {:>11} {:>12} | {:>12} {:>13} {:>13} {:>15}",
         "services",
         "endpoints",
         "nodelet",
@@ -502,8 +549,9 @@ fn print_table(results: &BTreeMap<u32, Samples>, ipvs: bool) {
         "ipvs",
         "ipt/nodelet",
         "ipvs/nodelet",
-        "1-ep nodelet",
+        "1-ep full",
         "(table build)",
+        "1-ep partial",
         "1-ep iptables"
     );
     for (services, samples) in results {
@@ -514,7 +562,7 @@ fn print_table(results: &BTreeMap<u32, Samples>, ipvs: bool) {
         // A timed-out sample makes the median a lower bound: "> N".
         let bound = |timed_out: bool| if timed_out { "> " } else { "" };
         println!(
-            "{:>8} {:>9} {:>10.2} {:>11} {:>9} {:>11} {:>12} | {:>13.3} {:>13.3} {:>15}",
+            "{:>8} {:>9} {:>10.2} {:>11} {:>9} {:>11} {:>12} | {:>12.3} {:>13.3} {:>13.3} {:>15}",
             services,
             u64::from(*services) * u64::from(ENDPOINTS),
             nodelet,
@@ -522,8 +570,9 @@ fn print_table(results: &BTreeMap<u32, Samples>, ipvs: bool) {
             ipvs_ms.map_or_else(|| "n/a".into(), |v| format!("{v:.1}")),
             format!("{}{}", bound(samples.iptables_timed_out), ratio(iptables)),
             ipvs_ms.map_or_else(|| "n/a".into(), ratio),
-            median(&samples.nodelet_change),
+            median(&samples.nodelet_change_full),
             median(&samples.nodelet_change_build),
+            median(&samples.nodelet_change),
             if samples.iptables_change.is_empty() {
                 // The full load timed out, so there was nothing to change.
                 "n/a".to_string()
@@ -536,11 +585,11 @@ fn print_table(results: &BTreeMap<u32, Samples>, ipvs: bool) {
     println!("detail (medians, ms):");
     for (services, samples) in results {
         println!(
-            "  {services:>6} services: nodelet load+attach {:.1}, table build {:.2}, map writes ~{:.2} \
-             ({} map entries); iptables rules generated in {:.1}; samples: nodelet {} sync / {} change, iptables {}",
+            "  {services:>6} services: nodelet load+attach {:.1}, build_table alone {:.2} ({} map entries); \
+             iptables rules generated in {:.1}; samples: nodelet {} sync / {} change each way, \
+             iptables {}",
             median(&samples.nodelet_load),
             median(&samples.nodelet_build),
-            (median(&samples.nodelet_sync) - median(&samples.nodelet_build)).max(0.0),
             samples.map_entries,
             median(&samples.iptables_generate),
             samples.nodelet_sync.len(),
@@ -554,7 +603,7 @@ fn print_table(results: &BTreeMap<u32, Samples>, ipvs: bool) {
         println!();
         println!(
             "targets at {services} services: iptables/nodelet {}{ratio:.0}x (target >= 50x: {}); one endpoint \
-             change {change:.3} ms (target <= 5 ms: {})",
+             change (partial sync) {change:.3} ms (target <= 5 ms: {})",
             if samples.iptables_timed_out { "> " } else { "" },
             if ratio >= 50.0 { "met" } else { "NOT met" },
             if change <= 5.0 { "met" } else { "NOT met" },

@@ -4,7 +4,9 @@
 //! `table` computes the desired frontends and backends (pure, with kube-proxy's endpoint
 //! selection and session affinity), `datapath` writes them through the
 //! [`datapath::Datapath`] trait, `sync` keeps doing so as objects change, fed by `watch`
-//! (API server, and this proxy's Node for its zone) or by fixed objects.
+//! (API server, and this proxy's Node for its zone) or by fixed objects. A change rebuilds
+//! and writes only the Services it touches ([`Reconciler::apply_changes`]); the whole table
+//! is rebuilt at start, after a relist, on a new zone and hourly.
 #![forbid(unsafe_code)]
 
 mod config;
@@ -22,15 +24,16 @@ pub use manifest::{parse_service_objects, ServiceObjects};
 pub use metrics::register_metrics;
 pub use nodelet_ebpf::{Backend, Frontend, MapSizes, Protocol, ServiceEntry, SessionAffinity, SockLb, Unpinned};
 pub use sync::{Reconciler, SyncTiming};
-pub use table::{build_table, BuiltTable, NodeTopology, Problem, ServiceTable};
+pub use table::{build_table, BuiltTable, Changes, NodeTopology, Problem, ServiceTable, TableDelta};
+
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use datapath::{Datapath, EbpfDatapath};
-use sync::{reconcile_loop, StaticSource};
+use sync::{reconcile_loop, ChangeTracker, StaticSource};
 
 /// Watch Services and EndpointSlices (and the Node `cfg.node_name`, for its zone) through
 /// the API and keep the datapath in line, until `shutdown`. Fails only when the datapath
@@ -50,14 +53,14 @@ pub async fn run_with_datapath<D: Datapath>(
     timing: SyncTiming,
     shutdown: CancellationToken,
 ) {
-    let (changes_tx, changes) = mpsc::channel(1);
-    let (source, feed) = watch::watch_objects(client, node_name, changes_tx, shutdown.clone());
+    let tracker = Arc::new(ChangeTracker::default());
+    let (source, feed) = watch::watch_objects(client, node_name, tracker, shutdown.clone());
     let reconcile = async {
         if !source.wait_until_ready(&shutdown).await {
             return;
         }
         let mut reconciler = Reconciler::new(datapath);
-        reconcile_loop(&mut reconciler, &source, changes, timing, &shutdown).await;
+        reconcile_loop(&mut reconciler, &source, timing, &shutdown).await;
     };
     tokio::join!(feed, reconcile);
 }
@@ -88,8 +91,6 @@ pub async fn run_static_with<D: Datapath>(
     shutdown: CancellationToken,
 ) {
     let source = StaticSource::new(services, slices, node);
-    // No sender: the objects never change.
-    let (_, changes) = mpsc::channel(1);
     let mut reconciler = Reconciler::new(datapath);
-    reconcile_loop(&mut reconciler, &source, changes, timing, &shutdown).await;
+    reconcile_loop(&mut reconciler, &source, timing, &shutdown).await;
 }

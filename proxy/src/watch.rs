@@ -2,6 +2,7 @@
 //! topology of this proxy's Node (as kube-proxy's NodeTopologyConfig watches it).
 
 use std::fmt::Debug;
+use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -11,24 +12,30 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::sync::{error_chain, signal_change, ObjectSource, Snapshot};
-use crate::table::{NodeTopology, HEADLESS_LABEL, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL};
+use crate::sync::{error_chain, ChangeTracker, ObjectSource, Snapshot};
+use crate::table::{Changes, NodeTopology, HEADLESS_LABEL, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL};
 
-/// The reflector stores and the node's topology, read by the reconcile loop.
+/// The reflector stores and the node's topology, read by the reconcile loop for full
+/// syncs, and the changes the watch events recorded since the last sync.
 pub(crate) struct StoreSource {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     /// `None` until the Node was listed.
     node: watch::Receiver<Option<NodeTopology>>,
+    tracker: Arc<ChangeTracker>,
 }
 
 impl ObjectSource for StoreSource {
     fn snapshot(&self) -> Snapshot {
         let node = self.node.borrow().clone().unwrap_or_default();
         Snapshot { services: self.services.state(), slices: self.slices.state(), node }
+    }
+
+    fn tracker(&self) -> &ChangeTracker {
+        &self.tracker
     }
 }
 
@@ -50,13 +57,14 @@ impl StoreSource {
     }
 }
 
-/// Start watching: returns the stores and the future that feeds them,
-/// signalling `changes` on every change, until `shutdown`. With `node_name`, that Node is
+/// Start watching: returns the stores and the future that feeds them, recording every
+/// change in `tracker` (an object's new state, or a full rebuild after a relist or a new
+/// zone), until `shutdown`. With `node_name`, that Node is
 /// watched for its zone label; without, the table is built for no particular node.
 pub(crate) fn watch_objects(
     client: Client,
     node_name: Option<String>,
-    changes: mpsc::Sender<()>,
+    tracker: Arc<ChangeTracker>,
     shutdown: CancellationToken,
 ) -> (StoreSource, impl std::future::Future<Output = ()>) {
     let (services, services_writer) = reflector::store();
@@ -75,32 +83,33 @@ pub(crate) fn watch_objects(
         let services_api: Api<Service> = Api::all(client.clone());
         let slices_api: Api<EndpointSlice> = Api::all(client.clone());
         let nodes_api: Api<Node> = Api::all(client);
-        let (changes_for_slices, changes_for_node) = (changes.clone(), changes.clone());
+        let (tracker_for_services, tracker_for_slices, tracker_for_node) =
+            (tracker.clone(), tracker.clone(), tracker.clone());
         let (shutdown_for_slices, shutdown_for_node) = (shutdown.clone(), shutdown.clone());
         async move {
             let node_feed = async move {
                 if let Some(name) = node_name {
-                    feed_node(nodes_api, name, node_tx, changes_for_node, shutdown_for_node).await;
+                    feed_node(nodes_api, name, node_tx, tracker_for_node, shutdown_for_node).await;
                 }
             };
             tokio::join!(
-                feed_store(services_api, services_config, services_writer, changes, shutdown),
-                feed_store(slices_api, slices_config, slices_writer, changes_for_slices, shutdown_for_slices),
+                feed_store(services_api, services_config, services_writer, tracker_for_services, shutdown),
+                feed_store(slices_api, slices_config, slices_writer, tracker_for_slices, shutdown_for_slices),
                 node_feed,
             );
         }
     };
-    (StoreSource { services, slices, node }, feed)
+    (StoreSource { services, slices, node, tracker }, feed)
 }
 
-/// Keep `topology` on the Node `name`'s zone, signalling `changes` when it changes (not on
-/// every status update of the Node), until `shutdown`. Until the Node exists the table is
+/// Keep `topology` on the Node `name`'s zone, asking `tracker` for a full rebuild when it
+/// changes (not on every status update of the Node), until `shutdown`. Until the Node exists the table is
 /// built for the name alone.
 async fn feed_node(
     api: Api<Node>,
     name: String,
     topology: watch::Sender<Option<NodeTopology>>,
-    changes: mpsc::Sender<()>,
+    tracker: Arc<ChangeTracker>,
     shutdown: CancellationToken,
 ) {
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
@@ -142,24 +151,51 @@ async fn feed_node(
             changed
         });
         if changed {
-            signal_change(&changes);
+            tracker.request_full();
         }
     }
 }
 
-/// Run one watcher into its store; watch errors are logged and retried with
-/// backoff by the watcher itself.
+/// How the events of a watched kind are recorded as changes.
+trait Tracked: Sized {
+    fn applied(changes: &mut Changes, object: Arc<Self>);
+    fn deleted(changes: &mut Changes, object: &Self);
+}
+
+impl Tracked for Service {
+    fn applied(changes: &mut Changes, object: Arc<Self>) {
+        changes.service_applied(object);
+    }
+
+    fn deleted(changes: &mut Changes, object: &Self) {
+        changes.service_deleted(object);
+    }
+}
+
+impl Tracked for EndpointSlice {
+    fn applied(changes: &mut Changes, object: Arc<Self>) {
+        changes.slice_applied(object);
+    }
+
+    fn deleted(changes: &mut Changes, object: &Self) {
+        changes.slice_deleted(object);
+    }
+}
+
+/// Run one watcher into its store, recording each change in `tracker`; watch errors are
+/// logged and retried with backoff by the watcher itself.
 async fn feed_store<K>(
     api: Api<K>,
     config: watcher::Config,
     writer: reflector::store::Writer<K>,
-    changes: mpsc::Sender<()>,
+    tracker: Arc<ChangeTracker>,
     shutdown: CancellationToken,
 ) where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Resource + Tracked + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let kind = K::kind(&K::DynamicType::default()).into_owned();
+    let store = writer.as_reader();
     let stream = reflector::reflector(writer, watcher::watcher(api, config).default_backoff());
     let mut stream = std::pin::pin!(stream);
     loop {
@@ -168,11 +204,7 @@ async fn feed_store<K>(
             next = stream.next() => next,
         };
         match next {
-            Some(Ok(event)) => {
-                if changes_objects(&event) {
-                    signal_change(&changes);
-                }
-            }
+            Some(Ok(event)) => record(&tracker, &store, event),
             Some(Err(error)) => {
                 tracing::warn!(%kind, error = %error_chain(&error), "watch");
             }
@@ -184,8 +216,21 @@ async fn feed_store<K>(
     }
 }
 
-/// Whether the store's content changed in a way worth a sync: a relist is
-/// only complete at InitDone.
-fn changes_objects<K>(event: &Event<K>) -> bool {
-    matches!(event, Event::Apply(_) | Event::Delete(_) | Event::InitDone)
+/// One watch event into the tracker: an object's new state (the store's copy, which the
+/// reflector wrote before it passed the event on), or, when a relist completes (objects may
+/// have gone while the watch was down), a full rebuild.
+fn record<K>(tracker: &ChangeTracker, store: &Store<K>, event: Event<K>)
+where
+    K: Resource + Tracked + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    match event {
+        Event::Apply(object) => {
+            let shared = store.get(&reflector::ObjectRef::from_obj(&object)).unwrap_or_else(|| Arc::new(object));
+            tracker.record(|changes| K::applied(changes, shared));
+        }
+        Event::Delete(object) => tracker.record(|changes| K::deleted(changes, &object)),
+        Event::InitDone => tracker.request_full(),
+        Event::Init | Event::InitApply(_) => {}
+    }
 }

@@ -4,6 +4,7 @@
 //! a UDP Service answers from its ClusterIP.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
@@ -13,7 +14,7 @@ use nodelet_ebpf::test_support::{
 };
 use nodelet_proxy::datapath::EbpfDatapath;
 use nodelet_proxy::{
-    parse_service_objects, run_static, Backend, Frontend, NodeTopology, Protocol, ProxyConfig, Reconciler,
+    parse_service_objects, run_static, Backend, Changes, Frontend, NodeTopology, Protocol, ProxyConfig, Reconciler,
     ServiceEntry, SessionAffinity,
 };
 use tokio_util::sync::CancellationToken;
@@ -83,6 +84,34 @@ fn slice_changes_move_the_vip_to_the_new_backend() {
 
     drop(reconciler);
     assert_eq!(cgroup.attached_programs(), "", "dropping the datapath detaches");
+}
+
+#[test]
+fn partial_syncs_move_the_vip_and_remove_a_deleted_service() {
+    require_root();
+    let cgroup = TestCgroup::create();
+    let first = TcpBackend::start();
+    let second = TcpBackend::start();
+    let cfg = ProxyConfig { attach_cgroup: cgroup.path.clone(), pin_dir: None, ..ProxyConfig::default() };
+    let mut reconciler = Reconciler::new(EbpfDatapath::new(&cfg).expect("datapath"));
+    let (services, slices) = web_objects(VIP, first.port);
+    reconciler.sync(&services, &slices, &NodeTopology::default()).expect("full sync");
+
+    let (_, moved) = web_objects(VIP, second.port);
+    let mut changes = Changes::new();
+    changes.slice_applied(Arc::new(moved[0].clone()));
+    let stats = reconciler.apply_changes(changes).expect("slice changed");
+    assert_eq!((stats.upserted, stats.removed), (1, 0));
+    let run = tcp_connects_from(&cgroup, vip(), 4);
+    assert_eq!(run.answers, vec![second.port.to_string(); 4], "stderr: {}", run.stderr);
+
+    let mut changes = Changes::new();
+    changes.service_deleted(&services[0]);
+    let stats = reconciler.apply_changes(changes).expect("service deleted");
+    assert_eq!((stats.upserted, stats.removed), (0, 1));
+    assert!(reconciler.datapath_mut().read_back().expect("read back").is_empty());
+    let problems: Vec<String> = reconciler.problems().iter().map(ToString::to_string).collect();
+    assert_eq!(problems, ["EndpointSlice default/web-1: its Service default/web does not exist: not used"]);
 }
 
 #[tokio::test]

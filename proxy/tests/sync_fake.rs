@@ -38,7 +38,8 @@ fn objects() -> (Vec<Service>, Vec<EndpointSlice>) {
 
 fn fast_timing() -> SyncTiming {
     SyncTiming {
-        coalesce: Duration::from_millis(5),
+        min_interval: Duration::from_millis(5),
+        full_resync: Duration::from_secs(3600),
         retry_min: Duration::from_millis(10),
         retry_max: Duration::from_millis(40),
     }
@@ -173,15 +174,22 @@ async fn failing_datapath_is_retried_with_backoff_not_fatal() {
 }
 
 #[tokio::test]
-async fn shutdown_during_the_first_wait_returns_promptly() {
+async fn shutdown_during_a_retry_wait_returns_promptly() {
+    let failing = FailingDatapath::new();
     let (services, slices) = objects();
     let shutdown = CancellationToken::new();
+    let slow = SyncTiming { retry_min: Duration::from_secs(60), retry_max: Duration::from_secs(60), ..fast_timing() };
+    let task = tokio::spawn(run_static_with(
+        failing.clone(),
+        services,
+        slices,
+        NodeTopology::default(),
+        slow,
+        shutdown.clone(),
+    ));
+
+    wait_for(|| failing.attempts() == 1).await;
     shutdown.cancel();
-    let slow = SyncTiming { coalesce: Duration::from_secs(60), ..SyncTiming::default() };
-    tokio::time::timeout(
-        Duration::from_secs(2),
-        run_static_with(FakeDatapath::new(), services, slices, NodeTopology::default(), slow, shutdown),
-    )
-    .await
-    .expect("returns on shutdown");
+    tokio::time::timeout(Duration::from_secs(2), task).await.expect("returns on shutdown").expect("loop task");
+    assert_eq!(failing.attempts(), 1, "no retry before the delay");
 }

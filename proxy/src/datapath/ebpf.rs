@@ -2,11 +2,11 @@
 
 use nodelet_ebpf::{CgroupAttachment, EbpfError, Frontend, SockLb};
 
-use super::plan::plan;
+use super::plan::{plan, plan_delta, Plan};
 use super::{Datapath, SyncStats};
 use crate::config::ProxyConfig;
 use crate::error::ProxyError;
-use crate::table::ServiceTable;
+use crate::table::{ServiceTable, TableDelta};
 
 /// The socket load-balancer (TCP, UDP and SCTP frontends alike), attached to the
 /// configured cgroup for as long as this value lives, or for good when pinned
@@ -50,6 +50,18 @@ impl EbpfDatapath {
 impl Datapath for EbpfDatapath {
     fn apply(&mut self, desired: &ServiceTable) -> Result<SyncStats, ProxyError> {
         let plan = plan(&self.programmed, desired);
+        self.write(plan)
+    }
+
+    fn apply_delta(&mut self, delta: &TableDelta) -> Result<SyncStats, ProxyError> {
+        let plan = plan_delta(&self.programmed, delta);
+        self.write(plan)
+    }
+}
+
+impl EbpfDatapath {
+    /// Write the plan to the maps, recording what was written.
+    fn write(&mut self, plan: Plan<'_>) -> Result<SyncStats, ProxyError> {
         let attempted = plan.upserts.len() + plan.removals.len();
         let mut failures: Vec<(Frontend, EbpfError)> = Vec::new();
         let mut maps = self.lb.maps();

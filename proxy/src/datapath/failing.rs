@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use super::{Datapath, SyncStats};
 use crate::error::ProxyError;
-use crate::table::ServiceTable;
+use crate::table::{ServiceTable, TableDelta};
 
-/// Fails every `apply`; clones share the attempt counter.
+/// Fails every `apply` and `apply_delta`; clones share the attempt counter.
 #[derive(Clone, Debug, Default)]
 pub struct FailingDatapath {
     attempts: Arc<AtomicUsize>,
@@ -18,7 +18,7 @@ impl FailingDatapath {
         FailingDatapath::default()
     }
 
-    /// How many times `apply` was called.
+    /// How many times `apply` or `apply_delta` was called.
     pub fn attempts(&self) -> usize {
         self.attempts.load(Ordering::SeqCst)
     }
@@ -26,6 +26,16 @@ impl FailingDatapath {
 
 impl Datapath for FailingDatapath {
     fn apply(&mut self, _desired: &ServiceTable) -> Result<SyncStats, ProxyError> {
+        self.refuse()
+    }
+
+    fn apply_delta(&mut self, _delta: &TableDelta) -> Result<SyncStats, ProxyError> {
+        self.refuse()
+    }
+}
+
+impl FailingDatapath {
+    fn refuse(&self) -> Result<SyncStats, ProxyError> {
         self.attempts.fetch_add(1, Ordering::SeqCst);
         Err(ProxyError::DatapathRefused { reason: String::from("failing datapath refuses every update") })
     }

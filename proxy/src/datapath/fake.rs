@@ -2,10 +2,10 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::plan::plan;
+use super::plan::{plan, plan_delta, Plan};
 use super::{Datapath, SyncStats};
 use crate::error::ProxyError;
-use crate::table::ServiceTable;
+use crate::table::{ServiceTable, TableDelta};
 
 /// Clones share one state, so a test keeps a handle while the reconciler owns
 /// the datapath.
@@ -18,6 +18,7 @@ pub struct FakeDatapath {
 struct FakeState {
     table: ServiceTable,
     applies: usize,
+    deltas: usize,
     writes: usize,
 }
 
@@ -36,6 +37,11 @@ impl FakeDatapath {
         self.lock().applies
     }
 
+    /// How many times `apply_delta` ran.
+    pub fn deltas(&self) -> usize {
+        self.lock().deltas
+    }
+
     /// How many frontends were written or removed over all applies.
     pub fn writes(&self) -> usize {
         self.lock().writes
@@ -51,16 +57,29 @@ impl FakeDatapath {
 impl Datapath for FakeDatapath {
     fn apply(&mut self, desired: &ServiceTable) -> Result<SyncStats, ProxyError> {
         let mut state = self.lock();
+        state.applies += 1;
         let plan = plan(&state.table, desired);
+        Ok(state.write(plan))
+    }
+
+    fn apply_delta(&mut self, delta: &TableDelta) -> Result<SyncStats, ProxyError> {
+        let mut state = self.lock();
+        state.deltas += 1;
+        let plan = plan_delta(&state.table, delta);
+        Ok(state.write(plan))
+    }
+}
+
+impl FakeState {
+    fn write(&mut self, plan: Plan<'_>) -> SyncStats {
         let stats = SyncStats { upserted: plan.upserts.len(), removed: plan.removals.len(), unchanged: plan.unchanged };
         for frontend in &plan.removals {
-            state.table.remove(frontend);
+            self.table.remove(frontend);
         }
         for (frontend, entry) in plan.upserts {
-            state.table.insert(frontend, entry.clone());
+            self.table.insert(frontend, entry.clone());
         }
-        state.applies += 1;
-        state.writes += stats.upserted + stats.removed;
-        Ok(stats)
+        self.writes += stats.upserted + stats.removed;
+        stats
     }
 }

@@ -10,7 +10,7 @@ pub use self::failing::FailingDatapath;
 pub use self::fake::FakeDatapath;
 
 use crate::error::ProxyError;
-use crate::table::ServiceTable;
+use crate::table::{ServiceTable, TableDelta};
 
 /// What one `apply` changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -29,4 +29,10 @@ pub trait Datapath: Send {
     /// differ from what this datapath programmed before. On error, what was
     /// written stays recorded, so the next apply retries only the rest.
     fn apply(&mut self, desired: &ServiceTable) -> Result<SyncStats, ProxyError>;
+
+    /// Write the frontends of `delta` (the changes from the table of the last successful
+    /// `apply` or `apply_delta` to the desired one), each only if it differs from what
+    /// this datapath programmed; nothing else is looked at. After an error, the next
+    /// update must be a full `apply`: the delta's failed writes are not retried.
+    fn apply_delta(&mut self, delta: &TableDelta) -> Result<SyncStats, ProxyError>;
 }

@@ -2,7 +2,7 @@
 
 use nodelet_ebpf::{Frontend, ServiceEntry};
 
-use crate::table::ServiceTable;
+use crate::table::{ServiceTable, TableDelta};
 
 /// Writes needed to go from `programmed` to `desired`.
 pub(crate) struct Plan<'a> {
@@ -22,6 +22,22 @@ pub(crate) fn plan<'a>(programmed: &ServiceTable, desired: &'a ServiceTable) -> 
         }
     }
     let removals = programmed.keys().filter(|frontend| !desired.contains_key(frontend)).copied().collect();
+    Plan { upserts, removals, unchanged }
+}
+
+/// Writes needed to apply `delta` over `programmed`: its frontends that already hold
+/// their entry, and removals of frontends never programmed, are left alone.
+pub(crate) fn plan_delta<'a>(programmed: &ServiceTable, delta: &'a TableDelta) -> Plan<'a> {
+    let mut upserts = Vec::new();
+    let mut unchanged = 0;
+    for (frontend, entry) in &delta.upserts {
+        if programmed.get(frontend) == Some(entry) {
+            unchanged += 1;
+        } else {
+            upserts.push((*frontend, entry));
+        }
+    }
+    let removals = delta.removals.iter().filter(|frontend| programmed.contains_key(frontend)).copied().collect();
     Plan { upserts, removals, unchanged }
 }
 
@@ -63,5 +79,19 @@ mod tests {
         let upserted: Vec<Frontend> = plan.upserts.iter().map(|(f, _)| *f).collect();
         assert_eq!(upserted, [frontend(2), frontend(4), frontend(5)], "affinity changes count too");
         assert_eq!(plan.removals, [frontend(3)]);
+    }
+
+    #[test]
+    fn a_delta_writes_only_what_differs_from_the_programmed_table() {
+        let programmed = ServiceTable::from([(frontend(1), entry(&[backend(1)])), (frontend(2), entry(&[]))]);
+        let delta = TableDelta {
+            upserts: vec![(frontend(1), entry(&[backend(1)])), (frontend(3), entry(&[backend(3)]))],
+            removals: vec![frontend(2), frontend(4)],
+        };
+        let plan = plan_delta(&programmed, &delta);
+        assert_eq!(plan.unchanged, 1);
+        let upserted: Vec<Frontend> = plan.upserts.iter().map(|(f, _)| *f).collect();
+        assert_eq!(upserted, [frontend(3)]);
+        assert_eq!(plan.removals, [frontend(2)], "a frontend never programmed needs no removal");
     }
 }

@@ -13,7 +13,13 @@
 //!
 //! Bad input never stops the rest: each problem is reported against its object
 //! ([`Problem`]), and a Service with one is left out whole rather than programmed in part.
+//!
+//! [`build_table`] builds the whole table at once; [`IncrementalTable`] keeps it up to date
+//! from [`Changes`], rebuilding only the Services they touch, with the same per-Service code
+//! (`build_service`).
 
+mod changes;
+mod incremental;
 mod node;
 mod problem;
 mod select;
@@ -26,6 +32,8 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use nodelet_ebpf::{Frontend, ServiceEntry, MAX_BACKENDS};
 
+pub use changes::Changes;
+pub use incremental::{IncrementalTable, TableDelta, TableUpdate};
 pub use node::{NodeTopology, ZONE_LABEL};
 pub use problem::{ObjectRef, Problem};
 
@@ -70,23 +78,8 @@ where
         let Some(object) = service::key(service).map(|(namespace, name)| ObjectRef::service(namespace, name)) else {
             continue;
         };
-        let proxied = match service::parse(service) {
-            Ok(ServiceKind::Proxied(proxied)) => proxied,
-            Ok(ServiceKind::Skipped(why)) => {
-                tracing::trace!(service = %object, why, "not load-balanced");
-                continue;
-            }
-            Err(message) => {
-                problems.insert(Problem::new(object, message));
-                continue;
-            }
-        };
-        let claimed = proxied.ports.iter().map(|port| proxied.frontend(port)).find_map(|f| owners.get_key_value(&f));
-        if let Some((frontend, owner)) = claimed {
-            problems.insert(Problem::new(object, format!("{frontend} already belongs to Service {owner}: skipped")));
-            continue;
-        }
-        let entries = service_entries(&proxied, &slices, node, &object, &mut problems);
+        let service_slices = slices.of(&object.namespace, &object.name);
+        let entries = build_service(service, &object, service_slices, node, |f| owners.get(f), &mut problems);
         for frontend in entries.keys() {
             owners.insert(*frontend, object.clone());
         }
@@ -95,15 +88,56 @@ where
     BuiltTable { table, problems: problems.into_iter().collect() }
 }
 
+/// The frontends Service `service` claims (its cluster IP x each port), whether or not it
+/// gets them; none when it is not load-balanced or invalid.
+fn claimed_frontends(service: &Service) -> Vec<Frontend> {
+    match service::parse(service) {
+        Ok(ServiceKind::Proxied(proxied)) => proxied.ports.iter().map(|port| proxied.frontend(port)).collect(),
+        Ok(ServiceKind::Skipped(_)) | Err(_) => Vec::new(),
+    }
+}
+
+/// The frontends of one Service (`object`) from its EndpointSlices (those labelled for it,
+/// in slice-name order), given who owns each frontend among the Services sorted before it
+/// (`owner_of`): a Service that claims a frontend another owns is left out whole. What is
+/// wrong goes to `problems`.
+fn build_service<'o>(
+    service: &Service,
+    object: &ObjectRef,
+    slices: &[&EndpointSlice],
+    node: &NodeTopology,
+    owner_of: impl Fn(&Frontend) -> Option<&'o ObjectRef>,
+    problems: &mut BTreeSet<Problem>,
+) -> ServiceTable {
+    let proxied = match service::parse(service) {
+        Ok(ServiceKind::Proxied(proxied)) => proxied,
+        Ok(ServiceKind::Skipped(why)) => {
+            tracing::trace!(service = %object, why, "not load-balanced");
+            return ServiceTable::new();
+        }
+        Err(message) => {
+            problems.insert(Problem::new(object.clone(), message));
+            return ServiceTable::new();
+        }
+    };
+    let frontends = proxied.ports.iter().map(|port| proxied.frontend(port));
+    let claimed = frontends.clone().find_map(|frontend| owner_of(&frontend).map(|owner| (frontend, owner)));
+    if let Some((frontend, owner)) = claimed {
+        problems
+            .insert(Problem::new(object.clone(), format!("{frontend} already belongs to Service {owner}: skipped")));
+        return ServiceTable::new();
+    }
+    service_entries(&proxied, slices, node, object, problems)
+}
+
 /// The frontends of one Service (one per port) with their entries.
 fn service_entries(
     service: &ProxiedService<'_>,
-    slices: &SliceIndex<'_>,
+    service_slices: &[&EndpointSlice],
     node: &NodeTopology,
     object: &ObjectRef,
     problems: &mut BTreeSet<Problem>,
 ) -> ServiceTable {
-    let service_slices = slices.of(&object.namespace, &object.name);
     let mut entries = ServiceTable::new();
     for port in &service.ports {
         let frontend = service.frontend(port);

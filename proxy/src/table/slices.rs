@@ -30,25 +30,16 @@ impl<'a> SliceIndex<'a> {
     ) -> SliceIndex<'a> {
         let mut by_service: BTreeMap<&str, BTreeMap<&str, Vec<&EndpointSlice>>> = BTreeMap::new();
         for slice in slices {
-            let namespace = slice.metadata.namespace.as_deref().unwrap_or_default();
-            let object = ObjectRef::endpoint_slice(namespace, slice.metadata.name.as_deref().unwrap_or_default());
-            let labels = slice.metadata.labels.as_ref();
-            let Some(service) = labels.and_then(|labels| labels.get(SERVICE_NAME_LABEL)).filter(|s| !s.is_empty())
-            else {
-                problems.insert(Problem::new(object, format!("has no {SERVICE_NAME_LABEL} label: not used")));
-                continue;
+            let (namespace, service) = match service_of(slice) {
+                Ok(owner) => owner,
+                Err(problem) => {
+                    problems.insert(problem);
+                    continue;
+                }
             };
-            if !known.contains(&(namespace, service.as_str())) {
-                let message = format!("its Service {namespace}/{service} does not exist: not used");
-                problems.insert(Problem::new(object, message));
-                continue;
+            if admit(slice, known.contains(&(namespace, service)), problems) {
+                by_service.entry(namespace).or_default().entry(service).or_default().push(slice);
             }
-            // IPv6 and FQDN slices: only the IPv4 hooks exist.
-            if slice.address_type != IPV4_ADDRESS_TYPE {
-                continue;
-            }
-            check(slice, &object, problems);
-            by_service.entry(namespace).or_default().entry(service.as_str()).or_default().push(slice);
         }
         for slices in by_service.values_mut().flat_map(BTreeMap::values_mut) {
             slices.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
@@ -60,6 +51,40 @@ impl<'a> SliceIndex<'a> {
     pub(super) fn of(&self, namespace: &str, name: &str) -> &[&'a EndpointSlice] {
         self.by_service.get(namespace).and_then(|services| services.get(name)).map_or(&[], Vec::as_slice)
     }
+}
+
+/// The Service (namespace, name) a slice belongs to, by its label; `Err` reports a slice
+/// without one.
+pub(super) fn service_of(slice: &EndpointSlice) -> Result<(&str, &str), Problem> {
+    let namespace = slice.metadata.namespace.as_deref().unwrap_or_default();
+    let labels = slice.metadata.labels.as_ref();
+    match labels.and_then(|labels| labels.get(SERVICE_NAME_LABEL)).filter(|s| !s.is_empty()) {
+        Some(service) => Ok((namespace, service.as_str())),
+        None => Err(Problem::new(slice_ref(slice), format!("has no {SERVICE_NAME_LABEL} label: not used"))),
+    }
+}
+
+/// Whether the slice's endpoints are used, given whether its Service exists, reporting
+/// what is wrong with it. Only IPv4 slices are (only the IPv4 hooks exist).
+pub(super) fn admit(slice: &EndpointSlice, service_exists: bool, problems: &mut BTreeSet<Problem>) -> bool {
+    let object = slice_ref(slice);
+    if !service_exists {
+        let (namespace, service) = service_of(slice).unwrap_or_default();
+        let message = format!("its Service {namespace}/{service} does not exist: not used");
+        problems.insert(Problem::new(object, message));
+        return false;
+    }
+    // IPv6 and FQDN slices: only the IPv4 hooks exist.
+    if slice.address_type != IPV4_ADDRESS_TYPE {
+        return false;
+    }
+    check(slice, &object, problems);
+    true
+}
+
+fn slice_ref(slice: &EndpointSlice) -> ObjectRef {
+    let namespace = slice.metadata.namespace.as_deref().unwrap_or_default();
+    ObjectRef::endpoint_slice(namespace, slice.metadata.name.as_deref().unwrap_or_default())
 }
 
 /// Report what `endpoints` will skip in the slice, once per slice rather than per port.

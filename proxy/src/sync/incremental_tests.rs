@@ -1,0 +1,270 @@
+//! Partial syncs must leave exactly what a full rebuild gives: random sequences of Service
+//! and EndpointSlice adds, updates and deletes, applied as changes, checked after every
+//! step against `build_table` of the objects at that point (table, problems, and what the
+//! fake datapath holds). The objects are drawn from small pools, so that Services contend
+//! for frontends, slices move between Services and bad objects come and go.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{ClientIPConfig, Service, ServicePort, ServiceSpec, SessionAffinityConfig};
+use k8s_openapi::api::discovery::v1::{
+    Endpoint, EndpointConditions, EndpointHints, EndpointPort, EndpointSlice, ForZone,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use super::Reconciler;
+use crate::datapath::{FailingDatapath, FakeDatapath, SyncStats};
+use crate::table::{build_table, Changes, NodeTopology, Problem, SERVICE_NAME_LABEL};
+
+const NAMESPACES: [&str; 2] = ["a", "b"];
+const SERVICES: [&str; 5] = ["s0", "s1", "s2", "s3", "s4"];
+const SLICES: [&str; 6] = ["e0", "e1", "e2", "e3", "e4", "e5"];
+const CLUSTER_IPS: [&str; 6] = ["10.96.0.1", "10.96.0.2", "10.96.0.3", "10.96.0.300", "None", ""];
+/// (name, port, protocol): the Service ports, and the slice ports with the same name.
+const PORTS: [(&str, i32, &str); 4] = [("http", 80, "TCP"), ("https", 443, "TCP"), ("dns", 53, "UDP"), ("", 80, "TCP")];
+const ADDRESSES: [&str; 7] =
+    ["10.244.0.1", "10.244.0.2", "10.244.0.3", "10.244.1.1", "10.244.1.2", "fd00::1", "not-an-ip"];
+
+type Key = (String, String);
+
+fn meta(namespace: &str, name: &str) -> ObjectMeta {
+    ObjectMeta { namespace: Some(namespace.into()), name: Some(name.into()), ..ObjectMeta::default() }
+}
+
+fn pick<'a, T>(rng: &mut StdRng, items: &'a [T]) -> &'a T {
+    items.choose(rng).expect("non-empty pool")
+}
+
+fn random_service(rng: &mut StdRng, namespace: &str, name: &str) -> Service {
+    let ports = (0..rng.gen_range(0..=2))
+        .map(|_| {
+            let (port_name, number, protocol) = *pick(rng, &PORTS);
+            ServicePort {
+                name: Some(port_name.into()),
+                // Now and then a port the API would refuse.
+                port: if rng.gen_ratio(1, 20) { 0 } else { number },
+                protocol: Some(if rng.gen_ratio(1, 25) { "FOO" } else { protocol }.into()),
+                ..ServicePort::default()
+            }
+        })
+        .collect();
+    let affinity = rng.gen_ratio(1, 4).then(|| SessionAffinityConfig {
+        client_ip: Some(ClientIPConfig { timeout_seconds: Some(*pick(rng, &[60, 0, 10_800])) }),
+    });
+    Service {
+        metadata: meta(namespace, name),
+        spec: Some(ServiceSpec {
+            type_: Some(if rng.gen_ratio(1, 15) { "ExternalName" } else { "ClusterIP" }.into()),
+            cluster_ip: Some((*pick(rng, &CLUSTER_IPS)).into()),
+            ports: Some(ports),
+            session_affinity: affinity.is_some().then(|| "ClientIP".into()),
+            session_affinity_config: affinity,
+            internal_traffic_policy: rng.gen_ratio(1, 4).then(|| "Local".into()),
+            publish_not_ready_addresses: rng.gen_ratio(1, 6).then_some(true),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+fn random_slice(rng: &mut StdRng, namespace: &str, name: &str) -> EndpointSlice {
+    let mut metadata = meta(namespace, name);
+    metadata.labels = match rng.gen_range(0..12) {
+        0 => None,
+        1 => Some(BTreeMap::from([(SERVICE_NAME_LABEL.to_owned(), String::new())])),
+        _ => Some(BTreeMap::from([(SERVICE_NAME_LABEL.to_owned(), (*pick(rng, &SERVICES)).to_owned())])),
+    };
+    let ports = (0..rng.gen_range(0..=2))
+        .map(|_| {
+            let (port_name, number, protocol) = *pick(rng, &PORTS);
+            EndpointPort {
+                name: Some(port_name.into()),
+                port: Some(if rng.gen_ratio(1, 20) { 0 } else { number * 100 + rng.gen_range(0..2) }),
+                protocol: Some(protocol.into()),
+                ..EndpointPort::default()
+            }
+        })
+        .collect();
+    let endpoints = (0..rng.gen_range(0..=4))
+        .map(|_| Endpoint {
+            addresses: vec![(*pick(rng, &ADDRESSES)).into()],
+            conditions: rng.gen_ratio(2, 3).then(|| EndpointConditions {
+                ready: Some(rng.gen_ratio(2, 3)),
+                serving: Some(rng.gen()),
+                terminating: Some(rng.gen()),
+            }),
+            node_name: Some((*pick(rng, &["node-a", "node-b"])).into()),
+            hints: rng
+                .gen_ratio(1, 3)
+                .then(|| EndpointHints { for_zones: Some(vec![ForZone { name: (*pick(rng, &["z1", "z2"])).into() }]) }),
+            ..Endpoint::default()
+        })
+        .collect();
+    EndpointSlice {
+        metadata,
+        address_type: if rng.gen_ratio(1, 10) { "IPv6" } else { "IPv4" }.into(),
+        endpoints,
+        ports: Some(ports),
+    }
+}
+
+/// The objects as the API holds them, and the same as changes not yet synced.
+#[derive(Default)]
+struct World {
+    services: BTreeMap<Key, Service>,
+    slices: BTreeMap<Key, EndpointSlice>,
+}
+
+impl World {
+    /// One random add, update or delete, recorded in `changes`.
+    fn step(&mut self, rng: &mut StdRng, changes: &mut Changes) {
+        let namespace = *pick(rng, &NAMESPACES);
+        match rng.gen_range(0..10) {
+            0..=2 => {
+                let name = *pick(rng, &SERVICES);
+                let service = random_service(rng, namespace, name);
+                changes.service_applied(Arc::new(service.clone()));
+                self.services.insert((namespace.into(), name.into()), service);
+            }
+            3 => {
+                let key = (namespace.to_owned(), (*pick(rng, &SERVICES)).to_owned());
+                // Deleting what does not exist happens too (a stale delete).
+                let service = self
+                    .services
+                    .remove(&key)
+                    .unwrap_or_else(|| Service { metadata: meta(&key.0, &key.1), ..Service::default() });
+                changes.service_deleted(&service);
+            }
+            4..=8 => {
+                let name = *pick(rng, &SLICES);
+                let slice = random_slice(rng, namespace, name);
+                changes.slice_applied(Arc::new(slice.clone()));
+                self.slices.insert((namespace.into(), name.into()), slice);
+            }
+            _ => {
+                let key = (namespace.to_owned(), (*pick(rng, &SLICES)).to_owned());
+                let slice = self
+                    .slices
+                    .remove(&key)
+                    .unwrap_or_else(|| EndpointSlice { metadata: meta(&key.0, &key.1), ..EndpointSlice::default() });
+                changes.slice_deleted(&slice);
+            }
+        }
+    }
+}
+
+fn node() -> NodeTopology {
+    NodeTopology { name: Some("node-a".into()), zone: Some("z1".into()) }
+}
+
+#[test]
+fn partial_syncs_equal_a_full_rebuild() {
+    let mut conflicts_seen = false;
+    for seed in 0..300 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let fake = FakeDatapath::new();
+        let mut reconciler = Reconciler::new(fake.clone());
+        let mut world = World::default();
+        reconciler.sync(world.services.values(), world.slices.values(), &node()).expect("first sync");
+        for step in 0..40 {
+            let mut changes = Changes::new();
+            for _ in 0..rng.gen_range(1..=4) {
+                world.step(&mut rng, &mut changes);
+            }
+            reconciler.apply_changes(changes).expect("partial sync");
+
+            let expected = build_table(world.services.values(), world.slices.values(), &node());
+            let context = format!("seed {seed}, step {step}");
+            assert_eq!(reconciler.table(), &expected.table, "{context}: table");
+            assert_eq!(fake.table(), expected.table, "{context}: what the datapath holds");
+            let problems: BTreeSet<Problem> = expected.problems.iter().cloned().collect();
+            assert_eq!(reconciler.problems(), &problems, "{context}: problems");
+            conflicts_seen |= problems.iter().any(|p| p.message.contains("already belongs to"));
+        }
+        assert_eq!(fake.applies(), 1, "seed {seed}: only the first sync applies the whole table");
+    }
+    assert!(conflicts_seen, "the pools make Services contend for frontends");
+}
+
+#[test]
+fn a_full_sync_after_partial_ones_changes_nothing() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let fake = FakeDatapath::new();
+    let mut reconciler = Reconciler::new(fake.clone());
+    let mut world = World::default();
+    reconciler.sync(world.services.values(), world.slices.values(), &node()).expect("first sync");
+    for _ in 0..100 {
+        let mut changes = Changes::new();
+        world.step(&mut rng, &mut changes);
+        reconciler.apply_changes(changes).expect("partial sync");
+    }
+    let writes = fake.writes();
+    let stats = reconciler.sync(world.services.values(), world.slices.values(), &node()).expect("resync");
+    assert_eq!((stats.upserted, stats.removed), (0, 0), "{stats:?}");
+    assert_eq!(fake.writes(), writes);
+}
+
+#[test]
+fn one_endpoint_change_writes_one_frontend() {
+    let mut world = World::default();
+    for (index, name) in SERVICES.iter().enumerate() {
+        let mut service = Service { metadata: meta("a", name), ..Service::default() };
+        service.spec = Some(ServiceSpec {
+            cluster_ip: Some(format!("10.96.1.{index}")),
+            ports: Some(vec![ServicePort { name: Some("http".into()), port: 80, ..ServicePort::default() }]),
+            ..ServiceSpec::default()
+        });
+        world.services.insert(("a".into(), (*name).into()), service);
+    }
+    let slice = |address: &str| EndpointSlice {
+        metadata: ObjectMeta {
+            labels: Some(BTreeMap::from([(SERVICE_NAME_LABEL.to_owned(), "s0".to_owned())])),
+            ..meta("a", "s0-x")
+        },
+        address_type: "IPv4".into(),
+        endpoints: vec![Endpoint { addresses: vec![address.into()], ..Endpoint::default() }],
+        ports: Some(vec![EndpointPort { name: Some("http".into()), port: Some(8080), ..EndpointPort::default() }]),
+    };
+    let fake = FakeDatapath::new();
+    let mut reconciler = Reconciler::new(fake.clone());
+    let slices = [slice("10.244.0.1")];
+    reconciler.sync(world.services.values(), &slices, &node()).expect("first sync");
+
+    let mut changes = Changes::new();
+    changes.slice_applied(Arc::new(slice("10.244.0.2")));
+    let stats = reconciler.apply_changes(changes).expect("partial sync");
+    assert_eq!(stats, SyncStats { upserted: 1, removed: 0, unchanged: 0 });
+    assert_eq!((fake.applies(), fake.deltas()), (1, 1));
+    let backends: Vec<String> =
+        fake.table().values().flat_map(|e| e.backends.iter().map(ToString::to_string)).collect();
+    assert_eq!(backends, ["10.244.0.2:8080"]);
+}
+
+#[test]
+fn after_a_failed_write_the_next_sync_applies_the_whole_table() {
+    let failing = FailingDatapath::new();
+    let mut reconciler = Reconciler::new(failing.clone());
+    reconciler.sync(std::iter::empty(), std::iter::empty(), &node()).expect_err("refused");
+    let mut rng = StdRng::seed_from_u64(1);
+    let mut changes = Changes::new();
+    World::default().step(&mut rng, &mut changes);
+    reconciler.apply_changes(changes).expect_err("refused again");
+    assert_eq!(failing.attempts(), 2);
+
+    // Over a datapath that works, a partial sync after a failure is a full apply.
+    let fake = FakeDatapath::new();
+    let mut reconciler = Reconciler::new(fake.clone());
+    let mut world = World::default();
+    let mut changes = Changes::new();
+    for _ in 0..20 {
+        world.step(&mut rng, &mut changes);
+    }
+    reconciler.apply_changes(changes).expect("no full sync yet: a full apply");
+    assert_eq!((fake.applies(), fake.deltas()), (1, 0));
+    let node = NodeTopology::default();
+    assert_eq!(fake.table(), build_table(world.services.values(), world.slices.values(), &node).table);
+}
