@@ -127,6 +127,8 @@ fn spec_and_features_documents() {
 
     let features: Value = serde_json::from_str(&cli.ok(&["features"])).expect("features JSON");
     assert_eq!(features["ociVersionMax"], "1.2.0");
+    let hooks = ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"];
+    assert_eq!(features["hooks"], Value::from(hooks.to_vec()));
     let seccomp = &features["linux"]["seccomp"];
     assert_eq!(seccomp["enabled"], true);
     let listed = |key: &str| seccomp[key].as_array().unwrap_or_else(|| panic!("seccomp.{key}")).clone();
@@ -183,16 +185,33 @@ fn errors_are_runcs_and_leave_nothing() {
     assert!(!cli.root.join(&missing).exists());
     assert!(env.leftover_cgroups().iter().all(|c| !c.join("pod").join(&missing).exists()));
 
-    // terminal: true is refused clearly until consoles are implemented.
+    // terminal: true needs a console socket, and one that answers; runc's messages.
     let tty = unique("tty");
     let (tty_bundle, mut spec) = env.bundle(&tty, &["sh"]);
     let mut process = spec.process().clone().unwrap();
     process.set_terminal(Some(true));
     spec.set_process(Some(process));
     write_bundle(&tty_bundle, &spec);
-    let out = cli.run(&["create", "--bundle", path_str(&tty_bundle), "--console-socket", "/tmp/x.sock", &tty]);
+    let out = cli.run(&["create", "--bundle", path_str(&tty_bundle), &tty]);
     assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("not supported yet"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot allocate tty if runc will detach without setting console socket"),
+        "{}",
+        out.stderr
+    );
+    let nowhere = env.dir.path().join("nobody-listens.sock");
+    let out = cli.run(&["create", "--bundle", path_str(&tty_bundle), "--console-socket", path_str(&nowhere), &tty]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("cannot connect to console socket"), "{}", out.stderr);
+    assert!(env.leftover_cgroups().iter().all(|c| !c.join("pod").join(&tty).exists()));
+    let plain =
+        cli.run(&["create", "--bundle", path_str(&missing_bundle), "--console-socket", path_str(&nowhere), &tty]);
+    assert_eq!(plain.code, 1);
+    assert!(
+        plain.stderr.contains("cannot use console socket if runc will not detach or allocate tty"),
+        "{}",
+        plain.stderr
+    );
     assert!(!cli.root.join(&tty).exists());
 }
 

@@ -1,14 +1,24 @@
 //! Per-container cgroups on cgroup v1, hybrid (v1 controllers + an empty cgroup2 at
 //! `<root>/unified`) and pure v2 hosts.
 //!
-//! v1 controllers are driven through cgroups-rs. The cgroup2 side (pure v2, and the unified
+//! v1 hierarchies are found, created and removed through cgroups-rs; limits and stats are
+//! read and written directly (`v1_limits`, `stats_v1`), to control the order of writes and
+//! to test them against temporary directories. The cgroup2 side (pure v2, and the unified
 //! hierarchy of hybrid hosts) is written directly, because cgroups-rs 0.5 hard-codes
 //! `/sys/fs/cgroup` as its only cgroup2 mount point: it can neither reach
 //! `/sys/fs/cgroup/unified` nor a temporary directory in unit tests.
 
+mod block_io;
+mod devices;
+mod freezer;
 mod limits;
+mod oom_watch;
+pub mod stats;
+mod stats_v1;
+mod stats_v2;
 mod tree;
 mod v1;
+mod v1_limits;
 mod v2;
 
 use std::path::{Component, Path, PathBuf};
@@ -16,7 +26,12 @@ use std::path::{Component, Path, PathBuf};
 use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC};
 use nix::unistd::Pid;
 
+pub use block_io::{DeviceLimits, Throttle, ThrottleKind, WeightDevice};
+pub use devices::DeviceRule;
+pub use freezer::FreezerState;
 pub use limits::CgroupLimits;
+pub use oom_watch::{OomNews, OomWatch};
+pub use stats::Stats;
 pub use tree::{remove_cgroup_tree, remove_cgroup_tree_in};
 
 /// Where the host mounts its cgroup hierarchies.
@@ -51,6 +66,24 @@ pub enum CgroupError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cgroup {path} did not become {wanted:?} in time: still {state:?}")]
+    FreezerTimeout { path: PathBuf, wanted: FreezerState, state: FreezerState },
+    #[error("cgroup {path} has no freezer")]
+    NoFreezer { path: String },
+    #[error("no {controller} controller for cgroup {path}")]
+    NoController { controller: &'static str, path: PathBuf },
+    #[error("invalid memory limits: {0}")]
+    BadMemorySwap(String),
+    #[error("{what} is not supported on cgroup {version}")]
+    Unsupported { what: &'static str, version: &'static str },
+    #[error("invalid unified key {key:?}: must name a file of the container's cgroup")]
+    BadUnifiedKey { key: String },
     #[error("cgroup v1 {operation} failed for {path}")]
     V1 {
         operation: &'static str,
@@ -125,9 +158,15 @@ impl ContainerCgroup {
         }
     }
 
-    /// Every `cgroup.procs` file a container process must join (writing "0" moves the writer).
+    /// Every `cgroup.procs` file a container process must join (writing "0" moves the writer),
+    /// once the cgroup exists. A hierarchy without the container's directory is left out: a
+    /// container created before nodelet managed v1 cpuset has none there.
     pub fn procs_files(&self) -> Vec<PathBuf> {
-        self.hierarchy_dirs().into_iter().map(|(_, dir)| dir.join("cgroup.procs")).collect()
+        self.hierarchy_dirs()
+            .into_iter()
+            .filter(|(_, dir)| dir.is_dir())
+            .map(|(_, dir)| dir.join("cgroup.procs"))
+            .collect()
     }
 
     /// The container's directory in each hierarchy, named by the hierarchy's mount directory
@@ -187,6 +226,64 @@ impl ContainerCgroup {
         match self.mode {
             CgroupMode::V1 | CgroupMode::Hybrid => v1::oom_kill_count(&self.path),
             CgroupMode::V2 => v2::oom_kill_count(&self.cgroup_root.join(&self.path)),
+        }
+    }
+
+    /// Write `limits` (only the fields set) into the live cgroup (`runc update`).
+    pub fn update(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        match self.mode {
+            CgroupMode::V1 | CgroupMode::Hybrid => v1::update(&self.path, limits),
+            CgroupMode::V2 => v2::update(&self.cgroup_root, &self.path, limits),
+        }
+    }
+
+    /// The container's resource usage, as runc's stats.
+    pub fn stats(&self) -> Result<Stats, CgroupError> {
+        match self.mode {
+            CgroupMode::V1 | CgroupMode::Hybrid => stats_v1::stats(&v1::controller_dirs(&self.path)),
+            CgroupMode::V2 => stats_v2::stats(&self.cgroup_root.join(&self.path)),
+        }
+    }
+
+    /// OOM notifications for the container's memory cgroup.
+    pub fn watch_oom(&self) -> Result<OomWatch, CgroupError> {
+        match self.mode {
+            CgroupMode::V1 | CgroupMode::Hybrid => {
+                let dir = v1::controller_dir(&self.path, "memory").ok_or_else(|| CgroupError::NoController {
+                    controller: "memory",
+                    path: PathBuf::from(&self.path),
+                })?;
+                OomWatch::v1(&dir)
+            }
+            CgroupMode::V2 => OomWatch::v2(&self.cgroup_root.join(&self.path)),
+        }
+    }
+
+    /// Freeze every process of the container (`runc pause`), once all are frozen.
+    pub fn freeze(&self) -> Result<(), CgroupError> {
+        let (freezer, dir) = self.freezer()?;
+        freezer.freeze(&dir)
+    }
+
+    /// Thaw a frozen container (`runc resume`).
+    pub fn thaw(&self) -> Result<(), CgroupError> {
+        let (freezer, dir) = self.freezer()?;
+        freezer.thaw(&dir)
+    }
+
+    pub fn freezer_state(&self) -> Result<FreezerState, CgroupError> {
+        let (freezer, dir) = self.freezer()?;
+        freezer.state(&dir)
+    }
+
+    /// The v1 freezer hierarchy where there is one (v1 and hybrid hosts), else cgroup2's core
+    /// freezer.
+    fn freezer(&self) -> Result<(freezer::Freezer, PathBuf), CgroupError> {
+        match self.mode {
+            CgroupMode::V1 | CgroupMode::Hybrid => v1::controller_dir(&self.path, "freezer")
+                .map(|dir| (freezer::Freezer::V1, dir))
+                .ok_or_else(|| CgroupError::NoFreezer { path: self.path.clone() }),
+            CgroupMode::V2 => Ok((freezer::Freezer::V2, self.cgroup_root.join(&self.path))),
         }
     }
 
@@ -268,6 +365,7 @@ mod tests {
             cpu_period: Some(100_000),
             memory_limit: Some(64 << 20),
             pids_limit: Some(32),
+            ..Default::default()
         };
         // A temp dir does not create interface files on mkdir: give the leaf the ones the
         // kernel would list.

@@ -1,17 +1,17 @@
-//! cgroup v1 controllers through cgroups-rs, which finds each controller's mount point in
-//! /proc/self/mountinfo (so this side does not take the cgroup root as a parameter).
+//! cgroup v1 directories through cgroups-rs, which finds each controller's mount point in
+//! /proc/self/mountinfo (so this side does not take the cgroup root as a parameter); the
+//! limits themselves are written by `v1_limits`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use cgroups_rs::fs::hierarchies::V1;
-use cgroups_rs::fs::{Cgroup, MaxValue, Resources};
+use cgroups_rs::fs::Cgroup;
 
-use super::{parse_oom_kill, CgroupError, CgroupLimits};
+use super::v1_limits::{self, ControllerDirs};
+use super::{parse_oom_kill, write_file, CgroupError, CgroupLimits};
 
-/// The controllers a container gets a directory in. cpuset is left out: a new v1 cpuset
-/// directory starts with empty cpus/mems and refuses tasks until they are copied down the
-/// whole chain, and nodelet sets no cpuset limits.
-const CONTROLLERS: &[&str] = &["cpu", "cpuacct", "memory", "pids", "freezer", "devices", "blkio"];
+/// The controllers a container gets a directory in.
+const CONTROLLERS: &[&str] = &["cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "devices", "blkio", "hugetlb"];
 
 fn load(path: &str) -> Cgroup {
     Cgroup::load_with_specified_controllers(
@@ -23,28 +23,62 @@ fn load(path: &str) -> Cgroup {
 
 pub(super) fn create(path: &str, limits: &CgroupLimits) -> Result<(), CgroupError> {
     let cgroup = load(path);
+    if let Some(leaf) = controller_dirs_of(&cgroup).get("cpuset") {
+        prepare_cpuset(leaf, path)?;
+    }
     cgroup.create().map_err(|source| CgroupError::V1 { operation: "create", path: path.to_string(), source })?;
-    cgroup.apply(&resources(limits)).map_err(|source| CgroupError::V1 {
-        operation: "apply limits",
-        path: path.to_string(),
-        source,
-    })
+    update(path, limits)
 }
 
-fn resources(limits: &CgroupLimits) -> Resources {
-    let mut res = Resources::default();
-    res.cpu.shares = limits.cpu_shares;
-    res.cpu.quota = limits.cpu_quota;
-    res.cpu.period = limits.cpu_period;
-    res.memory.memory_hard_limit = limits.memory_limit;
-    res.pid.maximum_number_of_processes =
-        limits.pids_limit.map(|n| if n > 0 { MaxValue::Value(n) } else { MaxValue::Max });
-    res
+/// Write `limits` (only the fields set) into the container's existing directories.
+pub(super) fn update(path: &str, limits: &CgroupLimits) -> Result<(), CgroupError> {
+    v1_limits::apply(&controller_dirs_of(&load(path)), limits)
+}
+
+/// The container's directory per controller.
+pub(super) fn controller_dirs(path: &str) -> ControllerDirs {
+    controller_dirs_of(&load(path))
+}
+
+fn controller_dirs_of(cgroup: &Cgroup) -> ControllerDirs {
+    cgroup.subsystems().iter().map(|s| (s.controller_name(), s.to_controller().path().to_path_buf())).collect()
+}
+
+/// A new v1 cpuset directory starts with empty cpus and mems and refuses tasks: create the
+/// chain down to the leaf, each one given its parent's cpus and mems where it has none.
+fn prepare_cpuset(leaf: &Path, path: &str) -> Result<(), CgroupError> {
+    let depth = path.split('/').filter(|p| !p.is_empty()).count();
+    let mut chain: Vec<&Path> = leaf.ancestors().take(depth + 1).collect();
+    chain.reverse(); // the hierarchy's root first
+    for pair in chain.windows(2) {
+        let (parent, dir) = (pair[0], pair[1]);
+        match std::fs::create_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => return Err(CgroupError::Create { path: dir.to_path_buf(), source }),
+        }
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            let own = read(&dir.join(file))?;
+            if own.trim().is_empty() {
+                write_file(&dir.join(file), read(&parent.join(file))?.trim())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read(path: &Path) -> Result<String, CgroupError> {
+    std::fs::read_to_string(path).map_err(|source| CgroupError::Read { path: path.to_path_buf(), source })
 }
 
 /// The container's directory in each v1 controller hierarchy.
 pub(super) fn dirs(path: &str) -> Vec<PathBuf> {
     load(path).subsystems().iter().map(|s| s.to_controller().path().to_path_buf()).collect()
+}
+
+/// The container's directory in the hierarchy of controller `name` ("freezer", "memory").
+pub(super) fn controller_dir(path: &str, name: &str) -> Option<PathBuf> {
+    load(path).subsystems().iter().find(|s| s.controller_name() == name).map(|s| s.to_controller().path().to_path_buf())
 }
 
 pub(super) fn oom_kill_count(path: &str) -> u64 {

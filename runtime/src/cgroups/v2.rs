@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::block_io::v1_to_v2_weight;
 use super::{parse_oom_kill, write_file, CgroupError, CgroupLimits};
 
 const DEFAULT_CPU_PERIOD: u64 = 100_000;
@@ -11,6 +12,12 @@ const DEFAULT_CPU_PERIOD: u64 = 100_000;
 pub(super) fn create(root: &Path, path: &str, limits: &CgroupLimits) -> Result<(), CgroupError> {
     let leaf = root.join(path);
     std::fs::create_dir_all(&leaf).map_err(|source| CgroupError::Create { path: leaf.clone(), source })?;
+    update(root, path, limits)
+}
+
+/// Enable what `limits` needs down to `<root>/<path>` and write them (only the fields set).
+pub(super) fn update(root: &Path, path: &str, limits: &CgroupLimits) -> Result<(), CgroupError> {
+    let leaf = root.join(path);
     let wanted = wanted_controllers(limits);
     if !wanted.is_empty() {
         enable_controllers(root, path, &wanted)?;
@@ -23,11 +30,29 @@ fn wanted_controllers(limits: &CgroupLimits) -> Vec<&'static str> {
     if limits.needs_cpu() {
         wanted.push("cpu");
     }
-    if limits.memory_limit.is_some() {
+    if limits.needs_cpuset() {
+        wanted.push("cpuset");
+    }
+    if limits.needs_memory() {
         wanted.push("memory");
     }
     if limits.pids_limit.is_some() {
         wanted.push("pids");
+    }
+    if limits.needs_io() {
+        wanted.push("io");
+    }
+    if !limits.hugepage_limits.is_empty() {
+        wanted.push("hugetlb");
+    }
+    // A unified key names its controller before the dot ("memory.high").
+    for key in limits.unified.keys() {
+        if let Some(controller) = key.split('.').next().filter(|c| !matches!(*c, "cgroup" | "")) {
+            let known = ["cpu", "cpuset", "io", "memory", "pids", "hugetlb", "rdma", "misc"];
+            if let Some(name) = known.iter().find(|k| **k == controller).filter(|k| !wanted.contains(*k)) {
+                wanted.push(name);
+            }
+        }
     }
     wanted
 }
@@ -66,13 +91,82 @@ fn apply(leaf: &Path, limits: &CgroupLimits) -> Result<(), CgroupError> {
         };
         write_file(&leaf.join("cpu.max"), &format!("{quota} {period}"))?;
     }
+    if let Some(cpus) = &limits.cpuset_cpus {
+        write_file(&leaf.join("cpuset.cpus"), cpus)?;
+    }
+    if let Some(mems) = &limits.cpuset_mems {
+        write_file(&leaf.join("cpuset.mems"), mems)?;
+    }
+    if let Some(swap) = swap_max(limits)? {
+        write_file(&leaf.join("memory.swap.max"), &swap)?;
+    }
     if let Some(limit) = limits.memory_limit {
         write_file(&leaf.join("memory.max"), &max_or(limit, limit >= 0))?;
+    }
+    if let Some(reservation) = limits.memory_reservation {
+        write_file(&leaf.join("memory.low"), &max_or(reservation, reservation >= 0))?;
     }
     if let Some(limit) = limits.pids_limit {
         write_file(&leaf.join("pids.max"), &max_or(limit, limit > 0))?;
     }
+    if let Some(weight) = limits.blkio_weight {
+        apply_io_weight(leaf, weight)?;
+    }
+    limits.blkio_devices.apply_v2(leaf)?;
+    for (size, limit) in &limits.hugepage_limits {
+        write_file(&leaf.join(format!("hugetlb.{size}.max")), &max_or(*limit, *limit >= 0))?;
+    }
+    for (key, value) in &limits.unified {
+        if key.is_empty() || key.contains('/') || key.starts_with('.') {
+            return Err(CgroupError::BadUnifiedKey { key: key.clone() });
+        }
+        write_file(&leaf.join(key), value)?;
+    }
+    // What v2 has no file for: runc leaves these out too.
+    let unsupported = [
+        ("memory swappiness", limits.memory_swappiness.is_some()),
+        ("disableOOMKiller", limits.disable_oom_killer.is_some()),
+        ("network classID and priorities", limits.net_class_id.is_some() || !limits.net_priorities.is_empty()),
+    ];
+    for (what, asked) in unsupported {
+        if asked {
+            tracing::warn!(cgroup = %leaf.display(), "{what} is not supported on cgroup v2: ignored");
+        }
+    }
+    if !limits.devices.is_empty() {
+        // v2 enforces device access only through a BPF program, not loaded yet: say so.
+        tracing::warn!(cgroup = %leaf.display(), "device rules are not enforced on cgroup v2");
+    }
     Ok(())
+}
+
+/// v1's memory+swap limit as v2's swap-only memory.swap.max, as runc converts it.
+fn swap_max(limits: &CgroupLimits) -> Result<Option<String>, CgroupError> {
+    let Some(swap) = limits.memory_swap else {
+        return Ok(None);
+    };
+    if swap < 0 {
+        return Ok(Some("max".to_string()));
+    }
+    match limits.memory_limit {
+        None | Some(0) => Err(CgroupError::BadMemorySwap("a swap limit needs a memory limit on cgroup v2".into())),
+        Some(limit) if limit < 0 => {
+            Err(CgroupError::BadMemorySwap("a swap limit needs a finite memory limit on cgroup v2".into()))
+        }
+        Some(limit) if swap < limit => {
+            Err(CgroupError::BadMemorySwap(format!("memory+swap limit {swap} is below the memory limit {limit}")))
+        }
+        Some(limit) => Ok(Some((swap - limit).to_string())),
+    }
+}
+
+/// BFQ's weight takes the v1 value as it is; io.weight ([1, 10000]) gets it converted.
+fn apply_io_weight(leaf: &Path, weight: u16) -> Result<(), CgroupError> {
+    let bfq = leaf.join("io.bfq.weight");
+    if bfq.exists() {
+        return write_file(&bfq, &weight.to_string());
+    }
+    write_file(&leaf.join("io.weight"), &format!("default {}", v1_to_v2_weight(weight)))
 }
 
 fn max_or(value: i64, limited: bool) -> String {
@@ -115,7 +209,53 @@ pub(super) fn remove(leaf: &Path) -> Result<(), CgroupError> {
 
 #[cfg(test)]
 mod tests {
-    use super::shares_to_weight;
+    use super::*;
+
+    #[test]
+    fn update_writes_only_what_is_given() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("cgroup.controllers"), "cpuset cpu io memory pids hugetlb\n").unwrap();
+        std::fs::create_dir_all(root.path().join("c")).unwrap();
+        let limits = CgroupLimits {
+            cpuset_cpus: Some("0-1".into()),
+            memory_limit: Some(100),
+            memory_swap: Some(300),
+            memory_reservation: Some(50),
+            blkio_weight: Some(1000),
+            ..Default::default()
+        };
+        update(root.path(), "c", &limits).unwrap();
+        let read = |p: &str| std::fs::read_to_string(root.path().join(p)).unwrap();
+        assert_eq!(read("cgroup.subtree_control"), "+cpuset +memory +io");
+        assert_eq!(read("c/cpuset.cpus"), "0-1");
+        assert_eq!(read("c/memory.max"), "100");
+        assert_eq!(read("c/memory.swap.max"), "200");
+        assert_eq!(read("c/memory.low"), "50");
+        assert_eq!(read("c/io.weight"), "default 10000");
+        assert!(!root.path().join("c/pids.max").exists());
+        assert!(!root.path().join("c/cpu.max").exists());
+
+        let limits = CgroupLimits {
+            hugepage_limits: [("2MB".to_string(), 4 << 21)].into(),
+            unified: [("memory.high".to_string(), "50000".to_string())].into(),
+            ..Default::default()
+        };
+        update(root.path(), "c", &limits).unwrap();
+        assert_eq!(read("cgroup.subtree_control"), "+hugetlb +memory");
+        assert_eq!(read("c/hugetlb.2MB.max"), "8388608");
+        assert_eq!(read("c/memory.high"), "50000");
+        let escape = CgroupLimits { unified: [("../x".to_string(), "1".to_string())].into(), ..Default::default() };
+        assert!(matches!(update(root.path(), "c", &escape), Err(CgroupError::BadUnifiedKey { .. })));
+    }
+
+    #[test]
+    fn swap_converts_like_runc() {
+        let with = |limit, swap| CgroupLimits { memory_limit: limit, memory_swap: Some(swap), ..Default::default() };
+        assert_eq!(swap_max(&with(Some(100), -1)).unwrap().as_deref(), Some("max"));
+        assert_eq!(swap_max(&with(Some(100), 100)).unwrap().as_deref(), Some("0"));
+        assert!(swap_max(&with(None, 100)).is_err());
+        assert!(swap_max(&with(Some(200), 100)).is_err());
+    }
 
     #[test]
     fn shares_convert_like_runc() {

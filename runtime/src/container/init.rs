@@ -11,7 +11,9 @@ use nix::sys::stat::Mode;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use super::caps::{self, CapsError};
+use super::console::{self, ConsoleError};
 use super::devices::{create_default_devices, DeviceError};
+use super::hooks::{self, HookError, HookKind, HookState};
 use super::mounts::{mount_all, MountError};
 use super::namespaces::{self, NamespaceError};
 use super::personality::{self, PersonalityError};
@@ -22,8 +24,11 @@ use super::sysctl::{self, SysctlError};
 use super::{InitSpec, Stdio};
 use crate::sys;
 
-/// What the child writes on the sync pipe when it is ready; anything else is an error text.
+/// What the child writes on the sync socket when it is ready; anything else is an error text.
 pub(super) const SETUP_OK: &str = "ok";
+/// What the child sends, before pivot_root, for the runtime side to run the prestart and
+/// createRuntime hooks; the answer is the child's pid on the host.
+pub(super) const RUN_HOOKS: &str = "hooks";
 
 /// Exit code of a container whose exec failed after `start` (as shells report it).
 const EXEC_FAILED: i32 = 127;
@@ -78,6 +83,20 @@ pub enum InitError {
     Personality(#[source] PersonalityError),
     #[error("cannot set capabilities")]
     Caps(#[source] CapsError),
+    #[error("cannot set up the terminal")]
+    Console(#[source] ConsoleError),
+    #[error("cannot sync with the runtime for the hooks")]
+    HookSync(#[source] std::io::Error),
+    #[error("invalid pid {0:?} from the runtime")]
+    HookSyncPid(String),
+    #[error("cannot run the hooks")]
+    Hook(#[source] Box<HookError>),
+    #[error("cannot open start fifo {path}")]
+    StartFifo {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
     #[error("cannot wait for start on exec fifo {path}")]
     WaitForStart {
         path: PathBuf,
@@ -113,9 +132,18 @@ fn child_main(init: InitSpec, sync: OwnedFd) -> i32 {
         eprintln!("nodelet: {}", error_chain(&e));
         return EXEC_FAILED;
     }
+    if let Err(e) = run_start_container_hooks(&init, ready.host_pid) {
+        let message = error_chain(&e);
+        if let Some(mut report) = ready.start_report.as_ref() {
+            let _ = report.write_all(message.as_bytes());
+        }
+        eprintln!("nodelet: {message}");
+        return EXEC_FAILED;
+    }
     // Nothing of the host may reach the user process (CVE-2024-21626), except the fds the
-    // caller asked to preserve.
-    if let Err(e) = sys::close_fds_except(&kept_fds(&init, &[])) {
+    // caller asked to preserve, and the start FIFO, closed by the exec itself.
+    let report_fd: Vec<RawFd> = ready.start_report.iter().map(|f| f.as_raw_fd()).collect();
+    if let Err(e) = sys::close_fds_except(&kept_fds(&init, &report_fd)) {
         eprintln!("nodelet: {}", error_chain(&InitError::CloseFds(e)));
         return EXEC_FAILED;
     }
@@ -135,8 +163,12 @@ fn child_main(init: InitSpec, sync: OwnedFd) -> i32 {
 struct Ready {
     command: Command,
     fifo: std::fs::File,
+    /// The start FIFO's write end, when `start` waits for the exec.
+    start_report: Option<std::fs::File>,
     /// The filter to load right before exec (None: no profile, or already loaded).
     seccomp: Option<seccomp::Filter>,
+    /// Our pid on the host, learnt from the runtime side when there are hooks.
+    host_pid: Option<i32>,
 }
 
 /// Every step before the pause, in order.
@@ -147,8 +179,9 @@ fn set_up(init: &InitSpec, sync: &std::fs::File) -> Result<Ready, InitError> {
     // Keep 0-2 open (they are replaced by set_stdio) so that no fd opened during setup
     // lands on a stdio number and is then silently closed by the dup2.
     let mut own = vec![sync.as_raw_fd()];
-    if let Stdio::Log(log) = &init.stdio {
-        own.push(log.as_raw_fd());
+    match &init.stdio {
+        Stdio::Log(fd) | Stdio::Terminal(fd) => own.push(fd.as_raw_fd()),
+        Stdio::Inherit => {}
     }
     sys::close_fds_except(&kept_fds(init, &own)).map_err(InitError::CloseFds)?;
     // Checks first, so that a bad spec fails before anything has changed.
@@ -160,7 +193,11 @@ fn set_up(init: &InitSpec, sync: &std::fs::File) -> Result<Ready, InitError> {
     namespaces::unshare_cgroup(&init.spec).map_err(InitError::Namespaces)?;
     nix::unistd::setsid().map_err(InitError::Setsid)?;
     let fifo = open_exec_fifo(init)?;
-    build_root(init)?;
+    let start_report = open_start_fifo(init)?;
+    let host_pid = build_root(init, sync)?;
+    if let Stdio::Terminal(socket) = &init.stdio {
+        console::set_up(socket, process).map_err(InitError::Console)?;
+    }
     set_hostname(&init.spec)?;
     // Before /proc/sys becomes read-only with the spec's read-only paths.
     sysctl::apply(&init.spec, "/proc".as_ref()).map_err(InitError::Sysctl)?;
@@ -180,7 +217,7 @@ fn set_up(init: &InitSpec, sync: &std::fs::File) -> Result<Ready, InitError> {
     process::change_cwd(process).map_err(InitError::Process)?;
     let command = process::resolve_command(process).map_err(InitError::Process)?;
     process::set_no_new_privileges(process).map_err(InitError::Process)?;
-    Ok(Ready { command, fifo, seccomp })
+    Ok(Ready { command, fifo, start_report, seccomp, host_pid })
 }
 
 /// Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it now, before the
@@ -221,8 +258,20 @@ fn open_exec_fifo(init: &InitSpec) -> Result<std::fs::File, InitError> {
         .map_err(|source| InitError::ExecFifo { path: init.exec_fifo.clone(), source })
 }
 
-/// The new root: mounts, devices, pivot_root (or chroot).
-fn build_root(init: &InitSpec) -> Result<(), InitError> {
+/// Opened read-write so the open never blocks; close-on-exec, so `start` reading the other
+/// end sees EOF once the user process runs.
+fn open_start_fifo(init: &InitSpec) -> Result<Option<std::fs::File>, InitError> {
+    let Some(path) = &init.start_fifo else {
+        return Ok(None);
+    };
+    open(path, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
+        .map(|fd| Some(std::fs::File::from(fd)))
+        .map_err(|source| InitError::StartFifo { path: path.clone(), source })
+}
+
+/// The new root: mounts, devices, the create-time hooks, pivot_root (or chroot). Returns our
+/// host pid when hooks needed the runtime side.
+fn build_root(init: &InitSpec, sync: &std::fs::File) -> Result<Option<i32>, InitError> {
     let rootfs_err = |source| InitError::Rootfs { path: init.rootfs.clone(), source: Box::new(source) };
     let spec = &init.spec;
     let linux = spec.linux().as_ref();
@@ -230,12 +279,42 @@ fn build_root(init: &InitSpec) -> Result<(), InitError> {
     mount_all(&init.rootfs, spec.mounts().as_deref().unwrap_or(&[]), &init.cgroup_views)
         .map_err(|e| InitError::Mounts(Box::new(e)))?;
     create_default_devices(&init.rootfs).map_err(|e| InitError::Devices(Box::new(e)))?;
+    // As runc: after the mounts, before pivot_root, so hooks still see the host's paths.
+    let host_pid = run_create_hooks(init, sync)?;
     if init.no_pivot {
         rootfs::move_root(&init.rootfs).map_err(rootfs_err)?;
     } else {
         rootfs::pivot(&init.rootfs).map_err(rootfs_err)?;
     }
-    rootfs::set_root_propagation(linux.and_then(|l| l.rootfs_propagation().as_deref())).map_err(rootfs_err)
+    rootfs::set_root_propagation(linux.and_then(|l| l.rootfs_propagation().as_deref())).map_err(rootfs_err)?;
+    Ok(host_pid)
+}
+
+/// Have the runtime side run the prestart and createRuntime hooks (in its namespaces) while
+/// we wait, then run the createContainer hooks here, in the container's namespaces.
+fn run_create_hooks(init: &InitSpec, sync: &std::fs::File) -> Result<Option<i32>, InitError> {
+    let spec_hooks = init.spec.hooks().as_ref();
+    let needed = [HookKind::Prestart, HookKind::CreateRuntime, HookKind::CreateContainer, HookKind::StartContainer];
+    if needed.iter().all(|kind| kind.list(spec_hooks).is_empty()) {
+        return Ok(None);
+    }
+    let mut sync = sync;
+    sync.write_all(RUN_HOOKS.as_bytes()).map_err(InitError::HookSync)?;
+    let mut buf = [0u8; 32];
+    let n = sync.read(&mut buf).map_err(InitError::HookSync)?;
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let pid: i32 = answer.parse().map_err(|_| InitError::HookSyncPid(answer))?;
+    let state = HookState::of_spec(&init.spec, &init.id, &init.bundle).with("creating", Some(pid));
+    hooks::run_all(HookKind::CreateContainer, spec_hooks, &state, Some(&init.rootfs))
+        .map_err(|e| InitError::Hook(Box::new(e)))?;
+    Ok(Some(pid))
+}
+
+/// After `start`, in the container: its root, its user, its working directory.
+fn run_start_container_hooks(init: &InitSpec, host_pid: Option<i32>) -> Result<(), InitError> {
+    let state = HookState::of_spec(&init.spec, &init.id, &init.bundle).with("created", host_pid);
+    hooks::run_all(HookKind::StartContainer, init.spec.hooks().as_ref(), &state, None)
+        .map_err(|e| InitError::Hook(Box::new(e)))
 }
 
 /// Masked and read-only paths, and a read-only root, once nothing more is written there.

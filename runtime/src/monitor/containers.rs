@@ -146,7 +146,7 @@ impl Containers {
         let cgroups_path = linux.and_then(|l| l.cgroups_path().as_ref()).map(|p| p.to_string_lossy().into_owned());
         let cgroup = match &cgroups_path {
             Some(path) => {
-                let limits = CgroupLimits::from_spec(linux.and_then(|l| l.resources().as_ref()));
+                let limits = CgroupLimits::from_linux(linux);
                 let cgroup = ContainerCgroup::on_host(path).map_err(cgroup_err(id))?;
                 cgroup.create(&limits).map_err(cgroup_err(id))?;
                 Some(cgroup)
@@ -158,11 +158,13 @@ impl Containers {
         let init = InitSpec {
             id: id.to_string(),
             spec,
+            bundle: bundle.to_path_buf(),
             rootfs,
             cgroup_procs: cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
             cgroup_views: cgroup.as_ref().map(|c| c.hierarchy_dirs()).unwrap_or_default(),
             stdio: Stdio::Log(log),
             exec_fifo,
+            start_fifo: None,
             preserve_fds: 0,
             no_pivot: false,
         };

@@ -10,17 +10,43 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use oci_spec::runtime::Hooks;
 use serde::{Deserialize, Serialize};
 
 use super::{io_err, RuncError};
-use crate::cgroups::ContainerCgroup;
+use crate::cgroups::{ContainerCgroup, FreezerState};
+use crate::container::hooks::{self, HookKind, HookState};
 use crate::monitor::procfs;
 use crate::monitor::store::{self, Record};
+use crate::monitor::ContainerStatus;
 
-pub use crate::monitor::ContainerStatus;
+/// runc's statuses: the record's, plus "paused" while the container's cgroup is frozen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuncStatus {
+    Creating,
+    Created,
+    Running,
+    Paused,
+    Stopped,
+}
+
+impl std::fmt::Display for RuncStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RuncStatus::Creating => "creating",
+            RuncStatus::Created => "created",
+            RuncStatus::Running => "running",
+            RuncStatus::Paused => "paused",
+            RuncStatus::Stopped => "stopped",
+        })
+    }
+}
 
 /// The FIFO the init blocks on until `start` writes to it.
 pub(super) const EXEC_FIFO: &str = "exec.fifo";
+/// The FIFO `start` reads until the init execs (EOF) or reports a failed startContainer hook.
+pub(super) const START_FIFO: &str = "start.fifo";
 /// How long delete waits for a SIGKILLed process (not our child) to be gone.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -32,6 +58,9 @@ pub(super) struct RuncRecord {
     /// config.json's ociVersion, shown as the state's ociVersion (as runc does).
     pub oci_version: String,
     pub rootfs: PathBuf,
+    /// config.json's hooks: poststart runs at `start`, poststop at `delete`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<Hooks>,
 }
 
 /// runc's `state` document (libcontainer's containerState): same keys, same order.
@@ -41,7 +70,7 @@ pub(super) struct StateDoc {
     pub oci_version: String,
     pub id: String,
     pub pid: i32,
-    pub status: ContainerStatus,
+    pub status: RuncStatus,
     pub bundle: PathBuf,
     pub rootfs: PathBuf,
     pub created: String,
@@ -54,7 +83,7 @@ pub(super) struct StateDoc {
 pub(super) struct Container {
     pub dir: PathBuf,
     pub rec: RuncRecord,
-    pub status: ContainerStatus,
+    pub status: RuncStatus,
 }
 
 /// runc's id rule: letters, digits, '_', '+', '-', '.'; not "." or "..", so it can name a dir.
@@ -107,7 +136,7 @@ impl Container {
     /// The init's pid while it lives (0 once stopped, as runc prints it).
     pub fn live_pid(&self) -> Option<Pid> {
         match self.status {
-            ContainerStatus::Stopped => None,
+            RuncStatus::Stopped => None,
             _ => self.rec.record.state.pid.map(Pid::from_raw),
         }
     }
@@ -131,9 +160,35 @@ impl Container {
         }
     }
 
+    /// The state the hooks read, with `status` and `pid`.
+    pub fn hook_state(&self, status: &'static str, pid: Option<i32>) -> HookState {
+        let state = &self.rec.record.state;
+        HookState {
+            oci_version: self.rec.oci_version.clone(),
+            id: state.id.clone(),
+            status,
+            pid,
+            bundle: state.bundle.clone(),
+            annotations: state.annotations.clone(),
+        }
+    }
+
     /// SIGKILL the init, wait until it is gone, kill what is left in the cgroup, remove the
-    /// cgroup and the state directory: nothing of the container stays behind.
+    /// cgroup and the state directory: nothing of the container stays behind. Then the
+    /// poststop hooks, whose failures are only logged.
     pub fn destroy(self) -> Result<(), RuncError> {
+        let state = self.hook_state("stopped", None);
+        let hooks = self.rec.hooks.clone();
+        self.remove()?;
+        hooks::run_logged(HookKind::Poststop, hooks.as_ref(), &state, Some(&state.bundle));
+        Ok(())
+    }
+
+    fn remove(self) -> Result<(), RuncError> {
+        if self.status == RuncStatus::Paused {
+            // Frozen tasks die only once thawed: kill them all first, so none runs again.
+            self.kill_paused(Signal::SIGKILL)?;
+        }
         if let Some(pid) = self.live_pid() {
             kill_and_wait(pid);
         }
@@ -147,22 +202,68 @@ impl Container {
             _ => Ok(()),
         }
     }
+
+    /// As runc does for SIGKILL: signal every process of the paused container, then thaw it
+    /// so that they can die.
+    pub fn kill_paused(&self, signal: Signal) -> Result<(), RuncError> {
+        let Some(cgroup) = self.cgroup()? else {
+            return Ok(());
+        };
+        for pid in cgroup.pids() {
+            let _ = kill(pid, signal); // a process may be gone meanwhile
+        }
+        self.thaw()
+    }
+
+    pub fn freeze(&self) -> Result<(), RuncError> {
+        self.with_cgroup(|cgroup| cgroup.freeze())
+    }
+
+    pub fn thaw(&self) -> Result<(), RuncError> {
+        self.with_cgroup(|cgroup| cgroup.thaw())
+    }
+
+    fn with_cgroup(
+        &self,
+        op: impl FnOnce(&ContainerCgroup) -> Result<(), crate::cgroups::CgroupError>,
+    ) -> Result<(), RuncError> {
+        let path = self.rec.record.cgroups_path.clone().unwrap_or_default();
+        let Some(cgroup) = self.cgroup()? else {
+            return Err(RuncError::NoCgroup);
+        };
+        op(&cgroup).map_err(|e| RuncError::Cgroup { path, source: Box::new(e) })
+    }
 }
 
 pub(super) fn on_host(path: &str) -> Result<ContainerCgroup, RuncError> {
     ContainerCgroup::on_host(path).map_err(|e| RuncError::Cgroup { path: path.to_string(), source: Box::new(e) })
 }
 
-/// Created until `start`, running after; stopped once the init is gone (or its pid was reused
-/// by another process, told apart by its start time).
-fn live_status(record: &Record) -> ContainerStatus {
+/// Created until `start`, running after; paused while its cgroup is frozen; stopped once the
+/// init is gone (or its pid was reused by another process, told apart by its start time).
+fn live_status(record: &Record) -> RuncStatus {
     let alive =
         record.state.pid.is_some_and(|pid| procfs::is_same_live_process(Pid::from_raw(pid), record.pid_start_time));
-    if alive {
-        record.state.status
-    } else {
-        ContainerStatus::Stopped
+    if !alive {
+        return RuncStatus::Stopped;
     }
+    if is_frozen(record) {
+        return RuncStatus::Paused;
+    }
+    match record.state.status {
+        ContainerStatus::Creating => RuncStatus::Creating,
+        ContainerStatus::Created => RuncStatus::Created,
+        ContainerStatus::Running => RuncStatus::Running,
+        ContainerStatus::Stopped => RuncStatus::Stopped,
+    }
+}
+
+/// Frozen, or on its way there (a pause that did not finish still holds its tasks).
+fn is_frozen(record: &Record) -> bool {
+    let Some(cgroup) = record.cgroups_path.as_deref().and_then(|p| ContainerCgroup::on_host(p).ok()) else {
+        return false;
+    };
+    matches!(cgroup.freezer_state(), Ok(FreezerState::Frozen | FreezerState::Freezing))
 }
 
 /// SIGKILL a process that is not our child and wait (on a pidfd) until it has exited.

@@ -9,9 +9,10 @@ use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
 
-use super::container::{self, RuncRecord, EXEC_FIFO};
+use super::container::{self, RuncRecord, EXEC_FIFO, START_FIFO};
 use super::{io_err, RuncError};
 use crate::cgroups::{CgroupLimits, ContainerCgroup};
+use crate::container::hooks::{self, HookKind, HookState};
 use crate::container::{InitSpec, Stdio};
 use crate::monitor::store::Record;
 
@@ -23,7 +24,7 @@ pub struct CreateArgs {
     /// Write the init's pid to this file.
     #[arg(long = "pid-file")]
     pub pid_file: Option<PathBuf>,
-    /// Unix socket to send the terminal's master fd to (terminals are not supported yet).
+    /// Unix socket to send the terminal's master fd to (with process.terminal).
     #[arg(long = "console-socket")]
     pub console_socket: Option<PathBuf>,
     /// Use chroot instead of pivot_root (for a rootfs on ramfs).
@@ -43,7 +44,7 @@ pub(super) fn create(root: &Path, args: &CreateArgs) -> Result<Pid, RuncError> {
     container::validate_id(&args.id)?;
     let bundle = args.bundle.canonicalize().map_err(io_err("cannot open bundle", &args.bundle))?;
     let spec = crate::container::load_bundle(&bundle).map_err(RuncError::Spec)?;
-    check_spec(&spec)?;
+    check_spec(&spec, args)?;
     let rootfs = crate::container::rootfs_path(&bundle, &spec);
     let rootfs = rootfs.canonicalize().map_err(|source| RuncError::Rootfs { path: rootfs.clone(), source })?;
 
@@ -56,7 +57,7 @@ pub(super) fn create(root: &Path, args: &CreateArgs) -> Result<Pid, RuncError> {
         }
         Err(e) => return Err(io_err("cannot create state dir", &dir)(e)),
     }
-    let mut undo = Undo { dir: dir.clone(), cgroup: None, pid: None };
+    let mut undo = Undo { dir: dir.clone(), cgroup: None, pid: None, poststop: None };
     let rec = create_in(&mut undo, args, bundle, rootfs, spec)?;
     if let Some(pid_file) = &args.pid_file {
         write_pid_file(pid_file, rec.record.state.pid.unwrap_or(0))?;
@@ -75,6 +76,9 @@ fn create_in(
     let exec_fifo = undo.dir.join(EXEC_FIFO);
     nix::unistd::mkfifo(&exec_fifo, Mode::S_IRUSR | Mode::S_IWUSR)
         .map_err(|source| RuncError::Sys { what: "cannot create exec fifo", source })?;
+    let start_fifo = undo.dir.join(START_FIFO);
+    nix::unistd::mkfifo(&start_fifo, Mode::S_IRUSR | Mode::S_IWUSR)
+        .map_err(|source| RuncError::Sys { what: "cannot create start fifo", source })?;
     let linux = spec.linux().as_ref();
     // runc's cgroupfs default: a cgroup named after the container at the hierarchy's root.
     let cgroups_path = linux
@@ -82,20 +86,26 @@ fn create_in(
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_else(|| format!("/{}", args.id));
     let cgroup = container::on_host(&cgroups_path)?;
-    let limits = CgroupLimits::from_spec(linux.and_then(|l| l.resources().as_ref()));
+    let limits = CgroupLimits::from_linux(linux);
     undo.cgroup = Some(cgroup.clone());
     cgroup.create(&limits).map_err(|e| RuncError::Cgroup { path: cgroups_path.clone(), source: Box::new(e) })?;
 
     let annotations: BTreeMap<String, String> = spec.annotations().clone().unwrap_or_default().into_iter().collect();
     let oci_version = spec.version().clone();
+    let spec_hooks = spec.hooks().clone();
+    // From here on a failure is the spec's "stop the container, go on at delete": the
+    // poststop hooks run once everything is undone.
+    undo.poststop = Some((spec_hooks.clone(), HookState::of_spec(&spec, &args.id, &bundle).with("stopped", None)));
     let init = InitSpec {
         id: args.id.clone(),
         spec,
+        bundle: bundle.clone(),
         rootfs: rootfs.clone(),
         cgroup_procs: cgroup.procs_files(),
         cgroup_views: cgroup.hierarchy_dirs(),
-        stdio: Stdio::Inherit,
+        stdio: stdio(args)?,
         exec_fifo,
+        start_fifo: Some(start_fifo),
         preserve_fds: args.preserve_fds,
         no_pivot: args.no_pivot,
     };
@@ -105,6 +115,7 @@ fn create_in(
         record: Record::created(&args.id, pid, bundle, annotations, Some(cgroups_path)),
         oci_version,
         rootfs,
+        hooks: spec_hooks,
     };
     container::save(&undo.dir, &rec)?;
     tracing::debug!(id = %args.id, %pid, "created container");
@@ -112,12 +123,25 @@ fn create_in(
 }
 
 /// What the container code cannot do yet, refused before anything is made.
-fn check_spec(spec: &Spec) -> Result<(), RuncError> {
-    let process = spec.process().as_ref();
-    if process.and_then(|p| p.terminal()).unwrap_or(false) {
-        return Err(RuncError::Terminal);
+fn check_spec(spec: &Spec, args: &CreateArgs) -> Result<(), RuncError> {
+    let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
+    match (terminal, &args.console_socket) {
+        (true, None) => return Err(RuncError::Terminal),
+        (false, Some(_)) => return Err(RuncError::ConsoleWithoutTerminal),
+        _ => {}
     }
-    Ok(())
+    hooks::validate(spec.hooks().as_ref()).map_err(|e| RuncError::Hook(Box::new(e)))
+}
+
+/// The caller's stdio, or with a terminal the console socket, connected now (the init can
+/// no longer reach the path once inside its root).
+fn stdio(args: &CreateArgs) -> Result<Stdio, RuncError> {
+    let Some(path) = &args.console_socket else {
+        return Ok(Stdio::Inherit);
+    };
+    let socket =
+        std::os::unix::net::UnixStream::connect(path).map_err(io_err("cannot connect to console socket", path))?;
+    Ok(Stdio::Terminal(socket.into()))
 }
 
 /// runc writes the pid without a newline, through a temp file and a rename, so a reader
@@ -129,11 +153,13 @@ pub(super) fn write_pid_file(path: &Path, pid: i32) -> Result<(), RuncError> {
     std::fs::rename(&tmp, path).map_err(io_err("cannot write pid file", path))
 }
 
-/// Removes what a failed create made: the init, the cgroup, the state directory.
+/// Removes what a failed create made: the init, the cgroup, the state directory; then runs
+/// the poststop hooks.
 struct Undo {
     dir: PathBuf,
     cgroup: Option<ContainerCgroup>,
     pid: Option<Pid>,
+    poststop: Option<(Option<oci_spec::runtime::Hooks>, HookState)>,
 }
 
 impl Undo {
@@ -141,6 +167,7 @@ impl Undo {
         self.cgroup = None;
         self.pid = None;
         self.dir = PathBuf::new();
+        self.poststop = None;
     }
 }
 
@@ -155,6 +182,9 @@ impl Drop for Undo {
         }
         if !self.dir.as_os_str().is_empty() {
             let _ = std::fs::remove_dir_all(&self.dir);
+        }
+        if let Some((spec_hooks, state)) = &self.poststop {
+            hooks::run_logged(HookKind::Poststop, spec_hooks.as_ref(), state, Some(&state.bundle));
         }
     }
 }

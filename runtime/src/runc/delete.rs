@@ -1,8 +1,9 @@
-//! `delete [--force] ID`: remove a stopped (or created) container; --force kills a running one.
+//! `delete [--force] ID`: remove a stopped (or created) container; --force kills a running or
+//! paused one.
 
 use std::path::Path;
 
-use super::container::{container_dir, validate_id, Container, ContainerStatus};
+use super::container::{container_dir, validate_id, Container, RuncStatus};
 use super::RuncError;
 
 #[derive(Debug, clap::Args)]
@@ -25,8 +26,8 @@ pub(super) fn delete(root: &Path, id: &str, force: bool) -> Result<(), RuncError
         Err(e) => return Err(e),
     };
     match c.status {
-        ContainerStatus::Running if !force => {
-            Err(RuncError::NotStopped { id: id.to_string(), status: ContainerStatus::Running })
+        status @ (RuncStatus::Running | RuncStatus::Paused) if !force => {
+            Err(RuncError::NotStopped { id: id.to_string(), status })
         }
         _ => c.destroy(),
     }

@@ -11,7 +11,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::SignalFd;
 use oci_spec::runtime::{Capability, Process};
 
-use super::container::{Container, ContainerStatus};
+use super::container::{Container, RuncStatus};
 use super::create::write_pid_file;
 use super::RuncError;
 use crate::exec::{exec_detached, exec_in_container, ExecHelper, ExecOptions, ExecOverrides, ExecProcess, ExecTarget};
@@ -77,9 +77,10 @@ pub(super) fn exec(root: &Path, args: &ExecArgs) -> Result<i32, RuncError> {
     refuse_unsupported(args)?;
     let c = Container::load(root, &args.id)?;
     let pid = match c.status {
-        ContainerStatus::Stopped => return Err(RuncError::ExecStopped),
-        ContainerStatus::Creating => return Err(RuncError::NotRunning),
-        ContainerStatus::Created | ContainerStatus::Running => c.live_pid().ok_or(RuncError::ExecStopped)?,
+        RuncStatus::Stopped => return Err(RuncError::ExecStopped),
+        RuncStatus::Creating => return Err(RuncError::NotRunning),
+        RuncStatus::Paused => return Err(RuncError::ExecPaused),
+        RuncStatus::Created | RuncStatus::Running => c.live_pid().ok_or(RuncError::ExecStopped)?,
     };
     if args.process.is_none() && args.command.is_empty() {
         return Err(RuncError::BadConfig("process args cannot be empty".to_string()));

@@ -1,5 +1,5 @@
 //! `features`: the runtime-spec features document, stating only what this implementation
-//! really does (no hooks, seccomp notify, AppArmor, SELinux, user or time namespaces yet).
+//! really does (no seccomp notify, AppArmor, SELinux, user or time namespaces yet).
 
 use super::{print_json, RuncError};
 
@@ -48,7 +48,7 @@ pub(super) fn print_features() -> Result<(), RuncError> {
     let doc = serde_json::json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": "1.2.0",
-        "hooks": [],
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
         "mountOptions": MOUNT_OPTIONS,
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "uts"],

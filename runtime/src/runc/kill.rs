@@ -1,4 +1,5 @@
-//! `kill ID [SIGNAL]`: signal the init (or, with --all, every process of the cgroup).
+//! `kill ID [SIGNAL]`: signal the init (or, with --all, every process of the cgroup). SIGKILL
+//! to a paused container kills all of it and thaws it, as with runc.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -6,7 +7,7 @@ use std::str::FromStr;
 use nix::errno::Errno;
 use nix::sys::signal::{kill as send, Signal};
 
-use super::container::{Container, ContainerStatus};
+use super::container::{Container, RuncStatus};
 use super::RuncError;
 
 #[derive(Debug, clap::Args)]
@@ -23,7 +24,17 @@ pub struct KillArgs {
 pub(super) fn kill(root: &Path, args: &KillArgs) -> Result<(), RuncError> {
     let signal = parse_signal(&args.signal)?;
     let c = Container::load(root, &args.id)?;
-    if args.all {
+    signal_container(&c, args.all, signal)?;
+    if c.status == RuncStatus::Paused && signal == Signal::SIGKILL {
+        // Frozen tasks die only once thawed (runc does the same); other signals wait for
+        // `resume`.
+        c.thaw()?;
+    }
+    Ok(())
+}
+
+fn signal_container(c: &Container, all: bool, signal: Signal) -> Result<(), RuncError> {
+    if all {
         if let Some(cgroup) = c.cgroup()? {
             for pid in cgroup.pids() {
                 let _ = send(pid, signal); // a process may exit meanwhile
@@ -31,7 +42,7 @@ pub(super) fn kill(root: &Path, args: &KillArgs) -> Result<(), RuncError> {
         }
         return Ok(());
     }
-    if c.status == ContainerStatus::Stopped {
+    if c.status == RuncStatus::Stopped {
         return Err(RuncError::NotRunning);
     }
     let pid = c.live_pid().ok_or(RuncError::NotRunning)?;

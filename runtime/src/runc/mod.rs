@@ -9,21 +9,24 @@
 mod container;
 mod create;
 mod delete;
+mod events;
 mod exec;
 mod features;
 mod kill;
 mod list;
+mod pause;
 mod ps;
 mod run;
 mod spec;
 mod start;
 mod state;
+mod update;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-pub use container::ContainerStatus;
+pub use container::RuncStatus;
 
 /// Where state lives unless `--root` says otherwise.
 pub const DEFAULT_ROOT: &str = "/run/nodelet-runc";
@@ -78,6 +81,14 @@ pub enum Command {
     Run(run::RunArgs),
     /// List containers.
     List(list::ListArgs),
+    /// Freeze every process of a container.
+    Pause(pause::PauseArgs),
+    /// Thaw a paused container.
+    Resume(pause::PauseArgs),
+    /// Change the resource limits of a running container.
+    Update(Box<update::UpdateArgs>),
+    /// Print the container's stats, or stream stats and OOM events.
+    Events(events::EventsArgs),
     /// Show the processes of a container.
     Ps(ps::PsArgs),
     /// Run one more process in a created or running container.
@@ -100,6 +111,14 @@ pub enum RuncError {
     AlreadyRunning,
     #[error("cannot start a container that has stopped")]
     StartStopped,
+    #[error("cannot start a container in the {0} state")]
+    StartInState(RuncStatus),
+    #[error("container not paused")]
+    NotPaused,
+    #[error("container has no cgroup")]
+    NoCgroup,
+    #[error("cannot exec in a paused container")]
+    ExecPaused,
     #[error("container not running")]
     NotRunning,
     #[error("cannot exec in a stopped container")]
@@ -117,11 +136,13 @@ pub enum RuncError {
         source: serde_json::Error,
     },
     #[error("cannot delete container {id} that is not stopped: {status}")]
-    NotStopped { id: String, status: ContainerStatus },
+    NotStopped { id: String, status: RuncStatus },
     #[error("invalid signal: {0}")]
     InvalidSignal(String),
-    #[error("process.terminal is true in config.json: terminals (--console-socket) are not supported yet")]
+    #[error("cannot allocate tty if runc will detach without setting console socket")]
     Terminal,
+    #[error("cannot use console socket if runc will not detach or allocate tty")]
+    ConsoleWithoutTerminal,
     #[error("rootless containers are not supported yet")]
     Rootless,
     #[error("{what} {path}")]
@@ -149,6 +170,10 @@ pub enum RuncError {
     },
     #[error("cannot create container")]
     Spawn(#[source] Box<crate::container::ContainerError>),
+    #[error("invalid hook in config.json")]
+    Hook(#[source] Box<crate::container::hooks::HookError>),
+    #[error("cannot start container: {0}")]
+    StartHook(String),
     #[error("cgroup {path}")]
     Cgroup {
         path: String,
@@ -176,6 +201,10 @@ pub fn execute(cli: &Cli) -> Result<i32, RuncError> {
         Command::Delete(args) => delete::delete(root, &args.id, args.force).map(|()| 0),
         Command::Run(args) => run::run(root, args),
         Command::List(args) => list::list(root, args).map(|()| 0),
+        Command::Pause(args) => pause::pause(root, &args.id).map(|()| 0),
+        Command::Resume(args) => pause::resume(root, &args.id).map(|()| 0),
+        Command::Update(args) => update::update(root, args).map(|()| 0),
+        Command::Events(args) => events::events(root, args).map(|()| 0),
         Command::Ps(args) => ps::ps(root, args),
         Command::Exec(args) => exec::exec(root, args).map_err(|e| RuncError::ExecFailed(Box::new(e))),
         Command::Spec(args) => spec::write_spec(args).map(|()| 0),

@@ -167,3 +167,29 @@ pub const FORWARDED_SIGNALS: &[nix::sys::signal::Signal] = &[
     nix::sys::signal::Signal::SIGUSR2,
     nix::sys::signal::Signal::SIGWINCH,
 ];
+
+/// Receive one message carrying one fd (SCM_RIGHTS) on a connected Unix socket: what a
+/// console socket's listener gets from `create --console-socket` (the text is the pty's
+/// name). Returns the text and the fd, close-on-exec.
+pub fn receive_fd(socket: std::os::fd::BorrowedFd<'_>) -> Result<(Vec<u8>, OwnedFd), Errno> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let mut text = vec![0u8; 4096];
+    let mut iov = [io::IoSliceMut::new(&mut text)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let len = msg.bytes;
+    let mut received: Vec<RawFd> = Vec::new();
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            received.extend(fds);
+        }
+    }
+    // SAFETY: the kernel just installed these fds in our table for this message alone; no
+    // Rust object owns them yet, and each is wrapped exactly once.
+    let mut owned: Vec<OwnedFd> = received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }).collect();
+    let fd = owned.pop().ok_or(Errno::EBADMSG)?;
+    drop(owned); // more than one fd: keep the last, close the others
+    text.truncate(len);
+    Ok((text, fd))
+}
