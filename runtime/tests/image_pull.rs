@@ -1,5 +1,5 @@
 //! Pulling the test images from a real local registry, layer sharing, re-pulls, lookups,
-//! overlay mounts, and the errors for missing images and unreachable registries. Needs root.
+//! overlay mounts, gzip, zstd and uncompressed layers in one image, and the errors for missing images and unreachable registries. Needs root.
 
 mod image_common;
 
@@ -8,7 +8,9 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::sync::Mutex;
 
-use image_common::{free_port, is_mounted, mount_count, require_root, MountGuard, TestRegistry};
+use image_common::{
+    free_port, is_mounted, mount_count, require_root, work_leftovers, Compression, MountGuard, TarBuilder, TestRegistry,
+};
 use nodelet_runtime::image::{ImageError, ImageStore, NoProgress, PullProgress};
 
 /// Records every progress call.
@@ -87,7 +89,7 @@ async fn pull_share_repull_mount_unmount() {
     assert_eq!(again.digest, web.digest);
     assert!(progress.downloaded_layers().is_empty());
     assert_eq!(layer_dirs(store.root()), after_web);
-    assert_eq!(std::fs::read_dir(store.root().join("tmp")).unwrap().count(), 0);
+    assert_eq!(work_leftovers(store.root()), Vec::<String>::new());
 
     // Lookups.
     for key in [web_ref.clone(), web.digest.clone(), web.repo_digest.clone()] {
@@ -234,4 +236,61 @@ async fn index_resolves_to_linux_amd64_and_digests_pin() {
     let absent = format!("{}/nodelet/busybox@sha256:{}", registry.addr, "0".repeat(64));
     let err = store.pull(&absent, &NoProgress).await.unwrap_err();
     assert!(matches!(err, ImageError::ManifestUnknown { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_zstd_and_uncompressed_layers() {
+    require_root();
+    let registry = TestRegistry::start();
+    let gzip = TarBuilder::new()
+        .dir("etc", 0o755)
+        .file("etc/motd", b"hidden by the zstd layer\n")
+        .file_with("bin-tool", b"#!/bin/sh\n", 0o4755, 0, 0)
+        .dir("data", 0o755)
+        .finish();
+    let zstd = TarBuilder::new()
+        .dir("data", 0o750)
+        .file("data/zstd.txt", b"compressed with zstd\n")
+        .hard_link("data/zstd-link.txt", "data/zstd.txt")
+        .symlink("latest", "data/zstd.txt")
+        .file("etc/.wh.motd", b"")
+        .finish();
+    let plain = TarBuilder::new().file("plain.txt", b"not compressed\n").finish();
+    let reference = registry
+        .push_layers_image(
+            "nodelet/mixed",
+            "1",
+            &[(&gzip, Compression::Gzip), (&zstd, Compression::Zstd), (&plain, Compression::None)],
+        )
+        .await;
+    // The registry serves the zstd layer as such.
+    let (zstd_blob, media_type) = Compression::Zstd.apply(&zstd);
+    assert!(zstd_blob.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) && media_type.ends_with("+zstd"));
+
+    let work = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(work.path().join("images")).unwrap();
+    let image = store.pull(&reference, &NoProgress).await.unwrap();
+    assert_eq!(layer_dirs(store.root()).len(), 3);
+
+    // The zstd layer's own directory, keyed by the diff id of its uncompressed tar.
+    let zstd_dir = store.root().join("layers/sha256").join(nodelet_runtime::image::Digest::of(&zstd).hex());
+    assert_eq!(std::fs::read_to_string(zstd_dir.join("data/zstd.txt")).unwrap(), "compressed with zstd\n");
+    let (file, link) = (
+        std::fs::metadata(zstd_dir.join("data/zstd.txt")).unwrap(),
+        std::fs::metadata(zstd_dir.join("data/zstd-link.txt")).unwrap(),
+    );
+    assert_eq!(file.ino(), link.ino(), "hard link kept");
+    assert_eq!(std::fs::read_link(zstd_dir.join("latest")).unwrap(), Path::new("data/zstd.txt"));
+    assert_eq!(std::fs::metadata(zstd_dir.join("data")).unwrap().mode() & 0o7777, 0o750);
+
+    // The three layers merged.
+    let container = work.path().join("container");
+    std::fs::create_dir(&container).unwrap();
+    let _guard = MountGuard(container.clone());
+    let rootfs = store.mount_rootfs(&image, &container).unwrap();
+    assert_eq!(std::fs::read_to_string(rootfs.join("latest")).unwrap(), "compressed with zstd\n");
+    assert_eq!(std::fs::read_to_string(rootfs.join("plain.txt")).unwrap(), "not compressed\n");
+    assert!(!rootfs.join("etc/motd").exists(), "the zstd layer's whiteout applies");
+    assert_eq!(std::fs::metadata(rootfs.join("bin-tool")).unwrap().mode() & 0o7777, 0o4755, "setuid kept");
+    store.unmount_rootfs(&container).unwrap();
 }

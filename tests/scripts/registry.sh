@@ -5,6 +5,10 @@
 #   registry.sh start DIR PORT   config, storage, log and pid file in DIR; 127.0.0.1:PORT
 #   registry.sh stop DIR         stops the registry whose pid is in DIR/registry.pid
 #
+# HTTPS: when DIR/tls/server.crt and DIR/tls/server.key exist, the registry serves TLS with
+# them; with DIR/tls/client-ca.crt too it also requires a client certificate signed by that
+# CA (then DIR/tls/client.cert and client.key are what the readiness check presents).
+#
 # Idempotent: start with a registry already answering from DIR is a no-op; stop without one
 # is a no-op. Run as root (installs the package when missing).
 set -euo pipefail
@@ -21,10 +25,15 @@ is_our_registry() {
     tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q 'docker-registry'
 }
 
-# HTTP GET /v2/ answers (200 or 401) on 127.0.0.1:$1.
+# HTTP GET /v2/ answers (200 or 401) on 127.0.0.1:$1 (HTTPS when DIR $2 has tls/).
 answers() {
-    local port=$1 status
-    if command -v curl >/dev/null; then
+    local port=$1 dir=${2:-} status
+    if [[ -n "$dir" && -f "$dir/tls/server.crt" ]]; then
+        local client=()
+        [[ -f "$dir/tls/client.cert" ]] && client=(--cert "$dir/tls/client.cert" --key "$dir/tls/client.key")
+        status=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 --cacert "$dir/tls/ca.crt" "${client[@]}" \
+            "https://127.0.0.1:$port/v2/" || true)
+    elif command -v curl >/dev/null; then
         status=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$port/v2/" || true)
     else
         status=$( (exec 3<>"/dev/tcp/127.0.0.1/$port" &&
@@ -44,7 +53,7 @@ start() {
     mkdir -p "$dir/storage"
     dir=$(cd "$dir" && pwd)
     local pidfile=$dir/registry.pid
-    if [[ -f "$pidfile" ]] && is_our_registry "$(cat "$pidfile")" && answers "$port"; then
+    if [[ -f "$pidfile" ]] && is_our_registry "$(cat "$pidfile")" && answers "$port" "$dir"; then
         echo "registry already running on 127.0.0.1:$port (pid $(cat "$pidfile"))"
         return 0
     fi
@@ -66,13 +75,19 @@ http:
   addr: 127.0.0.1:$port
   secret: nodelet-test-registry
 YAML
+    if [[ -f "$dir/tls/server.crt" ]]; then
+        printf '  tls:\n    certificate: %s\n    key: %s\n' "$dir/tls/server.crt" "$dir/tls/server.key" >>"$dir/config.yml"
+        if [[ -f "$dir/tls/client-ca.crt" ]]; then
+            printf '    clientcas:\n      - %s\n' "$dir/tls/client-ca.crt" >>"$dir/config.yml"
+        fi
+    fi
     # setsid: not in the caller's process group, so a Ctrl-C of the caller does not leave
     # a half-killed registry; stop kills it by pid.
     setsid docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 </dev/null &
     local pid=$!
     echo "$pid" >"$pidfile"
     for _ in $(seq 1 150); do
-        if answers "$port"; then
+        if answers "$port" "$dir"; then
             echo "registry running on 127.0.0.1:$port (pid $pid, storage $dir/storage)"
             return 0
         fi

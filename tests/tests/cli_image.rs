@@ -89,4 +89,122 @@ fn pull_ls_inspect_rm_prune() {
     assert!(pruned.contains(&busybox), "{pruned}");
     assert_eq!((count(&blobs), count(&layers)), (0, 0));
     assert_eq!(ok(&root, &["ls"]).lines().count(), 1, "only the header is left");
+
+    // --registry-config-dir: a name that resolves nowhere, served by the registry that
+    // hosts.toml names (plain HTTP); a malformed file is an error naming it.
+    let certs_d = work.path().join("certs.d");
+    std::fs::create_dir_all(certs_d.join("registry.invalid")).unwrap();
+    let hosts = certs_d.join("registry.invalid/hosts.toml");
+    std::fs::write(&hosts, format!("server = \"http://{}\"\n", registry.host)).unwrap();
+    let renamed = "registry.invalid/nodelet/busybox:1";
+    let config_dir = certs_d.to_str().unwrap();
+    ok(&root, &["--registry-config-dir", config_dir, "pull", renamed]);
+    assert!(ok(&root, &["ls"]).contains("registry.invalid/nodelet/busybox"));
+    std::fs::write(&hosts, "server = 5\n").unwrap();
+    let bad = nodelet(&root, &["--registry-config-dir", config_dir, "pull", renamed]);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && stderr.contains(&hosts.display().to_string()) && stderr.contains("server"),
+        "{stderr}"
+    );
+}
+
+/// Every image the index lists has its manifest, config and layer blobs and its unpacked
+/// layers; returns the listed references.
+fn assert_store_complete(root: &Path) -> Vec<String> {
+    let store = root.join("images");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.join("index.json")).unwrap()).expect("index.json is JSON");
+    let blob = |digest: &serde_json::Value| store.join("blobs/sha256").join(&digest.as_str().unwrap()[7..]);
+    let mut listed = Vec::new();
+    for (reference, record) in index["images"].as_object().unwrap() {
+        assert!(blob(&record["digest"]).is_file(), "{reference}: manifest blob missing");
+        assert!(blob(&record["config_digest"]).is_file(), "{reference}: config blob missing");
+        for layer in record["layers"].as_array().unwrap() {
+            assert!(blob(&layer["digest"]).is_file(), "{reference}: layer blob {} missing", layer["digest"]);
+            let dir = store.join("layers/sha256").join(&layer["diff_id"].as_str().unwrap()[7..]);
+            assert!(dir.is_dir(), "{reference}: unpacked layer {} missing", layer["diff_id"]);
+        }
+        listed.push(reference.clone());
+    }
+    listed
+}
+
+/// Start `nodelet image ARGS` without waiting.
+fn spawn(root: &Path, args: &[&str]) -> (String, std::process::Child) {
+    let child = Command::new(nodelet_binary())
+        .arg("image")
+        .arg("--root-dir")
+        .arg(root)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting nodelet image");
+    (args.join(" "), child)
+}
+
+/// Wait for every process; returns (command, success, stderr).
+fn wait_all(children: Vec<(String, std::process::Child)>) -> Vec<(String, bool, String)> {
+    children
+        .into_iter()
+        .map(|(command, child)| {
+            let out = child.wait_with_output().expect("waiting for nodelet image");
+            (command, out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn concurrent_processes_keep_the_store_consistent() {
+    require_root();
+    let work = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start(&work.path().join("registry"));
+    let root = work.path().join("root");
+    let busybox = format!("{}:1", registry.image("busybox"));
+    let web = format!("{}:1", registry.image("web"));
+
+    for round in 0..4 {
+        // The same image twice at once, and an image sharing its base layer: nothing lost
+        // from the index, nothing half there.
+        let results = wait_all(vec![
+            spawn(&root, &["pull", &web]),
+            spawn(&root, &["pull", &web]),
+            spawn(&root, &["pull", &busybox]),
+        ]);
+        for (command, success, stderr) in &results {
+            assert!(success, "round {round}: {command} failed:\n{stderr}");
+        }
+        let mut listed = assert_store_complete(&root);
+        listed.sort();
+        assert_eq!(listed, [busybox.clone(), web.clone()], "round {round}: both pulls indexed");
+
+        // Removal and collection racing pulls of the same content: the pulls succeed, and
+        // whatever the index lists afterwards is complete.
+        let results = wait_all(vec![
+            spawn(&root, &["rm", &web]),
+            spawn(&root, &["pull", &web]),
+            spawn(&root, &["prune"]),
+            spawn(&root, &["pull", &busybox]),
+        ]);
+        for (command, success, stderr) in &results {
+            let lost_a_race = command.starts_with("rm") && stderr.contains("no such image");
+            assert!(*success || lost_a_race, "round {round}: {command} failed:\n{stderr}");
+        }
+        assert_store_complete(&root);
+        let images = ok(&root, &["ls"]);
+        for reference in assert_store_complete(&root) {
+            let (name, _) = reference.rsplit_once(':').unwrap();
+            assert!(images.contains(name), "round {round}: ls shows {reference}:\n{images}");
+        }
+
+        // Back to empty, with no work left behind by any of the processes.
+        ok(&root, &["prune"]);
+        let blobs = root.join("images/blobs/sha256");
+        let layers = root.join("images/layers/sha256");
+        assert_eq!((count(&blobs), count(&layers)), (0, 0), "round {round}");
+        let tmp = root.join("images/tmp");
+        assert!(count(&tmp) <= 1, "only the last process's work directory, swept by the next opener");
+    }
 }

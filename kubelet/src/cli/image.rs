@@ -9,13 +9,17 @@ use std::sync::Mutex;
 
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use nodelet_runtime::image::{Image, ImageStore, PullProgress, Reference};
+use nodelet_runtime::image::{Image, ImageStore, PullProgress, Reference, DEFAULT_REGISTRY_CONFIG_DIR};
 
 #[derive(clap::Args, Debug)]
 pub struct ImageArgs {
     /// The agent's state directory; the image store is <root-dir>/images.
     #[arg(long, default_value = "/var/lib/nodelet", global = true)]
     root_dir: PathBuf,
+    /// Registry hosts as containerd's config_path: <dir>/<host>/hosts.toml (mirrors, plain
+    /// HTTP, CA certificates, skip_verify) or Docker's ca.crt/client.cert files.
+    #[arg(long, default_value = DEFAULT_REGISTRY_CONFIG_DIR, global = true)]
+    registry_config_dir: PathBuf,
     #[command(subcommand)]
     command: ImageCommand,
 }
@@ -50,7 +54,7 @@ pub fn run(args: ImageArgs) -> anyhow::Result<ExitCode> {
     let open = || ImageStore::open(&root).with_context(|| format!("opening the image store {}", root.display()));
     match args.command {
         ImageCommand::Pull { reference, docker_config } => {
-            let mut store = open()?;
+            let mut store = open()?.with_registry_hosts_dir(&args.registry_config_dir);
             if let Some(path) = docker_config {
                 store = store.with_docker_config(&path)?;
             }

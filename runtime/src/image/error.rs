@@ -41,6 +41,29 @@ pub enum ImageError {
     #[error("docker config {path}: {reason}")]
     DockerConfig { path: String, reason: String },
 
+    #[error("registry hosts config {path}: {field}: {reason}")]
+    HostsConfig { path: PathBuf, field: String, reason: String },
+
+    #[error("registry host {url} (configured in {origin}): cannot read {path}")]
+    HostsFile {
+        url: String,
+        origin: PathBuf,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("registry host {url} (configured in {origin}): bad TLS settings")]
+    HostsTls {
+        url: String,
+        origin: PathBuf,
+        #[source]
+        source: reqwest::Error,
+    },
+
+    #[error("no configured host of registry {registry} may {capability} (see its hosts.toml capabilities)")]
+    NoRegistryHost { registry: String, capability: &'static str },
+
     #[error("unsupported authentication challenge from {url}: {challenge:?}")]
     UnsupportedChallenge { url: String, challenge: String },
 
@@ -114,6 +137,13 @@ pub enum ImageError {
 
     #[error("corrupt image index {path}")]
     CorruptIndex {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("corrupt list of pinned digests {path}")]
+    CorruptPins {
         path: PathBuf,
         #[source]
         source: serde_json::Error,

@@ -1,7 +1,8 @@
 //! Garbage collection of the store: blobs and unpacked layers no indexed image references.
 //!
-//! Two kinds of content are kept although unreferenced: what a pull in this process is still
-//! writing or has not indexed yet ([`Inflight::busy`]), and unpacked layers that a mounted
+//! Two kinds of content are kept although unreferenced: what a pull in this or another process
+//! is still writing or has not indexed yet ([`Inflight::busy`], and the pins other processes
+//! publish, see [`super::work_dir`]), and unpacked layers that a mounted
 //! overlay uses as a lower dir (a running container's rootfs; removing the directory would
 //! pull files from under it). Mounts are read from /proc/self/mountinfo, so they are seen in
 //! this process's mount namespace, which is the node's for the agent and the CLI.
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::inflight::Inflight;
 use super::store::{remove_dir_all_quiet, sync_dir, Index, Layout};
+use super::store_lock::StoreLockGuard;
 use super::{Digest, ImageError};
 
 /// What a collection removed.
@@ -22,10 +24,19 @@ pub struct Collected {
     pub bytes: u64,
 }
 
-/// Remove every blob and layer that no record of `index` references, except busy and
-/// mounted ones. Call with the index lock held, so no pull indexes an image meanwhile.
-pub fn collect(layout: &Layout, index: &Index, inflight: &Inflight) -> Result<Collected, ImageError> {
+/// Remove every blob and layer that no record of `index` references, except busy (in this
+/// process or, by their published pins, in others) and mounted ones. `held` is the store
+/// lock, under which `index` was read: no pull indexes an image or pins content meanwhile.
+/// It is released once the unreferenced layers are out of the store, before their files are
+/// deleted, so that pulls (here and in other processes) do not wait for the deletion.
+pub fn collect(
+    layout: &Layout,
+    held: StoreLockGuard,
+    index: &Index,
+    inflight: &Inflight,
+) -> Result<Collected, ImageError> {
     let mut keep: HashSet<Digest> = inflight.busy();
+    keep.extend(layout.busy_elsewhere(&held)?);
     keep.extend(layers_in_use(layout)?);
     for record in index.images.values() {
         keep.insert(record.digest.clone());
@@ -46,22 +57,30 @@ pub fn collect(layout: &Layout, index: &Index, inflight: &Inflight) -> Result<Co
         collected.blobs += 1;
         collected.bytes += size;
     }
+    let mut doomed_layers = Vec::new();
     for (diff_id, path) in entries(&layout.layers_dir())? {
         if keep.contains(&diff_id) {
             continue;
         }
         // Out of the layers directory first (one atomic rename), then removed: a crash
         // mid-way must not leave a half-removed layer under its final name, where a pull
-        // would take it for complete. tmp/ is emptied when the store is opened.
+        // would take it for complete. A dead store's work directory is removed by the next
+        // opener.
         let doomed = layout.temp_path("remove");
         std::fs::rename(&path, &doomed).map_err(ImageError::io("move out of the store", path.as_path()))?;
-        sync_dir(&layout.layers_dir())?;
-        remove_dir_all_quiet(&doomed);
+        doomed_layers.push(doomed);
         tracing::debug!(%diff_id, "removed unreferenced layer");
         collected.layers += 1;
     }
+    if collected.layers > 0 {
+        sync_dir(&layout.layers_dir())?;
+    }
     if collected.blobs > 0 {
         sync_dir(&layout.blobs_dir())?;
+    }
+    drop(held);
+    for doomed in &doomed_layers {
+        remove_dir_all_quiet(doomed);
     }
     Ok(collected)
 }

@@ -2,17 +2,22 @@
 //! each layer unpacked once, and container root filesystems as overlayfs mounts.
 //!
 //! Submodules, one job each: [`reference`] (Docker's reference rules), [`registry`],
+//! [`hosts`] (containerd's `certs.d/<host>/hosts.toml`: mirrors, TLS), `endpoint` (one host),
 //! [`auth`], [`credentials`] and [`retry`] (HTTP), [`manifest`] (manifest/index formats),
-//! [`store`] (on-disk layout, crash-safe writes), [`inflight`] (one download per digest),
-//! [`gc`] (removal of unreferenced content), [`unpack`] and [`beneath`] (layer tarballs,
-//! confined to their directory), [`overlay`] (mounts), [`progress`].
+//! [`store`] (on-disk layout, crash-safe writes), `store_lock` and `work_dir` (sharing the
+//! store between processes), `inflight` (one download per digest),
+//! [`gc`] (removal of unreferenced content), [`unpack`], `header_guard` and [`beneath`] (layer
+//! tarballs, bounded and confined to their directory), [`overlay`] (mounts), [`progress`].
 
 pub mod auth;
 pub mod beneath;
 pub mod credentials;
 mod digest;
+mod endpoint;
 mod error;
 pub mod gc;
+mod header_guard;
+pub mod hosts;
 mod inflight;
 pub mod manifest;
 pub mod overlay;
@@ -22,11 +27,12 @@ pub mod reference;
 pub mod registry;
 mod retry;
 pub mod store;
+mod store_lock;
 pub mod unpack;
+mod work_dir;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 pub use credentials::{Credentials, DockerConfig};
 pub use digest::Digest;
@@ -36,18 +42,24 @@ pub use progress::{NoProgress, PullProgress};
 pub use pull::PARALLEL_LAYERS;
 pub use reference::Reference;
 
+use hosts::RegistryHost;
 use inflight::Inflight;
 use store::{ImageRecord, Index, Layout};
+use store_lock::StoreLockGuard;
+
+/// Where `nodelet agent`, `run` and `image` look for registry hosts by default (containerd's
+/// is /etc/containerd/certs.d).
+pub const DEFAULT_REGISTRY_CONFIG_DIR: &str = "/etc/nodelet/certs.d";
 
 /// The node's image store (see [`store`] for the layout under its root).
 pub struct ImageStore {
     layout: Layout,
-    /// Serialises read-modify-write of `index.json` within this process.
-    index_lock: Mutex<()>,
     /// Per-digest download locks and pins of pulls not yet indexed.
     inflight: Inflight,
     /// Registry credentials (a Docker config.json), when configured.
     docker_config: Option<DockerConfig>,
+    /// containerd-style `certs.d` directory of registry hosts (mirrors, TLS), when configured.
+    hosts_dir: Option<PathBuf>,
 }
 
 /// An image as the index records it (see [`ImageStore::summaries`]).
@@ -90,9 +102,9 @@ impl ImageStore {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, ImageError> {
         Ok(ImageStore {
             layout: Layout::create(root.into())?,
-            index_lock: Mutex::new(()),
             inflight: Inflight::default(),
             docker_config: None,
+            hosts_dir: None,
         })
     }
 
@@ -104,6 +116,13 @@ impl ImageStore {
     /// Pull with these credentials (the node's) when a pull brings none of its own.
     pub fn with_credentials(mut self, config: DockerConfig) -> Self {
         self.docker_config = Some(config);
+        self
+    }
+
+    /// Registry hosts from this `certs.d` directory (see [`hosts`]); it is read at each
+    /// pull and may not exist.
+    pub fn with_registry_hosts_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.hosts_dir = Some(dir.into());
         self
     }
 
@@ -129,42 +148,85 @@ impl ImageStore {
         secrets: &[DockerConfig],
     ) -> Result<Image, ImageError> {
         let parsed = Reference::parse(reference)?;
+        let configs: Vec<&DockerConfig> = secrets.iter().chain(&self.docker_config).collect();
         let mut candidates: Vec<Credentials> = Vec::new();
-        for config in secrets.iter().chain(&self.docker_config) {
+        for config in &configs {
             for credentials in config.matching(&parsed.registry, &parsed.repository) {
                 if !candidates.contains(credentials) {
                     candidates.push(credentials.clone());
                 }
             }
         }
+        let hosts = self.registry_hosts(&parsed, &configs)?;
         let Some((last, others)) = candidates.split_last() else {
-            return self.pull_as(&parsed, progress, None).await;
+            return self.pull_as(&parsed, progress, &hosts, None).await;
         };
         for credentials in others {
-            match self.pull_as(&parsed, progress, Some(credentials.clone())).await {
+            match self.pull_as(&parsed, progress, &hosts, Some(credentials)).await {
                 Err(error @ ImageError::Unauthorized { .. }) => {
                     tracing::info!(reference = %parsed, user = %credentials.username, %error, "credentials refused; trying the next");
                 }
                 other => return other,
             }
         }
-        self.pull_as(&parsed, progress, Some(last.clone())).await
+        self.pull_as(&parsed, progress, &hosts, Some(last)).await
+    }
+
+    /// The registry's hosts, mirrors first (see [`hosts`]); each mirror with the first
+    /// credentials `configs` hold for its own host: a mirror is never shown the registry's.
+    fn registry_hosts(
+        &self,
+        parsed: &Reference,
+        configs: &[&DockerConfig],
+    ) -> Result<Vec<(RegistryHost, Option<Credentials>)>, ImageError> {
+        let hosts = hosts::hosts_for(self.hosts_dir.as_deref(), parsed)?;
+        Ok(hosts
+            .into_iter()
+            .map(|host| {
+                let own = if host.mirror {
+                    configs.iter().find_map(|config| {
+                        config.matching(&host.authority(), &parsed.repository).first().map(|c| (*c).clone())
+                    })
+                } else {
+                    None
+                };
+                (host, own)
+            })
+            .collect())
     }
 
     async fn pull_as(
         &self,
         parsed: &Reference,
         progress: &dyn PullProgress,
-        credentials: Option<Credentials>,
+        hosts: &[(RegistryHost, Option<Credentials>)],
+        credentials: Option<&Credentials>,
     ) -> Result<Image, ImageError> {
         tracing::info!(reference = %parsed, with_credentials = credentials.is_some(), "pulling image");
-        let context = pull::PullContext { layout: &self.layout, inflight: &self.inflight, credentials };
-        let (record, _pin) = pull::pull(&context, parsed, progress).await?;
+        // The registry's own host (the server) gets the candidate credentials.
+        let hosts = hosts
+            .iter()
+            .map(|(host, own)| (host.clone(), if host.mirror { own.clone() } else { credentials.cloned() }))
+            .collect();
+        let context = pull::PullContext { layout: &self.layout, inflight: &self.inflight, hosts };
+        let (record, pin) = match pull::pull(&context, parsed, progress).await {
+            Ok(pulled) => pulled,
+            Err(error) => {
+                // Its pins are gone: let other processes collect what the pull left.
+                if let Err(e) = self.layout.publish_busy(|| self.inflight.busy()) {
+                    tracing::warn!(error = %crate::error_chain(&e), "cannot update the store's pinned digests");
+                }
+                return Err(error);
+            }
+        };
         {
-            let _guard = self.lock_index();
+            // Indexed and unpinned at once: a collector sees the image either pinned or indexed.
+            let guard = self.layout.lock()?;
             let mut index = self.layout.load_index()?;
             index.images.insert(record.reference.clone(), record.clone());
             self.layout.save_index(&index)?;
+            drop(pin);
+            self.layout.publish_busy_locked(&guard, &self.inflight.busy())?;
         }
         tracing::info!(reference = %record.reference, digest = %record.digest, "pulled image");
         self.image(&record)
@@ -205,13 +267,13 @@ impl ImageStore {
     /// layers that no other image uses. Layers a mounted rootfs uses stay on disk until a
     /// later collection. Ok with nothing removed when no image matches.
     pub fn remove(&self, reference: &str) -> Result<Removed, ImageError> {
-        let _guard = self.lock_index();
+        let guard = self.layout.lock()?;
         let mut index = self.layout.load_index()?;
         let matching = matching_references(&index, reference)?;
         for key in &matching {
             index.images.remove(key);
         }
-        self.commit_removal(index, matching)
+        self.commit_removal(guard, index, matching)
     }
 
     /// Remove every image none of whose layers a mounted rootfs uses, and their content.
@@ -221,7 +283,7 @@ impl ImageStore {
     /// created container's rootfs). An image that shares a base layer with a running
     /// container's image is therefore kept too: pruning never removes what might be in use.
     pub fn prune(&self) -> Result<Removed, ImageError> {
-        let _guard = self.lock_index();
+        let guard = self.layout.lock()?;
         let mut index = self.layout.load_index()?;
         let in_use = gc::layers_in_use(&self.layout)?;
         let unused: Vec<String> = index
@@ -233,7 +295,7 @@ impl ImageStore {
         for key in &unused {
             index.images.remove(key);
         }
-        self.commit_removal(index, unused)
+        self.commit_removal(guard, index, unused)
     }
 
     /// The images with a layer that a mounted overlay uses (a created or running container's
@@ -257,19 +319,19 @@ impl ImageStore {
     /// Remove unreferenced blobs and layers (left by failed or interrupted pulls, or by
     /// removals whose layers were mounted at the time).
     pub fn collect_garbage(&self) -> Result<Collected, ImageError> {
-        let _guard = self.lock_index();
+        let guard = self.layout.lock()?;
         let index = self.layout.load_index()?;
-        gc::collect(&self.layout, &index, &self.inflight)
+        gc::collect(&self.layout, guard, &index, &self.inflight)
     }
 
     /// Save the index without `removed`, then collect. The index goes first: a crash in
     /// between leaves unreferenced content (collected next time), never a record without it.
-    fn commit_removal(&self, index: Index, removed: Vec<String>) -> Result<Removed, ImageError> {
+    fn commit_removal(&self, guard: StoreLockGuard, index: Index, removed: Vec<String>) -> Result<Removed, ImageError> {
         if !removed.is_empty() {
             self.layout.save_index(&index)?;
             tracing::info!(images = ?removed, "removed images");
         }
-        let collected = gc::collect(&self.layout, &index, &self.inflight)?;
+        let collected = gc::collect(&self.layout, guard, &index, &self.inflight)?;
         Ok(Removed { images: removed, collected })
     }
 
@@ -302,11 +364,6 @@ impl ImageStore {
     /// Unmount and remove upper/work/rootfs under `container_dir`. Idempotent.
     pub fn unmount_rootfs(&self, container_dir: &Path) -> Result<(), ImageError> {
         overlay::unmount_overlay(container_dir)
-    }
-
-    fn lock_index(&self) -> std::sync::MutexGuard<'_, ()> {
-        // A panic while holding the lock leaves the file itself consistent (atomic writes).
-        self.index_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn find(&self, reference: &str) -> Result<Option<ImageRecord>, ImageError> {

@@ -7,6 +7,7 @@ use futures::StreamExt as _;
 use oci_spec::image::ImageConfiguration;
 
 use super::credentials::Credentials;
+use super::hosts::RegistryHost;
 use super::inflight::{Inflight, PinGuard};
 use super::manifest::{self, layer_compression, ImageManifest, Manifest};
 use super::registry::RegistryClient;
@@ -24,7 +25,8 @@ pub const PARALLEL_LAYERS: usize = 3;
 pub struct PullContext<'a> {
     pub layout: &'a Layout,
     pub inflight: &'a Inflight,
-    pub credentials: Option<Credentials>,
+    /// The registry's hosts, mirrors first, each with the credentials to show it.
+    pub hosts: Vec<(RegistryHost, Option<Credentials>)>,
 }
 
 /// Fetch everything `reference` needs into the store; returns the record to index and a pin
@@ -36,7 +38,7 @@ pub async fn pull<'a>(
 ) -> Result<(ImageRecord, PinGuard<'a>), ImageError> {
     let layout = context.layout;
     let shown = reference.to_string();
-    let client = RegistryClient::new(reference, context.credentials.clone())?;
+    let client = RegistryClient::with_hosts(reference, context.hosts.clone())?;
     let (manifest, manifest_digest, manifest_body) = resolve_manifest(&client, reference).await?;
 
     let config_digest = &manifest.config.digest;
@@ -60,6 +62,9 @@ pub async fn pull<'a>(
     let mut pinned = vec![manifest_digest.clone(), config_digest.clone()];
     pinned.extend(manifest.layers.iter().map(|l| l.digest.clone()));
     let mut pin = context.inflight.pin(pinned);
+    // Published before looking at what the store has: from now on no collector, here or in
+    // another process, removes this content.
+    layout.publish_busy(|| context.inflight.busy())?;
 
     let config_bytes = {
         let _fetching = context.inflight.lock(config_digest).await;
@@ -86,6 +91,7 @@ pub async fn pull<'a>(
     }
 
     pin.extend(diff_ids.clone());
+    layout.publish_busy(|| context.inflight.busy())?;
 
     // A few layers at a time, in manifest order. After a failure the other layers still run
     // to their end rather than being cancelled: a cancelled unpack would go on in its

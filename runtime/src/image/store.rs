@@ -4,20 +4,25 @@
 //! <root>/blobs/sha256/<hex>          manifests, configs and layer blobs, content-addressed
 //! <root>/layers/sha256/<diffid hex>/ unpacked layers, shared between images
 //! <root>/index.json                  normalized reference -> image record
-//! <root>/tmp/                        downloads and unpacks in progress (emptied on open)
+//! <root>/lock                        flocked around index updates and collections
+//! <root>/tmp/<pid>-<random>/         one per open store: downloads and unpacks in progress,
+//!                                    busy.json (its pulls' pins); see [`super::work_dir`]
 //! ```
 //!
-//! Nothing appears under its final name before it is complete: files are written to `tmp/`,
-//! fsynced and renamed; layers are unpacked into `tmp/`, synced and renamed.
+//! Nothing appears under its final name before it is complete: files are written to the work
+//! directory, fsynced and renamed; layers are unpacked there, synced and renamed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use super::store_lock::{StoreLock, StoreLockGuard};
+use super::work_dir::WorkDir;
 use super::{Digest, ImageError};
 
 /// What the index remembers about a pulled image.
@@ -44,24 +49,49 @@ pub struct Index {
     pub images: BTreeMap<String, ImageRecord>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Layout {
     root: PathBuf,
+    lock: StoreLock,
+    work: Arc<WorkDir>,
 }
 
 impl Layout {
-    /// Create the directories and drop leftovers of interrupted pulls.
+    /// Create the directories, drop leftovers of dead processes' pulls and claim a work
+    /// directory.
     pub fn create(root: PathBuf) -> Result<Layout, ImageError> {
-        let layout = Layout { root };
-        match std::fs::remove_dir_all(layout.tmp_dir()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(ImageError::io("clean", layout.tmp_dir())(e)),
-        }
-        for dir in [layout.blobs_dir(), layout.layers_dir(), layout.tmp_dir()] {
+        for dir in [root.join("blobs").join("sha256"), root.join("layers").join("sha256"), root.join("tmp")] {
             std::fs::create_dir_all(&dir).map_err(ImageError::io("create", dir))?;
         }
-        Ok(layout)
+        let lock = StoreLock::new(&root);
+        let work = {
+            let _guard = lock.lock()?;
+            WorkDir::claim(&root.join("tmp"))?
+        };
+        work.remove_adopted();
+        Ok(Layout { root, lock, work: Arc::new(work) })
+    }
+
+    /// The store's lock across processes (see [`super::store_lock`]).
+    pub fn lock(&self) -> Result<StoreLockGuard, ImageError> {
+        self.lock.lock()
+    }
+
+    /// Publish this store's pinned digests (computed under the lock, so that concurrent
+    /// publishers cannot overwrite a newer set with an older one).
+    pub fn publish_busy(&self, busy: impl FnOnce() -> HashSet<Digest>) -> Result<(), ImageError> {
+        let _guard = self.lock()?;
+        self.work.publish_busy(&busy())
+    }
+
+    /// [`Layout::publish_busy`] for a caller that holds the lock.
+    pub fn publish_busy_locked(&self, _held: &StoreLockGuard, busy: &HashSet<Digest>) -> Result<(), ImageError> {
+        self.work.publish_busy(busy)
+    }
+
+    /// What other processes' pulls have pinned; the caller holds the lock.
+    pub fn busy_elsewhere(&self, _held: &StoreLockGuard) -> Result<HashSet<Digest>, ImageError> {
+        self.work.busy_elsewhere()
     }
 
     pub fn root(&self) -> &Path {
@@ -76,8 +106,9 @@ impl Layout {
         self.root.join("layers").join("sha256")
     }
 
-    pub fn tmp_dir(&self) -> PathBuf {
-        self.root.join("tmp")
+    /// This store's own directory under `tmp/`.
+    pub fn work_dir(&self) -> &Path {
+        self.work.path()
     }
 
     pub fn index_path(&self) -> PathBuf {
@@ -94,10 +125,10 @@ impl Layout {
         self.layers_dir().join(diff_id.hex())
     }
 
-    /// A fresh name under `tmp/`.
+    /// A fresh name in the work directory.
     pub fn temp_path(&self, what: &str) -> PathBuf {
         let suffix: u64 = rand::thread_rng().gen();
-        self.tmp_dir().join(format!("{what}-{suffix:016x}"))
+        self.work_dir().join(format!("{what}-{suffix:016x}"))
     }
 
     pub fn has_blob(&self, digest: &Digest) -> bool {
@@ -156,7 +187,7 @@ impl Layout {
 }
 
 /// Write, fsync, rename, fsync the directory.
-fn write_atomic(temp: &Path, path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+pub fn write_atomic(temp: &Path, path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
     let mut file = File::create(temp).map_err(ImageError::io("create", temp))?;
     file.write_all(bytes).map_err(ImageError::io("write", temp))?;
     file.sync_all().map_err(ImageError::io("fsync", temp))?;

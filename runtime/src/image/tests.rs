@@ -72,7 +72,7 @@ fn remove_keeps_shared_content_and_drops_the_rest() {
     let removed = store.remove(&base.config_digest.hex()[..12]).unwrap();
     assert_eq!(removed.images, vec![base.reference]);
     assert_eq!((count(&store.layout.blobs_dir()), count(&store.layout.layers_dir())), (0, 0));
-    assert_eq!(count(&store.layout.tmp_dir()), 0, "removed layers do not linger in tmp/");
+    assert_eq!(count(store.layout.work_dir()), 0, "removed layers do not linger in tmp/");
 }
 
 #[test]
@@ -113,4 +113,54 @@ fn prune_without_mounts_removes_everything_and_gc_spares_busy_content() {
     assert!(store.layout.has_blob(&digest));
     drop(pin);
     assert_eq!(store.collect_garbage().unwrap(), Collected { blobs: 1, layers: 0, bytes: 9 });
+}
+
+#[test]
+fn pins_of_another_store_on_the_root_are_spared() {
+    // Two stores on one root behave as two processes: the lock and the work directories are
+    // flocks, which belong to open files, not to processes.
+    let dir = tempfile::tempdir().unwrap();
+    let pulling = ImageStore::open(dir.path()).unwrap();
+    let collecting = ImageStore::open(dir.path()).unwrap();
+    let blob = Digest::of(b"being pulled");
+    let diff_id = Digest::of(b"being unpacked");
+    pulling.layout.write_blob(&blob, b"being pulled").unwrap();
+    std::fs::create_dir_all(pulling.layout.layer_dir(&diff_id)).unwrap();
+
+    let pin = pulling.inflight.pin(vec![blob.clone(), diff_id.clone()]);
+    pulling.layout.publish_busy(|| pulling.inflight.busy()).unwrap();
+    assert_eq!(collecting.collect_garbage().unwrap(), Collected::default(), "pinned by the other store");
+    assert!(pulling.layout.has_blob(&blob) && pulling.layout.layer_dir(&diff_id).is_dir());
+
+    drop(pin);
+    pulling.layout.publish_busy(|| pulling.inflight.busy()).unwrap();
+    assert_eq!(collecting.collect_garbage().unwrap(), Collected { blobs: 1, layers: 1, bytes: 12 });
+
+    // A store that is gone pins nothing, whatever its busy.json says.
+    let again = pulling.inflight.pin(vec![blob.clone()]);
+    pulling.layout.write_blob(&blob, b"being pulled").unwrap();
+    pulling.layout.publish_busy(|| pulling.inflight.busy()).unwrap();
+    drop(again);
+    drop(pulling);
+    assert_eq!(collecting.collect_garbage().unwrap().blobs, 1);
+}
+
+#[test]
+fn opening_a_store_keeps_live_work_and_sweeps_dead_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = ImageStore::open(dir.path()).unwrap();
+    let download = first.layout.temp_path("download");
+    std::fs::write(&download, b"half a layer").unwrap();
+    std::fs::write(dir.path().join("tmp/loose-file"), b"from an old version").unwrap();
+
+    let second = ImageStore::open(dir.path()).unwrap();
+    assert!(download.is_file(), "another open store's download in progress is left alone");
+    assert!(!dir.path().join("tmp/loose-file").exists());
+    assert_ne!(first.layout.work_dir(), second.layout.work_dir());
+
+    let first_work = first.layout.work_dir().to_path_buf();
+    drop(first);
+    let _third = ImageStore::open(dir.path()).unwrap();
+    assert!(!first_work.exists(), "a closed store's work directory is swept");
+    assert!(second.layout.work_dir().is_dir());
 }

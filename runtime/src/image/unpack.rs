@@ -6,8 +6,12 @@
 //!   and every parent is resolved by the kernel confined to the destination (see
 //!   [`super::beneath`]), so a symlink planted by an earlier entry cannot be written through
 //!   to the outside, and hard links can only point at files inside. The failing entry is named.
-//! - Modes (setuid included), ownership, symlinks, hard links, device nodes, mtimes and
-//!   extended attributes are kept.
+//! - Device nodes are refused (a container's /dev comes from the runtime, and a node in the
+//!   image could reach a host device), except 0:0 character devices, overlayfs' own
+//!   whiteouts. Metadata entries (long names, PAX headers) are bounded (see
+//!   [`super::header_guard`]).
+//! - Modes (setuid included), ownership, symlinks, hard links, FIFOs, mtimes and extended
+//!   attributes are kept.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -24,6 +28,7 @@ use tar::EntryType;
 
 use super::beneath::{self, ResolveError};
 use super::digest::HashingReader;
+use super::header_guard::{HeaderGuard, OversizedHeader};
 use super::{Digest, ImageError};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
@@ -67,8 +72,15 @@ pub fn unpack_tar(reader: impl Read, dest: &Path, layer: &str) -> Result<(), Ima
     )
     .map_err(|e| ImageError::io("open", dest)(e.into()))?;
     let mut unpacker = Unpacker { root, layer: layer.to_string(), directory_times: Vec::new() };
-    let mut archive = tar::Archive::new(reader);
-    let tar_error = |source| ImageError::Tar { layer: layer.to_string(), source };
+    let mut archive = tar::Archive::new(HeaderGuard::new(reader));
+    let tar_error = |source: std::io::Error| match OversizedHeader::find(&source) {
+        Some(oversized) => ImageError::UnsafeEntry {
+            layer: layer.to_string(),
+            entry: oversized.name.clone(),
+            reason: oversized.to_string(),
+        },
+        None => ImageError::Tar { layer: layer.to_string(), source },
+    };
     for entry in archive.entries().map_err(tar_error)? {
         let mut entry = entry.map_err(tar_error)?;
         unpacker.entry(&mut entry)?;
@@ -190,6 +202,14 @@ impl Unpacker {
                 let header = entry.header();
                 let major = header.device_major().ok().flatten().unwrap_or(0);
                 let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                let whiteout = kind == SFlag::S_IFCHR && (major, minor) == (0, 0);
+                if kind != SFlag::S_IFIFO && !whiteout {
+                    let what = if kind == SFlag::S_IFCHR { "character" } else { "block" };
+                    return Err(self.unsafe_entry(
+                        &shown,
+                        format!("{what} device {major}:{minor}: device nodes are not allowed in image layers"),
+                    ));
+                }
                 let device = nix::sys::stat::makedev(major.into(), minor.into());
                 self.device(&parent, name, kind, device, &meta, &shown)
             }

@@ -41,15 +41,41 @@ pub fn free_port() -> u16 {
 pub struct TestRegistry {
     pub addr: String,
     dir: tempfile::TempDir,
+    scheme: &'static str,
+    /// For the test's own pushes (over HTTPS: any certificate, the client's when required).
+    http: reqwest::Client,
 }
+
+/// PEM files for an HTTPS registry (see tests/scripts/registry.sh): `server.crt`,
+/// `server.key`, `ca.crt`, and for client-certificate auth `client-ca.crt`, `client.cert`,
+/// `client.key`.
+pub type TlsFiles<'a> = &'a [(&'a str, String)];
 
 impl TestRegistry {
     pub fn start() -> TestRegistry {
+        Self::start_with(&[])
+    }
+
+    /// Serve HTTPS with these files (empty: plain HTTP).
+    pub fn start_with(tls: TlsFiles) -> TestRegistry {
         require_root();
         let dir = tempfile::tempdir().expect("registry temp dir");
+        let mut http = reqwest::Client::builder();
+        if !tls.is_empty() {
+            std::fs::create_dir(dir.path().join("tls")).unwrap();
+            for (name, pem) in tls {
+                std::fs::write(dir.path().join("tls").join(name), pem).unwrap();
+            }
+            http = http.danger_accept_invalid_certs(true);
+            let pem = |name: &str| tls.iter().find(|(n, _)| *n == name).map(|(_, pem)| pem.clone());
+            if let (Some(cert), Some(key)) = (pem("client.cert"), pem("client.key")) {
+                http = http.identity(reqwest::Identity::from_pem(format!("{cert}\n{key}").as_bytes()).unwrap());
+            }
+        }
         let port = free_port();
         run(Command::new(script("registry.sh")).arg("start").arg(dir.path()).arg(port.to_string()));
-        TestRegistry { addr: format!("127.0.0.1:{port}"), dir }
+        let scheme = if tls.is_empty() { "http" } else { "https" };
+        TestRegistry { addr: format!("127.0.0.1:{port}"), dir, scheme, http: http.build().unwrap() }
     }
 
     /// Build and push the test images; returns reference -> manifest digest as printed.
@@ -63,13 +89,13 @@ impl TestRegistry {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("{}://{}{}", self.scheme, self.addr, path)
     }
 
     /// Upload a blob (monolithic upload); returns its digest.
     pub async fn push_blob(&self, repository: &str, bytes: &[u8]) -> Digest {
         let digest = Digest::of(bytes);
-        let http = reqwest::Client::new();
+        let http = self.http.clone();
         let response =
             http.post(self.url(&format!("/v2/{repository}/blobs/uploads/"))).send().await.expect("start upload");
         assert_eq!(response.status().as_u16(), 202, "start upload");
@@ -88,7 +114,8 @@ impl TestRegistry {
     }
 
     pub async fn push_manifest(&self, repository: &str, tag: &str, media_type: &str, body: &[u8]) -> Digest {
-        let response = reqwest::Client::new()
+        let response = self
+            .http
             .put(self.url(&format!("/v2/{repository}/manifests/{tag}")))
             .header("content-type", media_type)
             .body(body.to_vec())
@@ -99,24 +126,57 @@ impl TestRegistry {
         Digest::of(body)
     }
 
-    /// Push a single-layer image whose layer is `tar` (uncompressed); returns its reference.
+    /// Push a single-layer image whose layer is `tar`, gzipped; returns its reference.
     pub async fn push_single_layer_image(&self, repository: &str, tar: &[u8]) -> String {
-        let diff_id = Digest::of(tar);
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        std::io::Write::write_all(&mut gz, tar).unwrap();
-        let layer = gz.finish().unwrap();
-        let layer_digest = self.push_blob(repository, &layer).await;
+        self.push_layers_image(repository, "1", &[(tar, Compression::Gzip)]).await
+    }
+
+    /// Push an OCI image of these layers (bottom first), each compressed as asked with the
+    /// matching media type; returns its reference.
+    pub async fn push_layers_image(&self, repository: &str, tag: &str, layers: &[(&[u8], Compression)]) -> String {
+        let mut diff_ids = Vec::new();
+        let mut descriptors = Vec::new();
+        for (tar, compression) in layers {
+            diff_ids.push(format!("\"{}\"", Digest::of(tar)));
+            let (blob, media_type) = compression.apply(tar);
+            let digest = self.push_blob(repository, &blob).await;
+            descriptors.push(format!(r#"{{"mediaType":"{media_type}","digest":"{digest}","size":{}}}"#, blob.len()));
+        }
         let config = format!(
-            r#"{{"architecture":"amd64","os":"linux","config":{{}},"rootfs":{{"type":"layers","diff_ids":["{diff_id}"]}}}}"#
+            r#"{{"architecture":"amd64","os":"linux","config":{{}},"rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
+            diff_ids.join(",")
         );
         let config_digest = self.push_blob(repository, config.as_bytes()).await;
         let manifest = format!(
-            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{layer_digest}","size":{}}}]}}"#,
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{}]}}"#,
             config.len(),
-            layer.len()
+            descriptors.join(",")
         );
-        self.push_manifest(repository, "1", "application/vnd.oci.image.manifest.v1+json", manifest.as_bytes()).await;
-        format!("{}/{repository}:1", self.addr)
+        self.push_manifest(repository, tag, "application/vnd.oci.image.manifest.v1+json", manifest.as_bytes()).await;
+        format!("{}/{repository}:{tag}", self.addr)
+    }
+}
+
+/// How a test layer is stored in the registry.
+#[derive(Clone, Copy, Debug)]
+pub enum Compression {
+    Gzip,
+    Zstd,
+    None,
+}
+
+impl Compression {
+    /// The blob and its OCI media type.
+    pub fn apply(self, tar: &[u8]) -> (Vec<u8>, &'static str) {
+        match self {
+            Compression::Gzip => {
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                std::io::Write::write_all(&mut gz, tar).unwrap();
+                (gz.finish().unwrap(), "application/vnd.oci.image.layer.v1.tar+gzip")
+            }
+            Compression::Zstd => (zstd::encode_all(tar, 3).unwrap(), "application/vnd.oci.image.layer.v1.tar+zstd"),
+            Compression::None => (tar.to_vec(), "application/vnd.oci.image.layer.v1.tar"),
+        }
     }
 }
 
@@ -193,9 +253,47 @@ impl TarBuilder {
         self.append(header, &[])
     }
 
+    /// PAX records for the next entry (e.g. `SCHILY.xattr.<name>`).
+    pub fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
+        self.builder.as_mut().unwrap().append_pax_extensions(records.iter().copied()).expect("append pax header");
+        self
+    }
+
+    pub fn device(&mut self, name: &str, kind: tar::EntryType, major: u32, minor: u32) -> &mut Self {
+        let mut header = Self::header(name, kind, 0, 0o666);
+        header.set_device_major(major).unwrap();
+        header.set_device_minor(minor).unwrap();
+        self.append(header, &[])
+    }
+
+    /// A header of any type claiming `size` bytes of data, followed by only `data`: for
+    /// metadata entries bigger than the stream.
+    pub fn claimed(&mut self, name: &str, kind: u8, size: u64, data: &[u8]) -> &mut Self {
+        let mut header = Self::header(name, tar::EntryType::new(kind), size, 0o644);
+        header.set_cksum();
+        let builder = self.builder.as_mut().unwrap();
+        builder.get_mut().extend_from_slice(header.as_bytes());
+        builder.get_mut().extend_from_slice(data);
+        self
+    }
+
     pub fn finish(&mut self) -> Vec<u8> {
         self.builder.take().unwrap().into_inner().expect("finish tar")
     }
+}
+
+/// What the store's work directories (`<root>/tmp/<pid>-<random>/`) hold: partial downloads
+/// and unpacks, and pins; empty once no pull is running.
+pub fn work_leftovers(root: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for dir in std::fs::read_dir(root.join("tmp")).unwrap() {
+        let dir = dir.unwrap().path();
+        assert!(dir.is_dir(), "only work directories under tmp/: {}", dir.display());
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            found.push(entry.unwrap().path().display().to_string());
+        }
+    }
+    found
 }
 
 /// Whether something is mounted at `path` (from /proc/self/mountinfo).
