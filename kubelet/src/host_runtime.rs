@@ -150,8 +150,8 @@ pub fn proxy_config(cfg: &LocalConfig) -> nodelet_proxy::ProxyConfig {
     nodelet_proxy::ProxyConfig {
         attach_cgroup: cfg.proxy_attach_cgroup.clone().unwrap_or(defaults.attach_cgroup),
         pin_dir: cfg.proxy_pin_dir.clone(),
-        map_sizes: defaults.map_sizes,
         node_name: Some(cfg.node_name.clone()),
+        ..defaults
     }
 }
 

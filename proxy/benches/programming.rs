@@ -262,7 +262,7 @@ fn nodelet_round(objects: &Objects, cgroup: &Path, changes: usize, samples: &mut
     let needed = MapSizes::services_needed(count, ENDPOINTS);
     let map_sizes = MapSizes { services: needed.max(MapSizes::default().services), ..MapSizes::default() };
     samples.map_entries = map_sizes.services;
-    let cfg = ProxyConfig { attach_cgroup: cgroup.to_path_buf(), pin_dir: None, map_sizes, node_name: None };
+    let cfg = ProxyConfig { attach_cgroup: cgroup.to_path_buf(), pin_dir: None, map_sizes, ..ProxyConfig::default() };
     let node = NodeTopology::default();
 
     // Table build alone, for the breakdown (not part of the sync sample).

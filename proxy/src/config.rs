@@ -1,7 +1,9 @@
 //! Where the proxy attaches its load-balancer, and for which node it builds the table.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
+use ipnet::Ipv4Net;
 use nodelet_ebpf::MapSizes;
 
 use crate::error::ProxyError;
@@ -34,6 +36,14 @@ pub struct ProxyConfig {
     /// the API, this Node's `topology.kubernetes.io/zone` label selects the endpoints hinted
     /// for its zone. `None`: no endpoint is local and no topology hint applies.
     pub node_name: Option<String>,
+    /// kube-proxy's `--nodeport-addresses` (IPv4): NodePorts are served on the Node's
+    /// InternalIP and ExternalIP addresses within these CIDRs, and on 127.0.0.1 when one of
+    /// them holds it. Empty: on all of the Node's addresses and 127.0.0.1.
+    pub nodeport_addresses: Vec<Ipv4Net>,
+    /// The address the health check servers of LoadBalancer Services with
+    /// `externalTrafficPolicy: Local` listen on, each on its `healthCheckNodePort`
+    /// (kube-proxy: all addresses).
+    pub health_check_bind_address: IpAddr,
 }
 
 impl Default for ProxyConfig {
@@ -45,6 +55,8 @@ impl Default for ProxyConfig {
             pin_dir: None,
             map_sizes: MapSizes::default(),
             node_name: None,
+            nodeport_addresses: Vec::new(),
+            health_check_bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         }
     }
 }

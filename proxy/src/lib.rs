@@ -1,12 +1,14 @@
 //! nodelet's kube-proxy replacement: Services and EndpointSlices to the eBPF
 //! socket load-balancer of `nodelet-ebpf`.
 //!
-//! `table` computes the desired frontends and backends (pure, with kube-proxy's endpoint
-//! selection and session affinity), `datapath` writes them through the
-//! [`datapath::Datapath`] trait, `sync` keeps doing so as objects change, fed by `watch`
-//! (API server, and this proxy's Node for its zone) or by fixed objects. A change rebuilds
-//! and writes only the Services it touches ([`Reconciler::apply_changes`]); the whole table
-//! is rebuilt at start, after a relist, on a new zone and hourly.
+//! `table` computes the desired frontends (ClusterIPs, NodePorts, externalIPs and
+//! LoadBalancer IPs) and backends (pure, with kube-proxy's endpoint selection and session
+//! affinity), `datapath` writes them through the [`datapath::Datapath`] trait, `sync` keeps
+//! doing so as objects change, fed by `watch` (API server, and this proxy's Node for its
+//! zone and addresses) or by fixed objects; `service_health` serves the health checks of
+//! LoadBalancer Services with `externalTrafficPolicy: Local`. A change rebuilds and writes
+//! only the Services it touches ([`Reconciler::apply_changes`]); the whole table is rebuilt
+//! at start, after a relist, on a new zone or new NodePort addresses, and hourly.
 #![forbid(unsafe_code)]
 
 mod config;
@@ -14,17 +16,23 @@ pub mod datapath;
 mod error;
 mod manifest;
 mod metrics;
+mod service_health;
 pub mod sync;
 pub mod table;
 mod watch;
 
 pub use config::{cgroup2_root_under, ProxyConfig, DEFAULT_PIN_DIR};
 pub use error::ProxyError;
+pub use ipnet::Ipv4Net;
 pub use manifest::{parse_service_objects, ServiceObjects};
 pub use metrics::register_metrics;
 pub use nodelet_ebpf::{Backend, Frontend, MapSizes, Protocol, ServiceEntry, SessionAffinity, SockLb, Unpinned};
+pub use service_health::HealthServers;
 pub use sync::{Reconciler, SyncTiming};
-pub use table::{build_table, BuiltTable, Changes, NodeTopology, Problem, ServiceTable, TableDelta};
+pub use table::{
+    build_table, BuiltTable, Changes, FrontendKind, HealthCheck, HealthChecks, NodeTopology, Problem, ServiceTable,
+    TableDelta,
+};
 
 use std::sync::Arc;
 
@@ -35,39 +43,51 @@ use tokio_util::sync::CancellationToken;
 use datapath::{Datapath, EbpfDatapath};
 use sync::{reconcile_loop, ChangeTracker, StaticSource};
 
-/// Watch Services and EndpointSlices (and the Node `cfg.node_name`, for its zone) through
-/// the API and keep the datapath in line, until `shutdown`. Fails only when the datapath
-/// cannot be set up; the load-balancer is detached when this returns, unless `cfg.pin_dir`
-/// pins it.
+/// Watch Services and EndpointSlices (and the Node `cfg.node_name`, for its zone and
+/// NodePort addresses) through the API and keep the datapath and the Services' health
+/// check servers in line, until `shutdown`. Fails only when the datapath cannot be set up;
+/// the load-balancer is detached when this returns, unless `cfg.pin_dir` pins it.
 pub async fn run(client: kube::Client, cfg: ProxyConfig, shutdown: CancellationToken) -> Result<(), ProxyError> {
     let datapath = EbpfDatapath::new(&cfg)?;
-    run_with_datapath(client, datapath, cfg.node_name, SyncTiming::default(), shutdown).await;
+    run_with_datapath(client, datapath, &cfg, SyncTiming::default(), shutdown).await;
     Ok(())
 }
 
-/// [`run`] over any datapath, for the node `node_name`.
+/// [`run`] over any datapath, for the node of `cfg` (its name, NodePort address filter and
+/// health check bind address; the datapath settings are not read).
 pub async fn run_with_datapath<D: Datapath>(
     client: kube::Client,
     datapath: D,
-    node_name: Option<String>,
+    cfg: &ProxyConfig,
     timing: SyncTiming,
     shutdown: CancellationToken,
 ) {
     let tracker = Arc::new(ChangeTracker::default());
-    let (source, feed) = watch::watch_objects(client, node_name, tracker, shutdown.clone());
+    let (node_name, filter) = (cfg.node_name.clone(), cfg.nodeport_addresses.clone());
+    let (source, feed) = watch::watch_objects(client, node_name, filter, tracker, shutdown.clone());
     let reconcile = async {
         if !source.wait_until_ready(&shutdown).await {
             return;
         }
-        let mut reconciler = Reconciler::new(datapath);
+        let mut reconciler = with_health_servers(Reconciler::new(datapath), cfg);
         reconcile_loop(&mut reconciler, &source, timing, &shutdown).await;
     };
     tokio::join!(feed, reconcile);
 }
 
+/// The reconciler, serving health checks on `cfg.health_check_bind_address` (always the
+/// case within a tokio runtime, where the run functions are).
+fn with_health_servers<D: Datapath>(reconciler: Reconciler<D>, cfg: &ProxyConfig) -> Reconciler<D> {
+    match HealthServers::new(cfg.health_check_bind_address) {
+        Some(servers) => reconciler.with_health_servers(servers),
+        None => reconciler,
+    }
+}
+
 /// Standalone mode: the same from a fixed set of objects (manifests), until
-/// shutdown. There is no Node object: endpoints are local by `cfg.node_name`, and no
-/// topology hint applies.
+/// shutdown. There is no Node object: endpoints are local by `cfg.node_name`, no topology
+/// hint applies, and NodePorts are served on 127.0.0.1 only (when
+/// `cfg.nodeport_addresses` allows it).
 pub async fn run_static(
     services: Vec<Service>,
     slices: Vec<EndpointSlice>,
@@ -75,13 +95,15 @@ pub async fn run_static(
     shutdown: CancellationToken,
 ) -> Result<(), ProxyError> {
     let datapath = EbpfDatapath::new(&cfg)?;
-    let node = NodeTopology { name: cfg.node_name, zone: None };
-    run_static_with(datapath, services, slices, node, SyncTiming::default(), shutdown).await;
+    let node = NodeTopology::without_node(cfg.node_name.clone(), &cfg.nodeport_addresses);
+    let source = StaticSource::new(services, slices, node);
+    let mut reconciler = with_health_servers(Reconciler::new(datapath), &cfg);
+    reconcile_loop(&mut reconciler, &source, SyncTiming::default(), &shutdown).await;
     Ok(())
 }
 
-/// [`run_static`] over any datapath, for `node`: syncs once (retrying failures) and
-/// holds the datapath until shutdown.
+/// [`run_static`] over any datapath, for `node`, without health check servers: syncs once
+/// (retrying failures) and holds the datapath until shutdown.
 pub async fn run_static_with<D: Datapath>(
     datapath: D,
     services: Vec<Service>,

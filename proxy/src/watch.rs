@@ -5,6 +5,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use futures::StreamExt;
+use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
@@ -59,11 +60,13 @@ impl StoreSource {
 
 /// Start watching: returns the stores and the future that feeds them, recording every
 /// change in `tracker` (an object's new state, or a full rebuild after a relist or a new
-/// zone), until `shutdown`. With `node_name`, that Node is
-/// watched for its zone label; without, the table is built for no particular node.
+/// zone or new NodePort addresses), until `shutdown`. With `node_name`, that Node is
+/// watched for its zone label and its addresses (filtered by `nodeport_addresses`);
+/// without, the table is built for no particular node, with NodePorts on 127.0.0.1 only.
 pub(crate) fn watch_objects(
     client: Client,
     node_name: Option<String>,
+    nodeport_addresses: Vec<Ipv4Net>,
     tracker: Arc<ChangeTracker>,
     shutdown: CancellationToken,
 ) -> (StoreSource, impl std::future::Future<Output = ()>) {
@@ -77,7 +80,7 @@ pub(crate) fn watch_objects(
     let slices_config = watcher::Config::default().labels(&format!("{SERVICE_NAME_LABEL},{not_ours}"));
     let (node_tx, node) = watch::channel(match &node_name {
         Some(_) => None,
-        None => Some(NodeTopology::default()),
+        None => Some(NodeTopology::without_node(None, &nodeport_addresses)),
     });
     let feed = {
         let services_api: Api<Service> = Api::all(client.clone());
@@ -89,7 +92,8 @@ pub(crate) fn watch_objects(
         async move {
             let node_feed = async move {
                 if let Some(name) = node_name {
-                    feed_node(nodes_api, name, node_tx, tracker_for_node, shutdown_for_node).await;
+                    let node = WatchedNode { name, nodeport_addresses };
+                    feed_node(nodes_api, node, node_tx, tracker_for_node, shutdown_for_node).await;
                 }
             };
             tokio::join!(
@@ -102,16 +106,32 @@ pub(crate) fn watch_objects(
     (StoreSource { services, slices, node, tracker }, feed)
 }
 
-/// Keep `topology` on the Node `name`'s zone, asking `tracker` for a full rebuild when it
-/// changes (not on every status update of the Node), until `shutdown`. Until the Node exists the table is
-/// built for the name alone.
+/// The Node this proxy runs on, and the filter of its NodePort addresses.
+struct WatchedNode {
+    name: String,
+    nodeport_addresses: Vec<Ipv4Net>,
+}
+
+impl WatchedNode {
+    fn topology(&self, node: Option<&Node>) -> NodeTopology {
+        match node {
+            Some(node) => NodeTopology::from_node(node, &self.nodeport_addresses),
+            None => NodeTopology::without_node(Some(self.name.clone()), &self.nodeport_addresses),
+        }
+    }
+}
+
+/// Keep `topology` on the Node's zone and NodePort addresses, asking `tracker` for a full
+/// rebuild when they change (not on every status update of the Node), until `shutdown`.
+/// Until the Node exists the table is built for the name alone.
 async fn feed_node(
     api: Api<Node>,
-    name: String,
+    watched: WatchedNode,
     topology: watch::Sender<Option<NodeTopology>>,
     tracker: Arc<ChangeTracker>,
     shutdown: CancellationToken,
 ) {
+    let name = watched.name.clone();
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let stream = watcher::watcher(api, config).default_backoff();
     let mut stream = std::pin::pin!(stream);
@@ -123,16 +143,16 @@ async fn feed_node(
         };
         let seen = match next {
             Some(Ok(Event::Init)) => {
-                listed = Some(NodeTopology::named(&name));
+                listed = Some(watched.topology(None));
                 continue;
             }
             Some(Ok(Event::InitApply(node))) => {
-                listed = Some(NodeTopology::from_node(&node));
+                listed = Some(watched.topology(Some(&node)));
                 continue;
             }
-            Some(Ok(Event::InitDone)) => listed.take().unwrap_or_else(|| NodeTopology::named(&name)),
-            Some(Ok(Event::Apply(node))) => NodeTopology::from_node(&node),
-            Some(Ok(Event::Delete(_))) => NodeTopology::named(&name),
+            Some(Ok(Event::InitDone)) => listed.take().unwrap_or_else(|| watched.topology(None)),
+            Some(Ok(Event::Apply(node))) => watched.topology(Some(&node)),
+            Some(Ok(Event::Delete(_))) => watched.topology(None),
             Some(Err(error)) => {
                 tracing::warn!(kind = "Node", node = %name, error = %error_chain(&error), "watch");
                 continue;
@@ -145,7 +165,12 @@ async fn feed_node(
         let changed = topology.send_if_modified(|current| {
             let changed = current.as_ref() != Some(&seen);
             if changed {
-                tracing::info!(node = %name, zone = seen.zone.as_deref().unwrap_or("(none)"), "node topology for the Service proxy");
+                tracing::info!(
+                    node = %name,
+                    zone = seen.zone.as_deref().unwrap_or("(none)"),
+                    nodeport_addresses = ?seen.node_port_addresses,
+                    "node topology for the Service proxy"
+                );
                 *current = Some(seen);
             }
             changed

@@ -1,7 +1,8 @@
 //! The proxy over the real eBPF datapath, as root, attached to a cgroup of
 //! the test's own: a Service + EndpointSlice pointing at loopback listeners
 //! make the VIP reachable; an EndpointSlice change moves it to a new backend;
-//! a UDP Service answers from its ClusterIP.
+//! a UDP Service answers from its ClusterIP; NodePorts, externalIPs and LoadBalancer IPs
+//! (loopback addresses standing in for the node's and the Service's) reach the backends.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use nodelet_ebpf::test_support::{
     require_root, tcp_connects_from, SocketClient, TcpBackend, TestCgroup, UdpEchoBackend,
 };
 use nodelet_proxy::datapath::EbpfDatapath;
+use nodelet_proxy::table::node_port_addresses;
 use nodelet_proxy::{
     parse_service_objects, run_static, Backend, Changes, Frontend, NodeTopology, Protocol, ProxyConfig, Reconciler,
     ServiceEntry, SessionAffinity,
@@ -254,7 +256,7 @@ fn a_client_ip_service_keeps_a_client_on_one_local_backend() {
         node_name: Some(String::from("node-a")),
         ..ProxyConfig::default()
     };
-    let node = NodeTopology { name: cfg.node_name.clone(), zone: None };
+    let node = NodeTopology::named("node-a");
     let mut reconciler = Reconciler::new(EbpfDatapath::new(&cfg).expect("datapath"));
     let (services, slices) = sticky_objects(LOOPBACK_VIP, &backends.iter().collect::<Vec<_>>());
 
@@ -269,6 +271,78 @@ fn a_client_ip_service_keeps_a_client_on_one_local_backend() {
     let entry = programmed.values().next().expect("the frontend");
     assert_eq!(entry.affinity, SessionAffinity::ClientIp { timeout_seconds: 10_800 }, "the API default");
     assert_eq!(entry.backends.len(), 3, "the three endpoints of node-a");
+}
+
+/// A LoadBalancer Service with an externalIP and an ingress IP (127.0.0.77 and .78: left
+/// unrewritten, a connection to them stays on this host), nodePort 30080, and one endpoint
+/// at 127.0.0.1:`backend_port`.
+fn load_balancer_objects(backend_port: u16) -> (Vec<Service>, Vec<EndpointSlice>) {
+    let yaml = format!(
+        "
+kind: Service
+apiVersion: v1
+metadata: {{name: lb, namespace: default}}
+spec:
+  type: LoadBalancer
+  clusterIP: {LOOPBACK_VIP}
+  externalIPs: [127.0.0.77]
+  externalTrafficPolicy: Local
+  ports: [{{name: http, port: 80, nodePort: 30080}}]
+status:
+  loadBalancer:
+    ingress: [{{ip: 127.0.0.78}}, {{ip: 127.0.0.79, ipMode: Proxy}}]
+---
+kind: EndpointSlice
+apiVersion: discovery.k8s.io/v1
+metadata: {{name: lb-1, namespace: default, labels: {{kubernetes.io/service-name: lb}}}}
+addressType: IPv4
+ports: [{{name: http, port: {backend_port}}}]
+endpoints: [{{addresses: [127.0.0.1], nodeName: node-b}}]
+"
+    );
+    let objects = parse_service_objects(&yaml, "test").expect("parse");
+    (objects.services, objects.slices)
+}
+
+#[test]
+fn node_ports_external_ips_and_load_balancer_ips_reach_the_backends() {
+    require_root();
+    let cgroup = TestCgroup::create();
+    let backend = TcpBackend::start();
+    let cfg = ProxyConfig { attach_cgroup: cgroup.path.clone(), pin_dir: None, ..ProxyConfig::default() };
+    let mut reconciler = Reconciler::new(EbpfDatapath::new(&cfg).expect("datapath"));
+    // The node's addresses: 127.0.0.2 as its InternalIP, and 127.0.0.1 as kube-proxy adds.
+    let node = NodeTopology {
+        node_port_addresses: node_port_addresses(&[Ipv4Addr::new(127, 0, 0, 2)], &[]),
+        ..NodeTopology::named("node-a")
+    };
+    let (services, slices) = load_balancer_objects(backend.port);
+    reconciler.sync(&services, &slices, &node).expect("sync");
+
+    let targets = [
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 30080)),
+        SocketAddr::from((Ipv4Addr::new(127, 0, 0, 2), 30080)),
+        SocketAddr::from((Ipv4Addr::new(127, 0, 0, 77), 80)),
+        SocketAddr::from((Ipv4Addr::new(127, 0, 0, 78), 80)),
+        loopback_vip(),
+    ];
+    for target in targets {
+        let run = tcp_connects_from(&cgroup, target, 2);
+        // externalTrafficPolicy: Local, and the only endpoint is on node-b: traffic that
+        // starts on this node still reaches it, as kube-proxy sends it.
+        assert_eq!(run.answers, vec![backend.port.to_string(); 2], "{target}: stderr: {}", run.stderr);
+    }
+    let run = tcp_connects_from(&cgroup, SocketAddr::from((Ipv4Addr::new(127, 0, 0, 79), 80)), 1);
+    assert_eq!(run.answers, ["refused"], "an ipMode: Proxy ingress IP is left to the load-balancer");
+    let kinds: Vec<String> = reconciler.kinds().values().map(ToString::to_string).collect();
+    assert_eq!(kinds, ["NodePort", "NodePort", "ExternalIP", "LoadBalancer", "ClusterIP"]);
+
+    reconciler.sync(&[], &[], &node).expect("sync without the Service");
+    assert!(reconciler.datapath_mut().read_back().expect("read back").is_empty());
+    for target in targets {
+        let run = tcp_connects_from(&cgroup, target, 1);
+        assert_eq!(run.answers, ["refused"], "{target}: no longer rewritten, nothing listens there");
+    }
 }
 
 #[test]

@@ -1,22 +1,27 @@
 //! Golden tests of the table: `golden/<case>.yaml` (Services and
-//! EndpointSlices, and optionally the Node the table is built for: its name and zone
-//! label) must give `golden/<case>.table`. Set NODELET_UPDATE_GOLDEN=1 to rewrite the
-//! expected files.
+//! EndpointSlices, and optionally the Node the table is built for: its name, zone label and
+//! addresses, and a `kind: TestProxyConfig` document with `nodePortAddresses`, the CIDRs of
+//! kube-proxy's `--nodeport-addresses`) must give `golden/<case>.table`. Set
+//! NODELET_UPDATE_GOLDEN=1 to rewrite the expected files.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Node;
-use nodelet_proxy::{build_table, parse_service_objects, BuiltTable, NodeTopology, SessionAffinity};
+use nodelet_proxy::{
+    build_table, parse_service_objects, BuiltTable, FrontendKind, Ipv4Net, NodeTopology, SessionAffinity,
+};
 use serde::Deserialize;
 
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
-/// One line per frontend: `ip:port/proto -> backend backend...`, with `[ClientIP <timeout>s]`
-/// after the frontend when it has session affinity; then one line per problem:
-/// `problem: <Kind> <namespace>/<name>: <what, and what was done>`.
+/// One line per frontend: `ip:port/proto -> backend backend...`, with its kind in
+/// parentheses when it is not a ClusterIP and `[ClientIP <timeout>s]` when it has session
+/// affinity; then one line per health check: `health check: <namespace>/<name> on
+/// :<port>, <n> local endpoints`; then one line per problem: `problem: <Kind>
+/// <namespace>/<name>: <what, and what was done>`.
 fn render(built: &BuiltTable) -> String {
     let frontends = built.table.iter().map(|(frontend, entry)| {
         let backends = if entry.backends.is_empty() {
@@ -28,22 +33,40 @@ fn render(built: &BuiltTable) -> String {
             SessionAffinity::None => String::new(),
             affinity => format!(" [{affinity}]"),
         };
-        format!("{frontend}{affinity} -> {backends}\n")
+        let kind = match built.kinds.get(frontend) {
+            Some(FrontendKind::ClusterIp) => String::new(),
+            Some(kind) => format!(" ({kind})"),
+            None => String::from(" (no kind!)"),
+        };
+        format!("{frontend}{kind}{affinity} -> {backends}\n")
+    });
+    let health = built.health_checks.iter().map(|(service, check)| {
+        format!("health check: {service} on :{}, {} local endpoints\n", check.node_port, check.local_endpoints)
     });
     let problems = built.problems.iter().map(|problem| format!("problem: {problem}\n"));
-    frontends.chain(problems).collect()
+    frontends.chain(health).chain(problems).collect()
 }
 
-/// The node of the case: its `kind: Node` document, if any.
+/// The node of the case: its `kind: Node` document, if any, with the NodePort address
+/// filter of its `kind: TestProxyConfig` document (none: all addresses).
 fn node_of(yaml: &str) -> NodeTopology {
+    let mut node = None;
+    let mut filter: Vec<Ipv4Net> = Vec::new();
     for document in serde_yaml::Deserializer::from_str(yaml) {
         let value = serde_yaml::Value::deserialize(document).expect("yaml");
-        if value.get("kind").and_then(serde_yaml::Value::as_str) == Some("Node") {
-            let node: Node = serde_yaml::from_value(value).expect("a Node");
-            return NodeTopology::from_node(&node);
+        match value.get("kind").and_then(serde_yaml::Value::as_str) {
+            Some("Node") => node = Some(serde_yaml::from_value::<Node>(value).expect("a Node")),
+            Some("TestProxyConfig") => {
+                let cidrs = value.get("nodePortAddresses").cloned().expect("nodePortAddresses");
+                filter = serde_yaml::from_value(cidrs).expect("CIDRs");
+            }
+            _ => {}
         }
     }
-    NodeTopology::default()
+    match node {
+        Some(node) => NodeTopology::from_node(&node, &filter),
+        None => NodeTopology::default(),
+    }
 }
 
 #[test]

@@ -69,8 +69,8 @@ fn serve(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let proxy = ProxyConfig {
         attach_cgroup: args.proxy_attach_cgroup.unwrap_or(defaults.attach_cgroup),
         pin_dir: resolve_pin_dir(args.proxy_pin_dir, PinPolicy::PinByDefault)?,
-        map_sizes: defaults.map_sizes,
         node_name: Some(node_name),
+        ..defaults
     };
     proxy.validate()?;
     let config = ProxyOnlyConfig { kubeconfig, proxy, healthz_bind_address: args.healthz_bind_address.0 };

@@ -23,7 +23,7 @@ const RESYNC: Duration = Duration::from_millis(500);
 pub async fn run(dir: &Path, cfg: &LocalConfig, statuses: Arc<MemoryStatusSink>, shutdown: CancellationToken) {
     let proxy_config = crate::host_runtime::proxy_config(cfg);
     // No Node object in standalone mode: endpoints are local by name, no zone.
-    let node = NodeTopology { name: proxy_config.node_name.clone(), zone: None };
+    let node = NodeTopology::without_node(proxy_config.node_name.clone(), &proxy_config.nodeport_addresses);
     let datapath = match EbpfDatapath::new(&proxy_config) {
         Ok(datapath) => datapath,
         Err(err) => {

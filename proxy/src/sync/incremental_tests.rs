@@ -1,13 +1,18 @@
 //! Partial syncs must leave exactly what a full rebuild gives: random sequences of Service
 //! and EndpointSlice adds, updates and deletes, applied as changes, checked after every
-//! step against `build_table` of the objects at that point (table, problems, and what the
-//! fake datapath holds). The objects are drawn from small pools, so that Services contend
-//! for frontends, slices move between Services and bad objects come and go.
+//! step against `build_table` of the objects at that point (table, frontend kinds, health
+//! checks, problems, and what the fake datapath holds). The objects are drawn from small
+//! pools, so that Services contend for frontends (cluster IPs, externalIPs, LoadBalancer
+//! IPs and NodePorts on the node's addresses alike), slices move between Services and bad
+//! objects come and go.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ClientIPConfig, Service, ServicePort, ServiceSpec, SessionAffinityConfig};
+use k8s_openapi::api::core::v1::{
+    ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort, ServiceSpec, ServiceStatus,
+    SessionAffinityConfig,
+};
 use k8s_openapi::api::discovery::v1::{
     Endpoint, EndpointConditions, EndpointHints, EndpointPort, EndpointSlice, ForZone,
 };
@@ -26,6 +31,15 @@ const SLICES: [&str; 6] = ["e0", "e1", "e2", "e3", "e4", "e5"];
 const CLUSTER_IPS: [&str; 6] = ["10.96.0.1", "10.96.0.2", "10.96.0.3", "10.96.0.300", "None", ""];
 /// (name, port, protocol): the Service ports, and the slice ports with the same name.
 const PORTS: [(&str, i32, &str); 4] = [("http", 80, "TCP"), ("https", 443, "TCP"), ("dns", 53, "UDP"), ("", 80, "TCP")];
+/// Service types, ExternalName now and then.
+const TYPES: [&str; 4] = ["ClusterIP", "NodePort", "LoadBalancer", "ClusterIP"];
+/// nodePorts: 80 and the node address among the externalIPs make NodePorts contend with
+/// externalIPs; 0 is none, 70000 invalid.
+const NODE_PORTS: [i32; 5] = [30000, 30001, 80, 0, 30000];
+/// externalIPs and ingress IPs: cluster IPs and a node address among them, so that kinds
+/// contend for frontends.
+const EXTERNAL_IPS: [&str; 6] = ["192.168.0.1", "10.96.0.1", "10.96.0.2", "198.51.100.1", "198.51.100.2", "fd00::1"];
+const IP_MODES: [Option<&str>; 3] = [None, Some("VIP"), Some("Proxy")];
 const ADDRESSES: [&str; 7] =
     ["10.244.0.1", "10.244.0.2", "10.244.0.3", "10.244.1.1", "10.244.1.2", "fd00::1", "not-an-ip"];
 
@@ -39,6 +53,30 @@ fn pick<'a, T>(rng: &mut StdRng, items: &'a [T]) -> &'a T {
     items.choose(rng).expect("non-empty pool")
 }
 
+/// A few of `pool`, and now and then something that is not an IP address.
+fn some_ips(rng: &mut StdRng, pool: &[&str]) -> Vec<String> {
+    let mut ips: Vec<String> = (0..rng.gen_range(0..=2)).map(|_| (*pick(rng, pool)).to_owned()).collect();
+    if rng.gen_ratio(1, 30) {
+        ips.push("not-an-ip".into());
+    }
+    ips
+}
+
+fn random_ingress(rng: &mut StdRng) -> Option<ServiceStatus> {
+    let ingress = some_ips(rng, &EXTERNAL_IPS)
+        .into_iter()
+        .map(|ip| LoadBalancerIngress {
+            ip: Some(ip),
+            ip_mode: pick(rng, &IP_MODES).map(str::to_owned),
+            ..LoadBalancerIngress::default()
+        })
+        .collect();
+    rng.gen_ratio(2, 3).then(|| ServiceStatus {
+        load_balancer: Some(LoadBalancerStatus { ingress: Some(ingress) }),
+        ..ServiceStatus::default()
+    })
+}
+
 fn random_service(rng: &mut StdRng, namespace: &str, name: &str) -> Service {
     let ports = (0..rng.gen_range(0..=2))
         .map(|_| {
@@ -48,26 +86,42 @@ fn random_service(rng: &mut StdRng, namespace: &str, name: &str) -> Service {
                 // Now and then a port the API would refuse.
                 port: if rng.gen_ratio(1, 20) { 0 } else { number },
                 protocol: Some(if rng.gen_ratio(1, 25) { "FOO" } else { protocol }.into()),
+                node_port: rng.gen_ratio(2, 3).then(|| {
+                    if rng.gen_ratio(1, 30) {
+                        70_000
+                    } else {
+                        *pick(rng, &NODE_PORTS)
+                    }
+                }),
                 ..ServicePort::default()
             }
         })
         .collect();
+    let type_ = if rng.gen_ratio(1, 15) { "ExternalName" } else { *pick(rng, &TYPES) };
     let affinity = rng.gen_ratio(1, 4).then(|| SessionAffinityConfig {
         client_ip: Some(ClientIPConfig { timeout_seconds: Some(*pick(rng, &[60, 0, 10_800])) }),
     });
     Service {
         metadata: meta(namespace, name),
         spec: Some(ServiceSpec {
-            type_: Some(if rng.gen_ratio(1, 15) { "ExternalName" } else { "ClusterIP" }.into()),
+            type_: Some(type_.into()),
             cluster_ip: Some((*pick(rng, &CLUSTER_IPS)).into()),
             ports: Some(ports),
+            external_ips: rng.gen_ratio(1, 3).then(|| some_ips(rng, &EXTERNAL_IPS)),
             session_affinity: affinity.is_some().then(|| "ClientIP".into()),
             session_affinity_config: affinity,
             internal_traffic_policy: rng.gen_ratio(1, 4).then(|| "Local".into()),
+            external_traffic_policy: rng
+                .gen_ratio(1, 3)
+                .then(|| *pick(rng, &["Local", "Cluster", "Elsewhere"]))
+                .map(Into::into),
+            health_check_node_port: rng.gen_ratio(1, 2).then(|| *pick(rng, &[32000, 32001, 0, -1])),
+            allocate_load_balancer_node_ports: rng.gen_ratio(1, 5).then(|| rng.gen()),
+            load_balancer_source_ranges: rng.gen_ratio(1, 10).then(|| vec!["203.0.113.0/24".into()]),
             publish_not_ready_addresses: rng.gen_ratio(1, 6).then_some(true),
             ..ServiceSpec::default()
         }),
-        ..Service::default()
+        status: random_ingress(rng),
     }
 }
 
@@ -158,12 +212,15 @@ impl World {
 }
 
 fn node() -> NodeTopology {
-    NodeTopology { name: Some("node-a".into()), zone: Some("z1".into()) }
+    let node_port_addresses = ["127.0.0.1", "192.168.0.1"].iter().map(|ip| ip.parse().expect("ip")).collect();
+    NodeTopology { name: Some("node-a".into()), zone: Some("z1".into()), node_port_addresses }
 }
 
 #[test]
 fn partial_syncs_equal_a_full_rebuild() {
     let mut conflicts_seen = false;
+    let mut kinds_seen = BTreeSet::new();
+    let mut health_checks_seen = 0;
     for seed in 0..300 {
         let mut rng = StdRng::seed_from_u64(seed);
         let fake = FakeDatapath::new();
@@ -181,6 +238,10 @@ fn partial_syncs_equal_a_full_rebuild() {
             let context = format!("seed {seed}, step {step}");
             assert_eq!(reconciler.table(), &expected.table, "{context}: table");
             assert_eq!(fake.table(), expected.table, "{context}: what the datapath holds");
+            assert_eq!(reconciler.kinds(), &expected.kinds, "{context}: frontend kinds");
+            assert_eq!(reconciler.health_checks(), expected.health_checks, "{context}: health checks");
+            kinds_seen.extend(expected.kinds.values().copied());
+            health_checks_seen += expected.health_checks.len();
             let problems: BTreeSet<Problem> = expected.problems.iter().cloned().collect();
             assert_eq!(reconciler.problems(), &problems, "{context}: problems");
             conflicts_seen |= problems.iter().any(|p| p.message.contains("already belongs to"));
@@ -188,6 +249,8 @@ fn partial_syncs_equal_a_full_rebuild() {
         assert_eq!(fake.applies(), 1, "seed {seed}: only the first sync applies the whole table");
     }
     assert!(conflicts_seen, "the pools make Services contend for frontends");
+    assert_eq!(kinds_seen.len(), 4, "every kind of frontend was built: {kinds_seen:?}");
+    assert!(health_checks_seen > 0, "health checks were built");
 }
 
 #[test]

@@ -19,7 +19,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use crate::datapath::{Datapath, SyncStats};
 use crate::error::ProxyError;
 use crate::metrics::{SyncKind, METRICS};
-use crate::table::{Changes, IncrementalTable, NodeTopology, Problem, ServiceTable};
+use crate::service_health::HealthServers;
+use crate::table::{Changes, FrontendKind, HealthChecks, IncrementalTable, NodeTopology, Problem, ServiceTable};
+use nodelet_ebpf::Frontend;
+use std::collections::BTreeMap;
 
 pub use run_loop::SyncTiming;
 pub(crate) use run_loop::{reconcile_loop, ObjectSource, Snapshot, StaticSource};
@@ -38,11 +41,26 @@ pub struct Reconciler<D> {
     /// The datapath may not hold the table (no apply yet, or the last one failed): the
     /// next update applies the whole table.
     needs_full_apply: bool,
+    /// The health check servers, kept in line with the table when set.
+    health_servers: Option<HealthServers>,
 }
 
 impl<D: Datapath> Reconciler<D> {
     pub fn new(datapath: D) -> Reconciler<D> {
-        Reconciler { datapath, table: IncrementalTable::default(), problems: BTreeSet::new(), needs_full_apply: true }
+        Reconciler {
+            datapath,
+            table: IncrementalTable::default(),
+            problems: BTreeSet::new(),
+            needs_full_apply: true,
+            health_servers: None,
+        }
+    }
+
+    /// Also serve the health checks of the table's Services (`healthCheckNodePort`), from
+    /// the next sync on.
+    pub fn with_health_servers(mut self, servers: HealthServers) -> Reconciler<D> {
+        self.health_servers = Some(servers);
+        self
     }
 
     /// Full sync: compute the table from all the objects, for node `node`, and apply it.
@@ -68,6 +86,7 @@ impl<D: Datapath> Reconciler<D> {
         self.table.reset(services, slices, node);
         let problems = self.table.problems().cloned().collect();
         self.report(problems);
+        self.update_health_servers();
         self.apply_whole(started)
     }
 
@@ -79,6 +98,7 @@ impl<D: Datapath> Reconciler<D> {
         let started = Instant::now();
         let update = self.table.apply(changes);
         self.report_changes(update.new_problems, update.resolved_problems);
+        self.update_health_servers();
         if self.needs_full_apply {
             return self.apply_whole(started);
         }
@@ -108,6 +128,33 @@ impl<D: Datapath> Reconciler<D> {
     /// The desired table, as of the last sync (what the datapath holds when it succeeded).
     pub fn table(&self) -> &ServiceTable {
         self.table.table()
+    }
+
+    /// The kind of each frontend of the table.
+    pub fn kinds(&self) -> &BTreeMap<Frontend, FrontendKind> {
+        self.table.kinds()
+    }
+
+    /// The health checks of the table's Services (served when
+    /// [`with_health_servers`](Reconciler::with_health_servers) was given servers).
+    pub fn health_checks(&self) -> HealthChecks {
+        self.table.health_checks().collect()
+    }
+
+    /// The health servers (when set), as of the last sync.
+    pub fn health_servers(&self) -> Option<&HealthServers> {
+        self.health_servers.as_ref()
+    }
+
+    /// Health servers follow the desired table, whatever the datapath did: they report
+    /// endpoints, not programming.
+    fn update_health_servers(&mut self) {
+        if self.health_servers.is_some() {
+            let checks = self.health_checks();
+            if let Some(servers) = &mut self.health_servers {
+                servers.update(&checks);
+            }
+        }
     }
 
     /// What is wrong with the objects now.

@@ -16,7 +16,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use nodelet_ebpf::{Frontend, ServiceEntry};
 
 use super::changes::{Changes, ObjectKey};
-use super::{build_service, claimed_frontends, slices, NodeTopology, ObjectRef, Problem, ServiceTable};
+use super::{
+    build_service, claimed_frontends, slices, FrontendKind, HealthCheck, NodeTopology, ObjectRef, Problem,
+    ServiceBuild, ServiceTable,
+};
 
 /// The frontends to write and remove to go from the previous table to the current one.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -57,6 +60,8 @@ struct ServiceState {
     programmed: Vec<Frontend>,
     /// What is wrong with the Service and its slices.
     problems: BTreeSet<Problem>,
+    /// Its health check, when it is programmed and has one.
+    health_check: Option<HealthCheck>,
 }
 
 /// The current objects, indexed by Service, and the table built from them for one node.
@@ -74,6 +79,8 @@ pub struct IncrementalTable {
     /// Who owns each frontend of the table.
     owners: HashMap<Frontend, ObjectRef>,
     table: ServiceTable,
+    /// The kind of each frontend of the table.
+    kinds: BTreeMap<Frontend, FrontendKind>,
 }
 
 impl IncrementalTable {
@@ -102,6 +109,18 @@ impl IncrementalTable {
     /// The desired table now.
     pub fn table(&self) -> &ServiceTable {
         &self.table
+    }
+
+    /// The kind of each frontend of the table.
+    pub fn kinds(&self) -> &BTreeMap<Frontend, FrontendKind> {
+        &self.kinds
+    }
+
+    /// The health checks of the programmed Services, by Service.
+    pub fn health_checks(&self) -> impl Iterator<Item = (ObjectRef, HealthCheck)> + '_ {
+        self.services.iter().filter_map(|(key, state)| {
+            state.health_check.map(|check| (ObjectRef::service(&key.namespace, &key.name), check))
+        })
     }
 
     /// What is wrong with the objects now.
@@ -169,7 +188,8 @@ impl IncrementalTable {
             let Some(state) = self.services.get_mut(key) else {
                 continue;
             };
-            let claimed = state.service.as_deref().map(claimed_frontends).unwrap_or_default();
+            let claimed =
+                state.service.as_deref().map(|service| claimed_frontends(service, &self.node)).unwrap_or_default();
             for frontend in std::mem::replace(&mut state.claimed, claimed.clone()) {
                 if let Some(claimants) = self.claims.get_mut(&frontend) {
                     claimants.remove(key);
@@ -208,6 +228,7 @@ impl IncrementalTable {
             };
             for frontend in std::mem::take(&mut state.programmed) {
                 self.owners.remove(&frontend);
+                self.kinds.remove(&frontend);
                 before.extend(self.table.remove(&frontend).map(|entry| (frontend, entry)));
             }
             problems.before.append(&mut state.problems);
@@ -217,11 +238,12 @@ impl IncrementalTable {
             let Some(state) = self.services.get(key) else {
                 continue;
             };
-            let (entries, built_problems) = build_one(key, state, &self.node, &self.owners);
+            let (built, built_problems) = build_one(key, state, &self.node, &self.owners);
             let object = ObjectRef::service(&key.namespace, &key.name);
-            let programmed: Vec<Frontend> = entries.keys().copied().collect();
-            for (frontend, entry) in entries {
+            let programmed: Vec<Frontend> = built.entries.keys().copied().collect();
+            for (frontend, (kind, entry)) in built.entries {
                 self.owners.insert(frontend, object.clone());
+                self.kinds.insert(frontend, kind);
                 self.table.insert(frontend, entry);
                 touched.insert(frontend);
             }
@@ -229,6 +251,7 @@ impl IncrementalTable {
             if let Some(state) = self.services.get_mut(key) {
                 state.programmed = programmed;
                 state.problems = built_problems;
+                state.health_check = built.health_check;
                 if state.service.is_none() && state.slices.is_empty() {
                     self.services.remove(key);
                 }
@@ -251,14 +274,14 @@ fn delta(before: &BTreeMap<Frontend, ServiceEntry>, table: &ServiceTable, touche
     delta
 }
 
-/// One Service's entries and problems (its own and its slices'), given the owners of the
-/// frontends so far.
+/// One Service's entries, health check and problems (its own and its slices'), given the
+/// owners of the frontends so far.
 fn build_one(
     key: &ObjectKey,
     state: &ServiceState,
     node: &NodeTopology,
     owners: &HashMap<Frontend, ObjectRef>,
-) -> (ServiceTable, BTreeSet<Problem>) {
+) -> (ServiceBuild, BTreeSet<Problem>) {
     let mut problems = BTreeSet::new();
     let exists = state.service.is_some();
     let used: Vec<&EndpointSlice> =
@@ -268,7 +291,7 @@ fn build_one(
             let object = ObjectRef::service(&key.namespace, &key.name);
             build_service(service, &object, &used, node, |frontend| owners.get(frontend), &mut problems)
         }
-        None => ServiceTable::new(),
+        None => ServiceBuild::default(),
     };
     (entries, problems)
 }
@@ -372,7 +395,10 @@ endpoints: [{addresses: [10.244.0.3]}]
         assert_eq!(update.rebuilt_services, 2, "a and b, not c");
         assert_eq!(backend_of(&table, "10.96.0.1"), ["10.244.0.2:8080"], "b has it now");
         let resolved: Vec<String> = update.resolved_problems.iter().map(ToString::to_string).collect();
-        assert_eq!(resolved, ["Service default/b: 10.96.0.1:80/tcp already belongs to Service default/a: skipped"]);
+        assert_eq!(
+            resolved,
+            ["Service default/b: ClusterIP 10.96.0.1:80/tcp already belongs to Service default/a: skipped"]
+        );
         let new: Vec<String> = update.new_problems.iter().map(ToString::to_string).collect();
         assert_eq!(new, ["EndpointSlice default/a-1: its Service default/a does not exist: not used"]);
     }

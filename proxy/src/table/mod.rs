@@ -1,15 +1,19 @@
 //! Services + EndpointSlices -> the desired service table (pure), by kube-proxy's rules.
 //!
 //! For every Service with a virtual IP (not headless, not ExternalName, not claimed by
-//! another proxy through `service.kubernetes.io/service-proxy-name`): its IPv4 cluster IP x
-//! each port is a frontend (`service`). Its backends are the endpoints of the Service's
+//! another proxy through `service.kubernetes.io/service-proxy-name`): its IPv4 cluster IP,
+//! externalIPs and LoadBalancer ingress IPs x each port, and each port's nodePort on the
+//! node's NodePort addresses, are frontends (`service`, `frontends`, `node`). Its backends
+//! are the endpoints of the Service's
 //! EndpointSlices (label `kubernetes.io/service-name`, same namespace) on the slice port
 //! of the same name and protocol: the slice holds the targetPort number resolved for its
 //! pods, so a named targetPort may give different numbers in different slices (`slices`).
 //! Which endpoints are used follows kube-proxy's `CategorizeEndpoints` (`select`): ready
 //! ones, else serving and terminating ones; only this node's for `internalTrafficPolicy:
-//! Local`; only those hinted for this node's zone when topology hints apply. At most
-//! [`MAX_BACKENDS`] per frontend.
+//! Local` (the ClusterIP) and for the other kinds when `externalTrafficPolicy` is Local too;
+//! only those hinted for this node's zone when topology hints apply. At most
+//! [`MAX_BACKENDS`] per frontend. LoadBalancer Services with `externalTrafficPolicy: Local`
+//! also get a [`HealthCheck`]: the count of this node's ready endpoints.
 //!
 //! Bad input never stops the rest: each problem is reported against its object
 //! ([`Problem`]), and a Service with one is left out whole rather than programmed in part.
@@ -19,6 +23,7 @@
 //! (`build_service`).
 
 mod changes;
+mod frontends;
 mod incremental;
 mod node;
 mod problem;
@@ -26,22 +31,38 @@ mod select;
 mod service;
 mod slices;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use nodelet_ebpf::{Frontend, ServiceEntry, MAX_BACKENDS};
+use nodelet_ebpf::{Backend, Frontend, ServiceEntry, MAX_BACKENDS};
 
 pub use changes::Changes;
+pub use frontends::FrontendKind;
 pub use incremental::{IncrementalTable, TableDelta, TableUpdate};
-pub use node::{NodeTopology, ZONE_LABEL};
+pub use node::{node_port_addresses, NodeTopology, ZONE_LABEL};
 pub use problem::{ObjectRef, Problem};
 
+use select::{EndpointInfo, TrafficPolicy};
 use service::{ProxiedService, ServiceKind};
 use slices::SliceIndex;
 
 /// Desired frontends and what each load-balances to (backends sorted and unique).
 pub type ServiceTable = BTreeMap<Frontend, ServiceEntry>;
+
+/// The health check a LoadBalancer Service with `externalTrafficPolicy: Local` asks of
+/// every node on its `healthCheckNodePort`, so that the load-balancer sends only to nodes
+/// with endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub node_port: u16,
+    /// Ready endpoints on this node, counted per Service port and summed, as kube-proxy's
+    /// `LocalReadyEndpoints` counts them.
+    pub local_endpoints: usize,
+}
+
+/// The health checks of the programmed Services.
+pub type HealthChecks = BTreeMap<ObjectRef, HealthCheck>;
 
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -55,8 +76,11 @@ pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BuiltTable {
     pub table: ServiceTable,
+    /// The kind of each frontend of the table.
+    pub kinds: BTreeMap<Frontend, FrontendKind>,
     /// Sorted, one per object and problem.
     pub problems: Vec<Problem>,
+    pub health_checks: HealthChecks,
 }
 
 /// Compute the desired table from the current objects, for the node `node`.
@@ -72,35 +96,48 @@ where
     let known = services.iter().filter_map(|s| service::key(s)).collect();
     let slices = SliceIndex::new(slices, &known, &mut problems);
 
-    let mut table = ServiceTable::new();
+    let mut built = BuiltTable::default();
     let mut owners: BTreeMap<Frontend, ObjectRef> = BTreeMap::new();
     for service in services {
         let Some(object) = service::key(service).map(|(namespace, name)| ObjectRef::service(namespace, name)) else {
             continue;
         };
         let service_slices = slices.of(&object.namespace, &object.name);
-        let entries = build_service(service, &object, service_slices, node, |f| owners.get(f), &mut problems);
-        for frontend in entries.keys() {
-            owners.insert(*frontend, object.clone());
+        let one = build_service(service, &object, service_slices, node, |f| owners.get(f), &mut problems);
+        for (frontend, (kind, entry)) in one.entries {
+            owners.insert(frontend, object.clone());
+            built.kinds.insert(frontend, kind);
+            built.table.insert(frontend, entry);
         }
-        table.extend(entries);
+        built.health_checks.extend(one.health_check.map(|check| (object, check)));
     }
-    BuiltTable { table, problems: problems.into_iter().collect() }
+    built.problems = problems.into_iter().collect();
+    built
 }
 
-/// The frontends Service `service` claims (its cluster IP x each port), whether or not it
-/// gets them; none when it is not load-balanced or invalid.
-fn claimed_frontends(service: &Service) -> Vec<Frontend> {
+/// The frontends Service `service` claims on `node` (cluster IP, externalIPs, LoadBalancer
+/// IPs and NodePorts, each port), whether or not it gets them; none when it is not
+/// load-balanced or invalid.
+fn claimed_frontends(service: &Service, node: &NodeTopology) -> Vec<Frontend> {
     match service::parse(service) {
-        Ok(ServiceKind::Proxied(proxied)) => proxied.ports.iter().map(|port| proxied.frontend(port)).collect(),
+        Ok(ServiceKind::Proxied(proxied)) => {
+            frontends::of(&proxied, &node.node_port_addresses).into_iter().map(|f| f.frontend).collect()
+        }
         Ok(ServiceKind::Skipped(_)) | Err(_) => Vec::new(),
     }
 }
 
+/// What one Service contributes: its frontends (with their kind) and its health check.
+#[derive(Debug, Default)]
+struct ServiceBuild {
+    entries: BTreeMap<Frontend, (FrontendKind, ServiceEntry)>,
+    health_check: Option<HealthCheck>,
+}
+
 /// The frontends of one Service (`object`) from its EndpointSlices (those labelled for it,
 /// in slice-name order), given who owns each frontend among the Services sorted before it
-/// (`owner_of`): a Service that claims a frontend another owns is left out whole. What is
-/// wrong goes to `problems`.
+/// (`owner_of`): a Service that claims a frontend another owns is left out whole, health
+/// check included. What is wrong goes to `problems`.
 fn build_service<'o>(
     service: &Service,
     object: &ObjectRef,
@@ -108,55 +145,84 @@ fn build_service<'o>(
     node: &NodeTopology,
     owner_of: impl Fn(&Frontend) -> Option<&'o ObjectRef>,
     problems: &mut BTreeSet<Problem>,
-) -> ServiceTable {
+) -> ServiceBuild {
     let proxied = match service::parse(service) {
         Ok(ServiceKind::Proxied(proxied)) => proxied,
         Ok(ServiceKind::Skipped(why)) => {
             tracing::trace!(service = %object, why, "not load-balanced");
-            return ServiceTable::new();
+            return ServiceBuild::default();
         }
         Err(message) => {
             problems.insert(Problem::new(object.clone(), message));
-            return ServiceTable::new();
+            return ServiceBuild::default();
         }
     };
-    let frontends = proxied.ports.iter().map(|port| proxied.frontend(port));
-    let claimed = frontends.clone().find_map(|frontend| owner_of(&frontend).map(|owner| (frontend, owner)));
-    if let Some((frontend, owner)) = claimed {
-        problems
-            .insert(Problem::new(object.clone(), format!("{frontend} already belongs to Service {owner}: skipped")));
-        return ServiceTable::new();
+    let frontends = frontends::of(&proxied, &node.node_port_addresses);
+    let claimed = frontends.iter().find_map(|f| owner_of(&f.frontend).map(|owner| (f, owner)));
+    if let Some((taken, owner)) = claimed {
+        let message = format!("{} {} already belongs to Service {owner}: skipped", taken.kind, taken.frontend);
+        problems.insert(Problem::new(object.clone(), message));
+        return ServiceBuild::default();
     }
-    service_entries(&proxied, slices, node, object, problems)
+    let endpoints: Vec<Vec<EndpointInfo>> = proxied
+        .ports
+        .iter()
+        .map(|port| slices::endpoints(slices, port, proxied.publish_not_ready, node.name.as_deref()))
+        .collect();
+    let health_check = proxied.health_check_node_port.map(|node_port| HealthCheck {
+        node_port,
+        local_endpoints: endpoints.iter().flatten().filter(|e| e.local && e.ready).count(),
+    });
+    let entries = service_entries(&proxied, &frontends, &endpoints, node, object, problems);
+    ServiceBuild { entries, health_check }
 }
 
-/// The frontends of one Service (one per port) with their entries.
+/// The entries of a Service's frontends, from the endpoints of each of its ports.
 fn service_entries(
     service: &ProxiedService<'_>,
-    service_slices: &[&EndpointSlice],
+    frontends: &[frontends::ServiceFrontend],
+    endpoints: &[Vec<EndpointInfo>],
     node: &NodeTopology,
     object: &ObjectRef,
     problems: &mut BTreeSet<Problem>,
-) -> ServiceTable {
-    let mut entries = ServiceTable::new();
-    for port in &service.ports {
-        let frontend = service.frontend(port);
-        let endpoints = slices::endpoints(service_slices, port, service.publish_not_ready, node.name.as_deref());
-        let mut backends = select::usable(&endpoints, service.traffic_policy, node.zone.as_deref());
-        if backends.len() > MAX_BACKENDS {
-            problems.insert(Problem::new(
-                object.clone(),
-                format!(
-                    "{frontend} has {} usable endpoints, more than the {MAX_BACKENDS} a frontend holds: \
-                     using {MAX_BACKENDS} of them, chosen per node",
-                    backends.len()
-                ),
-            ));
-            backends = select::subset_for_node(backends, node.name.as_deref().unwrap_or_default(), MAX_BACKENDS);
-        }
-        entries.insert(frontend, ServiceEntry::with_affinity(backends, service.affinity));
+) -> BTreeMap<Frontend, (FrontendKind, ServiceEntry)> {
+    // Frontends of one port and policy share their backends (and their problem).
+    let mut chosen: HashMap<(usize, TrafficPolicy), Vec<Backend>> = HashMap::new();
+    let mut entries = BTreeMap::new();
+    for f in frontends {
+        let policy = match f.kind {
+            FrontendKind::ClusterIp => service.traffic_policy,
+            _ => service.external_policy(),
+        };
+        let backends = chosen.entry((f.port, policy)).or_insert_with(|| {
+            let usable = select::usable(&endpoints[f.port], policy, node.zone.as_deref());
+            capped(usable, f.frontend, node, object, problems)
+        });
+        entries.insert(f.frontend, (f.kind, ServiceEntry::with_affinity(backends.clone(), service.affinity)));
     }
     entries
+}
+
+/// At most [`MAX_BACKENDS`] of `backends`, chosen per node; the problem names `frontend`.
+fn capped(
+    backends: Vec<Backend>,
+    frontend: Frontend,
+    node: &NodeTopology,
+    object: &ObjectRef,
+    problems: &mut BTreeSet<Problem>,
+) -> Vec<Backend> {
+    if backends.len() <= MAX_BACKENDS {
+        return backends;
+    }
+    problems.insert(Problem::new(
+        object.clone(),
+        format!(
+            "{frontend} has {} usable endpoints, more than the {MAX_BACKENDS} a frontend holds: \
+             using {MAX_BACKENDS} of them, chosen per node",
+            backends.len()
+        ),
+    ));
+    select::subset_for_node(backends, node.name.as_deref().unwrap_or_default(), MAX_BACKENDS)
 }
 
 #[cfg(test)]

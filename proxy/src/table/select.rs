@@ -1,12 +1,14 @@
-//! Which endpoints of a Service port a ClusterIP frontend on this node uses: kube-proxy's
-//! `CategorizeEndpoints` (pkg/proxy/topology.go) for the traffic a ClusterIP carries.
+//! Which endpoints of a Service port a frontend on this node uses: kube-proxy's
+//! `CategorizeEndpoints` (pkg/proxy/topology.go) for traffic that starts on this node.
 
 use std::collections::BTreeSet;
 
 use nodelet_ebpf::Backend;
 
-/// `internalTrafficPolicy`: which endpoints the ClusterIP of this node sends to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which endpoints a frontend of this node sends to: `internalTrafficPolicy` for the
+/// ClusterIP, and [`ProxiedService::external_policy`](super::service::ProxiedService::external_policy)
+/// for the other kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) enum TrafficPolicy {
     /// Any endpoint in the cluster (topology hints permitting).
     Cluster,

@@ -1,11 +1,12 @@
-//! What a Service asks of the proxy, checked: its IPv4 virtual IP, ports, session affinity
-//! and traffic policy. A Service with anything invalid is refused whole (the message says
+//! What a Service asks of the proxy, checked: its IPv4 virtual IP, ports (and their
+//! nodePorts), externalIPs, LoadBalancer ingress IPs, session affinity, traffic policies and
+//! healthCheckNodePort. A Service with anything invalid is refused whole (the message says
 //! what), so that none of its frontends is programmed from a half-understood object.
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
-use nodelet_ebpf::{Frontend, Protocol, SessionAffinity};
+use nodelet_ebpf::{Protocol, SessionAffinity};
 
 use super::select::TrafficPolicy;
 use super::SERVICE_PROXY_NAME_LABEL;
@@ -20,16 +21,35 @@ const MAX_AFFINITY_TIMEOUT: u32 = 86_400;
 pub(super) struct ProxiedService<'a> {
     pub cluster_ip: Ipv4Addr,
     pub ports: Vec<PortSpec<'a>>,
+    /// `spec.externalIPs` (the IPv4 ones), in the Service's order.
+    pub external_ips: Vec<Ipv4Addr>,
+    /// `status.loadBalancer.ingress[].ip` of a LoadBalancer Service (IPv4, not `ipMode:
+    /// Proxy`); none when `loadBalancerSourceRanges` restricts them.
+    pub load_balancer_ips: Vec<Ipv4Addr>,
     pub affinity: SessionAffinity,
+    /// `internalTrafficPolicy`: the endpoints of the ClusterIP frontends.
     pub traffic_policy: TrafficPolicy,
+    /// `externalTrafficPolicy` is Local: the Service gets a health check, and with
+    /// `internalTrafficPolicy` it decides [`ProxiedService::external_policy`].
+    pub external_traffic_local: bool,
+    /// `healthCheckNodePort` of a LoadBalancer Service with `externalTrafficPolicy: Local`.
+    pub health_check_node_port: Option<u16>,
     /// `publishNotReadyAddresses`: every endpoint counts as ready.
     pub publish_not_ready: bool,
 }
 
 impl ProxiedService<'_> {
-    /// The frontend of `port` on the cluster IP.
-    pub(super) fn frontend(&self, port: &PortSpec<'_>) -> Frontend {
-        Frontend { ip: IpAddr::V4(self.cluster_ip), port: port.port, protocol: port.protocol }
+    /// Which endpoints NodePort, externalIP and LoadBalancer frontends use for the traffic
+    /// they can see, which starts on this node. kube-proxy sends such traffic to the
+    /// Service's cluster endpoints even with `externalTrafficPolicy: Local` (its "route
+    /// LOCAL traffic to the cluster chain" rule: the client is not lost to SNAT, so there
+    /// is no reason to keep it local), unless `internalTrafficPolicy` is Local too: then
+    /// kube-proxy computes no cluster endpoints and uses this node's.
+    pub(super) fn external_policy(&self) -> TrafficPolicy {
+        match (self.external_traffic_local, self.traffic_policy) {
+            (true, TrafficPolicy::Local) => TrafficPolicy::Local,
+            _ => TrafficPolicy::Cluster,
+        }
     }
 }
 
@@ -39,6 +59,8 @@ pub(super) struct PortSpec<'a> {
     pub name: &'a str,
     pub port: u16,
     pub protocol: Protocol,
+    /// Its `nodePort` (NodePort and LoadBalancer Services; unset or 0: none).
+    pub node_port: Option<u16>,
 }
 
 #[derive(Debug)]
@@ -67,6 +89,8 @@ pub(super) fn parse(service: &Service) -> Result<ServiceKind<'_>, String> {
     let Some(cluster_ip) = cluster_ipv4(spec)? else {
         return Ok(ServiceKind::Skipped("headless, or no IPv4 cluster IP"));
     };
+    let service_type = spec.type_.as_deref().unwrap_or("ClusterIP");
+    let has_node_ports = matches!(service_type, "NodePort" | LOAD_BALANCER);
     let ports = spec.ports.iter().flatten().map(|port| {
         let name = port.name.as_deref().unwrap_or("");
         let number = u16::try_from(port.port).ok().filter(|n| *n != 0);
@@ -74,15 +98,82 @@ pub(super) fn parse(service: &Service) -> Result<ServiceKind<'_>, String> {
         let protocol = protocol_of(port.protocol.as_deref()).ok_or_else(|| {
             format!("port {name:?} has unknown protocol {:?}: skipped", port.protocol.as_deref().unwrap_or(""))
         })?;
-        Ok(PortSpec { name, port: number, protocol })
+        let node_port = match port.node_port.filter(|_| has_node_ports) {
+            None | Some(0) => None,
+            Some(n) => Some(u16::try_from(n).map_err(|_| format!("port {name:?} has invalid nodePort {n}: skipped"))?),
+        };
+        Ok(PortSpec { name, port: number, protocol, node_port })
     });
+    let external_traffic_local = external_traffic_local(spec)?;
+    let is_load_balancer = service_type == LOAD_BALANCER;
     Ok(ServiceKind::Proxied(ProxiedService {
         cluster_ip,
         ports: ports.collect::<Result<_, String>>()?,
+        external_ips: ipv4s(spec.external_ips.iter().flatten().map(String::as_str), "externalIP")?,
+        load_balancer_ips: if is_load_balancer { load_balancer_ips(service)? } else { Vec::new() },
         affinity: affinity(spec)?,
         traffic_policy: traffic_policy(spec)?,
+        external_traffic_local,
+        health_check_node_port: if is_load_balancer && external_traffic_local {
+            health_check_node_port(spec)?
+        } else {
+            None
+        },
         publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
     }))
+}
+
+const LOAD_BALANCER: &str = "LoadBalancer";
+
+/// The IPv4 ones of `ips` (`what` names the field in errors); IPv6 ones are for the IPv6
+/// proxier, as kube-proxy splits them.
+fn ipv4s<'a>(ips: impl IntoIterator<Item = &'a str>, what: &str) -> Result<Vec<Ipv4Addr>, String> {
+    let mut found = Vec::new();
+    for ip in ips {
+        match ip.parse::<IpAddr>() {
+            Ok(IpAddr::V4(v4)) => found.push(v4),
+            Ok(IpAddr::V6(_)) => {}
+            Err(_) => return Err(format!("{what} {ip:?} is not an IP address: skipped")),
+        }
+    }
+    Ok(found)
+}
+
+/// The ingress IPs of a LoadBalancer Service's status that traffic reaches with their own
+/// address as destination: `ipMode: Proxy` ones are not (the load-balancer proxies to the
+/// nodes, so dialling the IP must reach it, as kube-proxy leaves them). With
+/// `loadBalancerSourceRanges` none is taken: a socket hook runs before the socket has a
+/// source address to check, so connections go to the load-balancer, which enforces them.
+fn load_balancer_ips(service: &Service) -> Result<Vec<Ipv4Addr>, String> {
+    let spec = service.spec.as_ref();
+    if spec.and_then(|spec| spec.load_balancer_source_ranges.as_ref()).is_some_and(|ranges| !ranges.is_empty()) {
+        return Ok(Vec::new());
+    }
+    let ingress = service.status.as_ref().and_then(|status| status.load_balancer.as_ref());
+    let ips = ingress
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|ingress| ingress.ip_mode.as_deref() != Some("Proxy"))
+        .filter_map(|ingress| ingress.ip.as_deref().filter(|ip| !ip.is_empty()));
+    ipv4s(ips, "status.loadBalancer.ingress ip")
+}
+
+/// `externalTrafficPolicy` is Local.
+fn external_traffic_local(spec: &ServiceSpec) -> Result<bool, String> {
+    match spec.external_traffic_policy.as_deref().unwrap_or("Cluster") {
+        "Cluster" | "" => Ok(false),
+        "Local" => Ok(true),
+        other => Err(format!("unknown externalTrafficPolicy {other:?}: skipped")),
+    }
+}
+
+/// `healthCheckNodePort` (unset or 0: none).
+fn health_check_node_port(spec: &ServiceSpec) -> Result<Option<u16>, String> {
+    match spec.health_check_node_port {
+        None | Some(0) => Ok(None),
+        Some(n) => u16::try_from(n).map(Some).map_err(|_| format!("healthCheckNodePort {n} is invalid: skipped")),
+    }
 }
 
 /// The Service's IPv4 cluster IP (`clusterIPs`, or `clusterIP` when that is empty; the

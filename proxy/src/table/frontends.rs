@@ -1,0 +1,67 @@
+//! Every address a Service is reached at from this node, and of which kind: its cluster IP,
+//! its externalIPs, its LoadBalancer ingress IPs and its nodePorts on the node's addresses,
+//! each with every port, as kube-proxy and cilium's socket load-balancer program them.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+
+use nodelet_ebpf::Frontend;
+
+use super::service::ProxiedService;
+
+/// What makes a frontend, as `cilium service list` names the types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FrontendKind {
+    ClusterIp,
+    ExternalIp,
+    LoadBalancer,
+    NodePort,
+}
+
+impl fmt::Display for FrontendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FrontendKind::ClusterIp => "ClusterIP",
+            FrontendKind::ExternalIp => "ExternalIP",
+            FrontendKind::LoadBalancer => "LoadBalancer",
+            FrontendKind::NodePort => "NodePort",
+        })
+    }
+}
+
+/// One frontend of a Service: the address, its kind, and the index of the Service port it
+/// serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct ServiceFrontend {
+    pub frontend: Frontend,
+    pub kind: FrontendKind,
+    pub port: usize,
+}
+
+/// The frontends of `service` on a node whose NodePorts are served on `node_addresses`:
+/// the cluster IP, externalIP, LoadBalancer and NodePort ones, each kind port by port. An
+/// address the Service lists twice (an externalIP that is also its ingress IP, say) is one
+/// frontend, of the first kind.
+pub(super) fn of(service: &ProxiedService<'_>, node_addresses: &[Ipv4Addr]) -> Vec<ServiceFrontend> {
+    let ports = || service.ports.iter().enumerate();
+    let on = |ip: Ipv4Addr, kind: FrontendKind| {
+        ports().map(move |(index, port)| ServiceFrontend {
+            frontend: Frontend { ip: IpAddr::V4(ip), port: port.port, protocol: port.protocol },
+            kind,
+            port: index,
+        })
+    };
+    let cluster = on(service.cluster_ip, FrontendKind::ClusterIp);
+    let external = service.external_ips.iter().flat_map(|ip| on(*ip, FrontendKind::ExternalIp));
+    let balancer = service.load_balancer_ips.iter().flat_map(|ip| on(*ip, FrontendKind::LoadBalancer));
+    let node_ports = node_addresses.iter().flat_map(|ip| {
+        ports().filter_map(move |(index, port)| {
+            let node_port = port.node_port?;
+            let frontend = Frontend { ip: IpAddr::V4(*ip), port: node_port, protocol: port.protocol };
+            Some(ServiceFrontend { frontend, kind: FrontendKind::NodePort, port: index })
+        })
+    });
+    let mut seen = HashSet::new();
+    cluster.chain(external).chain(balancer).chain(node_ports).filter(|f| seen.insert(f.frontend)).collect()
+}
