@@ -17,8 +17,20 @@ const PROGRAMS: &[&str] = &["sock_lb"];
 /// The pinned variant declares its maps `LIBBPF_PIN_BY_NAME` (see sock_lb.bpf.c).
 const VARIANTS: &[(&str, &str)] = &[("", ""), ("_pinned", "NODELET_PIN_BY_NAME")];
 /// Structs of `bpf/lb.h` whose layout the Rust mirrors are checked against.
-const MIRRORED_STRUCTS: &[&str] =
-    &["lb4_key", "lb4_value", "lb4_reverse_key", "lb4_reverse_value", "lb4_affinity_key", "lb4_affinity_value"];
+const MIRRORED_STRUCTS: &[&str] = &[
+    "lb4_key",
+    "lb4_value",
+    "lb4_reverse_key",
+    "lb4_reverse_value",
+    "lb4_affinity_key",
+    "lb4_affinity_value",
+    "lb6_key",
+    "lb6_value",
+    "lb6_reverse_key",
+    "lb6_reverse_value",
+    "lb6_affinity_key",
+    "lb6_affinity_value",
+];
 /// Macros of `bpf/lb.h` the Rust side needs (macros are not in BTF), with their Rust type.
 const MIRRORED_DEFINES: &[(&str, &str)] = &[("LB_MAX_BACKENDS", "usize"), ("LB_FLAG_AFFINITY", "u16")];
 /// The layout of `bpf/lb.h` when the C is not compiled (skip mode only).
@@ -31,6 +43,12 @@ pub(crate) mod lb4_reverse_key { pub const SIZE: usize = 16; pub const COOKIE: u
 pub(crate) mod lb4_reverse_value { pub const SIZE: usize = 8; pub const ADDRESS: usize = 0; pub const PORT: usize = 4; pub const PAD: usize = 6; }
 pub(crate) mod lb4_affinity_key { pub const SIZE: usize = 16; pub const CLIENT: usize = 0; pub const ADDRESS: usize = 8; pub const DPORT: usize = 12; pub const PROTO: usize = 14; pub const PAD: usize = 15; }
 pub(crate) mod lb4_affinity_value { pub const SIZE: usize = 24; pub const LAST_USED: usize = 0; pub const ADDRESS: usize = 8; pub const PORT: usize = 12; pub const REV: usize = 14; pub const SLOT: usize = 16; pub const PAD: usize = 18; }
+pub(crate) mod lb6_key { pub const SIZE: usize = 24; pub const ADDRESS: usize = 0; pub const DPORT: usize = 16; pub const PROTO: usize = 18; pub const PAD: usize = 19; pub const SLOT: usize = 20; pub const REV: usize = 22; }
+pub(crate) mod lb6_value { pub const SIZE: usize = 28; pub const ADDRESS: usize = 0; pub const PORT: usize = 16; pub const COUNT: usize = 18; pub const REV: usize = 20; pub const FLAGS: usize = 22; pub const AFFINITY_TIMEOUT: usize = 24; }
+pub(crate) mod lb6_reverse_key { pub const SIZE: usize = 32; pub const COOKIE: usize = 0; pub const ADDRESS: usize = 8; pub const PORT: usize = 24; pub const PAD: usize = 26; }
+pub(crate) mod lb6_reverse_value { pub const SIZE: usize = 20; pub const ADDRESS: usize = 0; pub const PORT: usize = 16; pub const PAD: usize = 18; }
+pub(crate) mod lb6_affinity_key { pub const SIZE: usize = 32; pub const CLIENT: usize = 0; pub const ADDRESS: usize = 8; pub const DPORT: usize = 24; pub const PROTO: usize = 26; pub const PAD: usize = 27; }
+pub(crate) mod lb6_affinity_value { pub const SIZE: usize = 32; pub const LAST_USED: usize = 0; pub const ADDRESS: usize = 8; pub const PORT: usize = 24; pub const REV: usize = 26; pub const SLOT: usize = 28; pub const PAD: usize = 30; }
 ";
 const PACKAGES_HINT: &str = "install the Debian packages clang-19, llvm-19, libbpf-dev and bpftool \
      (or set NODELET_SKIP_BPF_BUILD=1 to build without the BPF programs)";

@@ -5,6 +5,13 @@
  * used from the object's BTF, and const assertions fail the Rust build when
  * the mirror no longer matches, so any change here must be made there too.
  *
+ * Each address family has its maps: lb4_* for IPv4 and lb6_* for IPv6, the
+ * same layouts with a 16-byte address in place of a 4-byte one (the lb6
+ * structs at the end of this file). What is said here of lb4 holds for lb6.
+ * An IPv4-mapped IPv6 address (::ffff:a.b.c.d, what a dual-stack IPv6 socket
+ * dials to reach an IPv4 address) is looked up in the lb4 maps, as cilium
+ * does: the lb6 maps never hold one.
+ *
  * Forward layout (lb4_services, one hash map keyed by frontend + slot):
  *
  *   (vip, port, proto, slot 0, rev 0) -> master  { count, rev = r, flags, affinity_timeout }
@@ -144,6 +151,65 @@ struct lb4_affinity_value {
 	__u16 rev;       /* revision of the frontend the backend was found in ... */
 	__u16 slot;      /* ... and its slot there */
 	__u16 pad[3];    /* always 0 */
+};
+
+/*
+ * IPv6: the same maps (lb6_services, lb6_reverse_sk, lb6_affinity) and the
+ * same fields, in the same order, with the address widened to 16 bytes;
+ * explicit padding keeps every struct free of implicit padding.
+ */
+
+/* An IPv6 address in network byte order, as bpf_sock_addr.user_ip6 holds it. */
+struct lb6_addr {
+	__be32 word[4];
+};
+
+struct lb6_key {
+	struct lb6_addr address; /* frontend (service) IPv6 address */
+	__be16 dport;            /* frontend port */
+	__u8 proto;              /* IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP */
+	__u8 pad;                /* always 0: keys are compared as bytes */
+	__u16 slot;              /* 0 = master, 1..=count = backends (host order) */
+	__u16 rev;               /* 0 for the master, its revision for slots (host order) */
+};
+
+struct lb6_value {
+	struct lb6_addr address; /* slot: backend IPv6 address */
+	__be16 port;             /* slot: backend port */
+	__u16 count;             /* master: number of backend slots; 0 = ECONNREFUSED */
+	__u16 rev;               /* master: revision whose slots are current */
+	__u16 flags;             /* master: LB_FLAG_* */
+	__u32 affinity_timeout;  /* master: seconds a client keeps its backend (LB_FLAG_AFFINITY) */
+};
+
+struct lb6_reverse_key {
+	__u64 cookie;            /* bpf_get_socket_cookie() of the client socket */
+	struct lb6_addr address; /* backend IPv6 address */
+	__be16 port;             /* backend port */
+	__u16 pad[3];            /* always 0: keys are compared as bytes */
+};
+
+struct lb6_reverse_value {
+	struct lb6_addr address; /* frontend (service) IPv6 address the socket dialled */
+	__be16 port;             /* frontend port */
+	__u16 pad;               /* always 0 */
+};
+
+struct lb6_affinity_key {
+	__u64 client;            /* bpf_get_netns_cookie() of the client socket */
+	struct lb6_addr address; /* frontend (service) IPv6 address */
+	__be16 dport;            /* frontend port */
+	__u8 proto;              /* IPPROTO_* of the frontend */
+	__u8 pad[5];             /* always 0: keys are compared as bytes */
+};
+
+struct lb6_affinity_value {
+	__u64 last_used;         /* bpf_ktime_get_boot_ns() of the last connection that used it */
+	struct lb6_addr address; /* backend IPv6 address */
+	__be16 port;             /* backend port */
+	__u16 rev;               /* revision of the frontend the backend was found in ... */
+	__u16 slot;              /* ... and its slot there */
+	__u16 pad;               /* always 0 */
 };
 
 #endif /* NODELET_LB_H */

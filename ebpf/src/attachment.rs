@@ -34,7 +34,7 @@ pub(crate) fn attach_owned(ebpf: &mut Ebpf, cgroup: &File, path: &Path) -> Resul
         let link = program.take_link(link_id).map_err(attach_error)?;
         attachment.links.push(AttachedProgram { spec: *spec, link: Attached::Owned(link) });
     }
-    tracing::info!(cgroup = %path.display(), "attached the load-balancer (connect4, sendmsg4, recvmsg4, getpeername4)");
+    tracing::info!(cgroup = %path.display(), "attached the load-balancer (connect, sendmsg, recvmsg, getpeername; IPv4 and IPv6)");
     Ok(attachment)
 }
 

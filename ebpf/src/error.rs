@@ -70,8 +70,10 @@ pub enum EbpfError {
         #[source]
         source: Box<MapError>,
     },
-    #[error("ipv6 address {address} of {frontend} is not supported yet (only the IPv4 hooks are implemented)")]
-    Ipv6Unsupported { frontend: Frontend, address: IpAddr },
+    #[error("backend {backend} of {frontend} is not of the frontend's address family")]
+    AddressFamilyMismatch { frontend: Frontend, backend: IpAddr },
+    #[error("{frontend}: {address} is an ipv4-mapped ipv6 address: program its ipv4 address instead")]
+    Ipv4MappedAddress { frontend: Frontend, address: IpAddr },
     #[error("{frontend} has {count} backends, more than the maximum of {max}")]
     TooManyBackends { frontend: Frontend, count: usize, max: usize },
     #[error("bpf map {name} holds an entry with unknown protocol number {proto}")]

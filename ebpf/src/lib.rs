@@ -3,8 +3,11 @@
 //! The C programs live in `bpf/` (`lb.h` defines the map layouts), `build.rs`
 //! compiles them with clang and this crate embeds the object. [`SockLb`] loads
 //! the socket load-balancer (cgroup `connect4`, `sendmsg4`, `recvmsg4` and
-//! `getpeername4`), attaches it to a cgroup2 directory and hands out [`LbMaps`], a
-//! typed view of its maps: no raw bytes leave this crate. Frontends may have session
+//! `getpeername4`, and their IPv6 twins `connect6`, `sendmsg6`, `recvmsg6` and
+//! `getpeername6`), attaches it to a cgroup2 directory and hands out [`LbMaps`], a
+//! typed view of its maps: no raw bytes leave this crate. IPv4 and IPv6 frontends are
+//! programmed alike (each family has its maps; a dual-stack IPv6 socket dialling an
+//! IPv4-mapped address is served by the IPv4 frontend). Frontends may have session
 //! affinity ([`SessionAffinity::ClientIp`]), remembered per client network namespace. Loaded with
 //! [`SockLb::load_pinned`], maps and links are pinned in bpffs and outlive the process.
 

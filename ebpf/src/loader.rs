@@ -8,13 +8,20 @@ use aya::{Ebpf, EbpfLoader, Pod};
 
 use crate::attachment::{self, CgroupAttachment};
 use crate::error::EbpfError;
-use crate::layout::{Lb4AffinityKey, Lb4AffinityValue, Lb4Key, Lb4ReverseKey, Lb4ReverseValue, Lb4Value};
+use crate::layout::{
+    Lb4AffinityKey, Lb4AffinityValue, Lb4Key, Lb4ReverseKey, Lb4ReverseValue, Lb4Value, Lb6AffinityKey,
+    Lb6AffinityValue, Lb6Key, Lb6ReverseKey, Lb6ReverseValue, Lb6Value,
+};
 use crate::maps::{self, LbMaps};
-use crate::object::{AFFINITY_MAP, PROGRAMS, REVERSE_MAP, SERVICES_MAP, SOCK_LB, SOCK_LB_PINNED};
+use crate::object::{
+    AFFINITY6_MAP, AFFINITY_MAP, PROGRAMS, REVERSE6_MAP, REVERSE_MAP, SERVICES6_MAP, SERVICES_MAP, SOCK_LB,
+    SOCK_LB_PINNED,
+};
 use crate::pin::{self, Unpinned};
 use crate::types::{AffinityEntry, ReverseNat, ServiceList, MAX_BACKENDS};
 
-/// Capacity of the maps, fixed when they are created.
+/// Capacity of the maps, fixed when they are created. Each address family has its own
+/// maps: the fields without a suffix size the IPv4 maps, those ending in 6 the IPv6 maps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapSizes {
     /// Entries of the services map: one per frontend plus one per backend of
@@ -29,10 +36,16 @@ pub struct MapSizes {
     /// frontend with `sessionAffinity: ClientIP` it connected to. When full, the least
     /// recently used entry makes room (that client's next connection picks afresh).
     pub affinity: u32,
+    /// As `services`, for the IPv6 frontends.
+    pub services6: u32,
+    /// As `reverse_nat`, for sockets talking to IPv6 frontends.
+    pub reverse_nat6: u32,
+    /// As `affinity`, for IPv6 frontends.
+    pub affinity6: u32,
 }
 
 impl MapSizes {
-    /// Entries the services map needs for `frontends` frontends of `backends_each` backends:
+    /// Entries a services map needs for `frontends` frontends of `backends_each` backends:
     /// a master and the backend slots per frontend, plus one more revision of
     /// `MAX_BACKENDS` slots, which a replace holds until the old revision is removed.
     pub const fn services_needed(frontends: u32, backends_each: u32) -> u32 {
@@ -55,18 +68,34 @@ impl Default for MapSizes {
     /// 65,536 session-affinity entries, as cilium's `cilium_lb4_affinity`: clients times
     /// sticky Services. Preallocated, about 100 bytes an entry (16-byte key, 24-byte
     /// value): 6 MiB.
+    ///
+    /// The IPv6 maps get as many entries (a dual-stack Service has a frontend in each
+    /// family), as cilium sizes its lb6 maps like its lb4 ones. Their keys and values are
+    /// larger (24 and 28 bytes, 32 and 20, 32 and 32): 30 MiB, 30 MiB and 8 MiB
+    /// (`bpftool map show`: memlock 31,458,400 B, 31,458,176 B and 8,389,504 B), so
+    /// 120 MiB for both families. A node without IPv6 Services can size them down.
     fn default() -> Self {
-        MapSizes { services: 262_144, reverse_nat: 262_144, affinity: 65_536 }
+        MapSizes {
+            services: 262_144,
+            reverse_nat: 262_144,
+            affinity: 65_536,
+            services6: 262_144,
+            reverse_nat6: 262_144,
+            affinity6: 65_536,
+        }
     }
 }
 
-/// The loaded socket load-balancer: its four cgroup programs (`connect4`, `sendmsg4`,
-/// `recvmsg4`, `getpeername4`) and their maps.
+/// The loaded socket load-balancer: its eight cgroup programs (`connect4`, `sendmsg4`,
+/// `recvmsg4`, `getpeername4` and their IPv6 twins) and their maps.
 pub struct SockLb {
     ebpf: Ebpf,
     services: HashMap<MapData, Lb4Key, Lb4Value>,
     reverse: HashMap<MapData, Lb4ReverseKey, Lb4ReverseValue>,
     affinity: HashMap<MapData, Lb4AffinityKey, Lb4AffinityValue>,
+    services6: HashMap<MapData, Lb6Key, Lb6Value>,
+    reverse6: HashMap<MapData, Lb6ReverseKey, Lb6ReverseValue>,
+    affinity6: HashMap<MapData, Lb6AffinityKey, Lb6AffinityValue>,
     /// Set when loaded by [`SockLb::load_pinned`]: maps and links live in this bpffs directory.
     pin_dir: Option<PathBuf>,
     maps_reused: bool,
@@ -96,8 +125,9 @@ impl SockLb {
     pub fn load_pinned(sizes: MapSizes, pin_dir: &Path) -> Result<SockLb, EbpfError> {
         pin::prepare_pin_dir(pin_dir)?;
         let stale = pin::set_aside_stale_maps(pin_dir)?;
-        let services_carried_over = stale.iter().any(|map| map.name() == SERVICES_MAP && map.carries_over());
-        let maps_reused = pin_dir.join(SERVICES_MAP).exists() || services_carried_over;
+        let services_maps = [SERVICES_MAP, SERVICES6_MAP];
+        let services_carried_over = stale.iter().any(|map| services_maps.contains(&map.name()) && map.carries_over());
+        let maps_reused = services_maps.iter().any(|name| pin_dir.join(name).exists()) || services_carried_over;
         let loaded = SockLb::load_object(
             SOCK_LB_PINNED,
             sizes.apply(&mut EbpfLoader::new()).map_pin_path(pin_dir),
@@ -130,8 +160,8 @@ impl SockLb {
         pin::unpin_and_detach(pin_dir)
     }
 
-    /// The service table held by the maps pinned in `pin_dir`, without loading anything;
-    /// `None` when nothing is pinned there.
+    /// The service table held by the maps pinned in `pin_dir` (both families), without
+    /// loading anything; `None` when nothing is pinned there.
     pub fn pinned_services(pin_dir: &Path) -> Result<Option<ServiceList>, EbpfError> {
         pin::pinned_services(pin_dir)
     }
@@ -150,7 +180,10 @@ impl SockLb {
         let services = take_hash_map(&mut ebpf, SERVICES_MAP)?;
         let reverse = take_hash_map(&mut ebpf, REVERSE_MAP)?;
         let affinity = take_hash_map(&mut ebpf, AFFINITY_MAP)?;
-        Ok(SockLb { ebpf, services, reverse, affinity, pin_dir, maps_reused: false })
+        let services6 = take_hash_map(&mut ebpf, SERVICES6_MAP)?;
+        let reverse6 = take_hash_map(&mut ebpf, REVERSE6_MAP)?;
+        let affinity6 = take_hash_map(&mut ebpf, AFFINITY6_MAP)?;
+        Ok(SockLb { ebpf, services, reverse, affinity, services6, reverse6, affinity6, pin_dir, maps_reused: false })
     }
 
     /// Attach every program to a cgroup2 directory, all or none: sockets of every process
@@ -167,21 +200,27 @@ impl SockLb {
         }
     }
 
-    /// Typed view of the services map.
+    /// Typed view of the services maps (IPv4 and IPv6 frontends alike).
     pub fn maps(&mut self) -> LbMaps<'_> {
-        LbMaps::new(&mut self.services)
+        LbMaps::new(&mut self.services, &mut self.services6)
     }
 
-    /// The reverse translations the programs recorded (one per socket and backend), for
-    /// diagnostics and tests.
+    /// The reverse translations the programs recorded (one per socket and backend, both
+    /// families), sorted, for diagnostics and tests.
     pub fn reverse_nat(&self) -> Result<Vec<ReverseNat>, EbpfError> {
-        maps::reverse_nat(&self.reverse)
+        let mut entries = maps::snapshot(&self.reverse, REVERSE_MAP, |key, value| Ok(key.entry(value)))?;
+        entries.extend(maps::snapshot(&self.reverse6, REVERSE6_MAP, |key, value| Ok(key.entry(value)))?);
+        entries.sort();
+        Ok(entries)
     }
 
     /// The backends the programs remembered for clients of frontends with session
-    /// affinity, for diagnostics and tests.
+    /// affinity (both families), sorted, for diagnostics and tests.
     pub fn affinity(&self) -> Result<Vec<AffinityEntry>, EbpfError> {
-        maps::affinity(&self.affinity)
+        let mut entries = maps::snapshot(&self.affinity, AFFINITY_MAP, |key, value| key.entry(value))?;
+        entries.extend(maps::snapshot(&self.affinity6, AFFINITY6_MAP, |key, value| key.entry(value))?);
+        entries.sort();
+        Ok(entries)
     }
 }
 
@@ -191,6 +230,9 @@ impl MapSizes {
             .set_max_entries(SERVICES_MAP, self.services)
             .set_max_entries(REVERSE_MAP, self.reverse_nat)
             .set_max_entries(AFFINITY_MAP, self.affinity)
+            .set_max_entries(SERVICES6_MAP, self.services6)
+            .set_max_entries(REVERSE6_MAP, self.reverse_nat6)
+            .set_max_entries(AFFINITY6_MAP, self.affinity6)
     }
 }
 
@@ -215,6 +257,15 @@ mod tests {
         assert!(MapSizes::default().services >= needed, "{:?} < {needed}", MapSizes::default());
         // The former default (65,536) did not.
         assert!(65_536 < needed);
+    }
+
+    #[test]
+    fn ipv6_maps_are_sized_like_the_ipv4_ones_by_default() {
+        let sizes = MapSizes::default();
+        assert_eq!(
+            (sizes.services6, sizes.reverse_nat6, sizes.affinity6),
+            (sizes.services, sizes.reverse_nat, sizes.affinity)
+        );
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Helpers of the root-only datapath tests (this crate's and the proxy's): a cgroup of the test's own, loopback
-//! backends, and client processes placed in that cgroup.
+//! backends, and client processes placed in that cgroup; for IPv6, a network namespace of the test's own holding
+//! the backends and the clients.
 
 use std::fs;
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,8 +16,10 @@ use std::time::Duration;
 use crate::object::PROGRAMS;
 use crate::{Backend, Frontend};
 
+mod netns;
 mod sockets;
 
+pub use netns::TestNetns;
 pub use sockets::{SocketClient, UdpEchoBackend};
 
 /// The names of the load-balancer's programs, as `bpftool cgroup show` lists them.
@@ -89,10 +93,13 @@ impl Drop for TestCgroup {
 }
 
 /// A TCP server on loopback that answers every connection with one line: its port
-/// ([`start`](Self::start)) or its address ([`start_on`](Self::start_on)).
+/// ([`start`](Self::start)) or its address ([`start_on`](Self::start_on),
+/// [`start_in`](Self::start_in)).
 pub struct TcpBackend {
     pub port: u16,
     pub addr: SocketAddr,
+    /// The listening socket (a second handle), shut down on drop to end the accept loop.
+    listener: TcpListener,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -100,23 +107,29 @@ pub struct TcpBackend {
 impl TcpBackend {
     /// On 127.0.0.1, answering with its port.
     pub fn start() -> TcpBackend {
-        TcpBackend::serve(Ipv4Addr::LOCALHOST, |addr| addr.port().to_string())
+        TcpBackend::serve(bind_tcp(IpAddr::V4(Ipv4Addr::LOCALHOST)), |addr| addr.port().to_string())
     }
 
     /// On `ip` (any address of 127.0.0.0/8), answering with its `ip:port`: backends on
     /// several loopback addresses may share a port number.
     pub fn start_on(ip: Ipv4Addr) -> TcpBackend {
-        TcpBackend::serve(ip, |addr| addr.to_string())
+        TcpBackend::serve(bind_tcp(IpAddr::V4(ip)), |addr| addr.to_string())
     }
 
-    fn serve(ip: Ipv4Addr, answer: fn(SocketAddr) -> String) -> TcpBackend {
-        let listener = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind backend on {ip}: {e}"));
+    /// On `ip` inside `netns` (::1, or an address given to its loopback), answering with
+    /// its address (`[ip]:port` for IPv6).
+    pub fn start_in(netns: &TestNetns, ip: IpAddr) -> TcpBackend {
+        TcpBackend::serve(netns.run(|| bind_tcp(ip)), |addr| addr.to_string())
+    }
+
+    fn serve(listener: TcpListener, answer: fn(SocketAddr) -> String) -> TcpBackend {
         let addr = listener.local_addr().expect("backend addr");
         let line = answer(addr);
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
+        let serving = listener.try_clone().expect("second handle of the backend listener");
         let thread = thread::spawn(move || {
-            for stream in listener.incoming() {
+            for stream in serving.incoming() {
                 if stopped.load(Ordering::SeqCst) {
                     return;
                 }
@@ -125,15 +138,20 @@ impl TcpBackend {
                 }
             }
         });
-        TcpBackend { port: addr.port(), addr, stop, thread: Some(thread) }
+        TcpBackend { port: addr.port(), addr, listener, stop, thread: Some(thread) }
     }
+}
+
+fn bind_tcp(ip: IpAddr) -> TcpListener {
+    TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind backend on {ip}: {e}"))
 }
 
 impl Drop for TcpBackend {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect(self.addr);
+        // Shutting a listening socket down wakes its blocked accept() with an error, so
+        // the loop sees the flag (a connection to it would have to come from its netns).
+        let _ = nix::sys::socket::shutdown(self.listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -175,6 +193,15 @@ pub struct ClientRun {
 /// Connect `count` times to `target` over TCP from a bash process moved into
 /// `cgroup` first (bash's /dev/tcp does a plain connect()).
 pub fn tcp_connects_from(cgroup: &TestCgroup, target: SocketAddr, count: usize) -> ClientRun {
+    tcp_connects(Command::new("/bin/bash"), cgroup, target, count)
+}
+
+/// As [`tcp_connects_from`], from a bash process in `netns` (IPv6 targets too).
+pub fn tcp_connects_in(cgroup: &TestCgroup, netns: &TestNetns, target: SocketAddr, count: usize) -> ClientRun {
+    tcp_connects(netns.command("/bin/bash"), cgroup, target, count)
+}
+
+fn tcp_connects(bash: Command, cgroup: &TestCgroup, target: SocketAddr, count: usize) -> ClientRun {
     let script = format!(
         "echo $$ > {procs} || exit 99
          for i in $(seq {count}); do
@@ -188,7 +215,7 @@ pub fn tcp_connects_from(cgroup: &TestCgroup, target: SocketAddr, count: usize) 
         ip = target.ip(),
         port = target.port(),
     );
-    let output = run_bash(&script);
+    let output = run_bash(bash, &script);
     ClientRun {
         answers: String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
@@ -204,12 +231,12 @@ pub fn udp_sends_from(cgroup: &TestCgroup, target: SocketAddr, count: usize) {
         ip = target.ip(),
         port = target.port(),
     );
-    let output = run_bash(&script);
+    let output = run_bash(Command::new("/bin/bash"), &script);
     assert!(output.status.success(), "udp client: {output:?}");
 }
 
-fn run_bash(script: &str) -> Output {
-    let output = Command::new("/bin/bash").args(["-c", script]).output().expect("run bash client");
+fn run_bash(mut bash: Command, script: &str) -> Output {
+    let output = bash.args(["-c", script]).output().expect("run bash client");
     assert_ne!(output.status.code(), Some(99), "could not join the test cgroup: {output:?}");
     output
 }
@@ -257,7 +284,7 @@ impl Drop for TestBpffs {
 /// left it: values of 12 bytes (no flags, no timeout), holding `frontend` with `backends`
 /// under revision 1.
 pub fn pin_services_map_of_12_byte_values(pin_dir: &Path, frontend: Frontend, backends: &[Backend]) {
-    use crate::layout::{Lb4Key, MASTER_SLOT};
+    use crate::layout::{Lb4Key, ServiceKey, MASTER_SLOT};
     use crate::object::{BPF_MAP_TYPE_HASH, SERVICES_MAP};
 
     fn ip(ip: IpAddr) -> Ipv4Addr {
@@ -301,6 +328,23 @@ pub fn pin_hash_map_of_layout(pin_dir: &Path, name: &str, key_size: u32, value_s
     let map = crate::sys::map_create(crate::object::BPF_MAP_TYPE_HASH, key_size, value_size, 16, name)
         .unwrap_or_else(|e| panic!("create a map of {key_size}-byte keys: {e}"));
     crate::sys::obj_pin(map.fd(), &pin_dir.join(name)).expect("pin the map");
+}
+
+/// Make `pin_dir` what a nodelet from before IPv6 left: the links of the IPv6 programs
+/// detached and unpinned, the lb6 maps unpinned (the IPv4 part untouched).
+pub fn unpin_ipv6_part(pin_dir: &Path) {
+    use crate::object::{AFFINITY6_MAP, REVERSE6_MAP, SERVICES6_MAP};
+    use std::os::fd::AsFd;
+
+    for spec in PROGRAMS.iter().filter(|spec| spec.hook.ends_with('6')) {
+        let path = pin_dir.join(spec.link_pin);
+        let link = crate::pin::open_link(&path).expect("open the pinned link").expect("a pinned link");
+        crate::sys::link_detach(link.fd.as_fd()).expect("detach the link");
+        fs::remove_file(&path).expect("unpin the link");
+    }
+    for name in [SERVICES6_MAP, REVERSE6_MAP, AFFINITY6_MAP] {
+        fs::remove_file(pin_dir.join(name)).expect("unpin the map");
+    }
 }
 
 /// How many of the load-balancer's programs `bpftool cgroup show` lists for the cgroup.

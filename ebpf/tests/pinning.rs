@@ -2,12 +2,13 @@
 //! agent exiting), a second load reuses its maps and links, and cleanup removes everything.
 //! Pins live on a bpffs of the test's own; the program only on a cgroup of the test's own.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use nodelet_ebpf::test_support::{
     attached_program_count, pin_hash_map_of_layout, pin_services_map_of_12_byte_values, require_root,
-    tcp_connects_from, SocketClient, TcpBackend, TestBpffs, TestCgroup, UdpEchoBackend, UnpinOnDrop, PROGRAM_NAMES,
+    tcp_connects_from, tcp_connects_in, unpin_ipv6_part, SocketClient, TcpBackend, TestBpffs, TestCgroup, TestNetns,
+    UdpEchoBackend, UnpinOnDrop, PROGRAM_NAMES,
 };
 use nodelet_ebpf::{Backend, Frontend, MapSizes, Protocol, ServiceEntry, SockLb};
 
@@ -46,11 +47,9 @@ fn pinned_load_balancer_survives_its_loader_and_is_reused() {
         assert!(!lb.maps_reused());
         let attachment = lb.attach(&cgroup.path).expect("attach");
         assert!(attachment.is_pinned() && !attachment.reused_pinned_link());
-        for name in PROGRAM_NAMES
-            .iter()
-            .map(|name| format!("{name}_link"))
-            .chain(["lb4_reverse_sk".to_owned(), "lb4_affinity".to_owned()])
-        {
+        for name in PROGRAM_NAMES.iter().map(|name| format!("{name}_link")).chain(
+            ["lb4_reverse_sk", "lb4_affinity", "lb6_services", "lb6_reverse_sk", "lb6_affinity"].map(String::from),
+        ) {
             assert!(pin_dir.join(&name).exists(), "{name} pinned");
         }
         lb.maps().upsert_service(frontend(80), &entry(&[loopback(first.port)])).expect("upsert");
@@ -73,7 +72,7 @@ fn pinned_load_balancer_survives_its_loader_and_is_reused() {
 
     let unpinned = SockLb::unpin_and_detach(&pin_dir).expect("cleanup");
     assert!(unpinned.link);
-    assert_eq!(unpinned.maps, 3, "lb4_services, lb4_reverse_sk and lb4_affinity");
+    assert_eq!(unpinned.maps, 6, "lb4_services, lb4_reverse_sk, lb4_affinity and their lb6 twins");
     assert_eq!(cgroup.attached_programs(), "", "nothing attached");
     assert!(!pin_dir.exists(), "no pin left");
     assert_eq!(SockLb::pinned_services(&pin_dir).expect("read"), None);
@@ -172,13 +171,16 @@ fn a_pinned_map_of_an_unknown_layout_is_recreated_empty() {
     std::fs::create_dir(&pin_dir).expect("pin dir");
     pin_hash_map_of_layout(&pin_dir, "lb4_services", 20, 12);
     pin_hash_map_of_layout(&pin_dir, "lb4_affinity", 16, 32);
+    pin_hash_map_of_layout(&pin_dir, "lb6_services", 28, 16);
+    pin_hash_map_of_layout(&pin_dir, "lb6_reverse_sk", 20, 20);
 
     let mut lb = SockLb::load_pinned(MapSizes::default(), &pin_dir).expect("load pinned");
 
     assert!(!lb.maps_reused(), "nothing could be carried over");
     assert!(lb.maps().services().expect("read back").is_empty());
     assert!(lb.affinity().expect("the new affinity map").is_empty());
-    assert_eq!(SockLb::pinned_services(&pin_dir).expect("the new map"), Some(vec![]));
+    assert!(lb.reverse_nat().expect("the new reverse maps").is_empty());
+    assert_eq!(SockLb::pinned_services(&pin_dir).expect("the new maps"), Some(vec![]));
 }
 
 #[test]
@@ -188,4 +190,77 @@ fn a_pin_dir_outside_bpffs_is_refused() {
     let error = SockLb::load_pinned(MapSizes::default(), &dir).err().expect("refused");
     assert!(error.to_string().contains("not on a bpffs"), "{error}");
     assert!(!dir.exists());
+}
+
+/// An IPv6 Service address: nothing routes it in the test network namespace.
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd6e, 0x96, 0, 0, 0, 0, 0, 0x20);
+
+fn answers_in(cgroup: &TestCgroup, netns: &TestNetns, target: SocketAddr, count: usize) -> Vec<String> {
+    let run = tcp_connects_in(cgroup, netns, target, count);
+    assert_eq!(run.answers.len(), count, "stderr: {}", run.stderr);
+    run.answers
+}
+
+#[test]
+fn pinned_ipv6_services_survive_the_loader_and_are_read_back() {
+    require_root();
+    let bpffs = TestBpffs::mount();
+    let cgroup = TestCgroup::create();
+    let netns = TestNetns::create();
+    let pin_dir = bpffs.path.join("nodelet");
+    let _cleanup = UnpinOnDrop(&pin_dir);
+    let first = TcpBackend::start_in(&netns, IpAddr::V6(Ipv6Addr::LOCALHOST));
+    let second = TcpBackend::start_in(&netns, IpAddr::V6(Ipv6Addr::LOCALHOST));
+    let web = Frontend { ip: IpAddr::V6(VIP6), port: 80, protocol: Protocol::Tcp };
+    let vip = SocketAddr::from((VIP6, 80));
+    let v6_entry = |backend: &TcpBackend| entry(&[Backend { ip: backend.addr.ip(), port: backend.port }]);
+
+    {
+        let mut lb = SockLb::load_pinned(MapSizes::default(), &pin_dir).expect("load pinned");
+        let _attachment = lb.attach(&cgroup.path).expect("attach");
+        lb.maps().upsert_service(frontend(80), &entry(&[loopback(first.port)])).expect("upsert v4");
+        lb.maps().upsert_service(web, &v6_entry(&first)).expect("upsert v6");
+    } // the agent exits
+
+    assert_eq!(answers_in(&cgroup, &netns, vip, 3), vec![first.addr.to_string(); 3], "still served");
+    let pinned = SockLb::pinned_services(&pin_dir).expect("read pinned").expect("something pinned");
+    assert_eq!(pinned, [(frontend(80), entry(&[loopback(first.port)])), (web, v6_entry(&first))], "both families");
+
+    let mut lb = SockLb::load_pinned(MapSizes::default(), &pin_dir).expect("load again");
+    assert!(lb.maps_reused());
+    assert_eq!(lb.maps().services().expect("read back"), pinned, "the maps kept their contents");
+    assert!(lb.attach(&cgroup.path).expect("attach again").reused_pinned_link());
+    lb.maps().upsert_service(web, &v6_entry(&second)).expect("upsert");
+    assert_eq!(answers_in(&cgroup, &netns, vip, 3), vec![second.addr.to_string(); 3], "the change took effect");
+}
+
+#[test]
+fn a_pin_dir_from_before_ipv6_gains_the_ipv6_maps_and_links_and_keeps_serving_ipv4() {
+    require_root();
+    let bpffs = TestBpffs::mount();
+    let cgroup = TestCgroup::create();
+    let netns = TestNetns::create();
+    let pin_dir = bpffs.path.join("nodelet");
+    let _cleanup = UnpinOnDrop(&pin_dir);
+    let web4 = TcpBackend::start();
+    let web6 = TcpBackend::start_in(&netns, IpAddr::V6(Ipv6Addr::LOCALHOST));
+    {
+        let mut lb = SockLb::load_pinned(MapSizes::default(), &pin_dir).expect("load pinned");
+        let _attachment = lb.attach(&cgroup.path).expect("attach");
+        lb.maps().upsert_service(frontend(80), &entry(&[loopback(web4.port)])).expect("upsert");
+    }
+    unpin_ipv6_part(&pin_dir);
+    assert_eq!(attached_program_count(&cgroup), PROGRAM_NAMES.len() / 2, "{}", cgroup.attached_programs());
+
+    let mut lb = SockLb::load_pinned(MapSizes::default(), &pin_dir).expect("load over the old pins");
+
+    assert!(lb.maps_reused(), "the IPv4 services map was there");
+    assert_eq!(lb.maps().services().expect("read back"), [(frontend(80), entry(&[loopback(web4.port)]))]);
+    let attachment = lb.attach(&cgroup.path).expect("attach");
+    assert!(!attachment.reused_pinned_link(), "the IPv6 links are new");
+    assert_eq!(attached_program_count(&cgroup), PROGRAM_NAMES.len(), "the IPv4 links reused, not duplicated");
+    assert_eq!(answers(&cgroup, 80, 3), vec![web4.port.to_string(); 3], "IPv4 served throughout");
+    let web = Frontend { ip: IpAddr::V6(VIP6), port: 80, protocol: Protocol::Tcp };
+    lb.maps().upsert_service(web, &entry(&[Backend { ip: web6.addr.ip(), port: web6.port }])).expect("upsert v6");
+    assert_eq!(answers_in(&cgroup, &netns, SocketAddr::from((VIP6, 80)), 3), vec![web6.addr.to_string(); 3]);
 }

@@ -187,19 +187,23 @@ fn maps_read_back_what_was_written() {
 }
 
 #[test]
-fn ipv6_and_oversized_services_are_rejected_clearly() {
+fn mixed_family_mapped_and_oversized_services_are_rejected_clearly() {
     require_root();
     let mut lb = SockLb::load().expect("load");
     let mut maps = lb.maps();
     let v6 = Frontend { ip: "fd00::10".parse().expect("ip"), port: 80, protocol: Protocol::Tcp };
-    let error = maps.upsert_service(v6, &entry(&[])).expect_err("ipv6");
-    assert!(matches!(error, EbpfError::Ipv6Unsupported { .. }), "{error}");
-    assert!(error.to_string().contains("ipv6"), "{error}");
+    let error = maps.upsert_service(v6, &entry(&[loopback(80)])).expect_err("ipv4 backend of an ipv6 frontend");
+    assert!(matches!(error, EbpfError::AddressFamilyMismatch { .. }), "{error}");
+    assert!(error.to_string().contains("address family"), "{error}");
+
+    let mapped = Frontend { ip: "::ffff:10.96.0.10".parse().expect("ip"), port: 80, protocol: Protocol::Tcp };
+    let error = maps.upsert_service(mapped, &entry(&[])).expect_err("mapped");
+    assert!(matches!(error, EbpfError::Ipv4MappedAddress { .. }), "{error}");
 
     let too_many = vec![loopback(1); MAX_BACKENDS + 1];
     let error = maps.upsert_service(frontend(80, Protocol::Tcp), &entry(&too_many)).expect_err("too many");
     assert!(matches!(error, EbpfError::TooManyBackends { .. }), "{error}");
-    assert!(maps.services().expect("services").is_empty());
+    assert!(maps.services().expect("services").is_empty(), "nothing written");
 }
 
 #[test]
@@ -210,7 +214,16 @@ fn every_program_is_attached_together_and_detached_on_drop() {
 
     let attachment = lb.attach(&cgroup.path).expect("attach");
     assert_eq!(attached_program_count(&cgroup), PROGRAM_NAMES.len(), "{}", cgroup.attached_programs());
-    for hook in ["cgroup_inet4_connect", "cgroup_udp4_sendmsg", "cgroup_udp4_recvmsg", "cgroup_inet4_getpeername"] {
+    for hook in [
+        "cgroup_inet4_connect",
+        "cgroup_udp4_sendmsg",
+        "cgroup_udp4_recvmsg",
+        "cgroup_inet4_getpeername",
+        "cgroup_inet6_connect",
+        "cgroup_udp6_sendmsg",
+        "cgroup_udp6_recvmsg",
+        "cgroup_inet6_getpeername",
+    ] {
         assert!(cgroup.attached_programs().contains(hook), "{hook}: {}", cgroup.attached_programs());
     }
     attachment.detach().expect("detach");

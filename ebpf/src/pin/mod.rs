@@ -19,9 +19,9 @@ use aya::maps::{HashMap, Map, MapData};
 pub(crate) use stale::{set_aside_stale_maps, StaleMap};
 
 use crate::error::EbpfError;
-use crate::layout::{Lb4Key, Lb4Value};
-use crate::maps::LbMaps;
-use crate::object::{MAPS, PROGRAMS, SERVICES_MAP, SERVICES_MAP_SPEC};
+use crate::layout::{Lb4Key, Lb6Key, ServiceKey};
+use crate::maps::ServicesMap;
+use crate::object::{MapSpec, MAPS, PROGRAMS, SERVICES6_MAP_SPEC, SERVICES_MAP_SPEC};
 use crate::sys::{self, LinkInfo};
 use crate::types::ServiceList;
 
@@ -132,22 +132,33 @@ pub(crate) fn unpin_and_detach(pin_dir: &Path) -> Result<Unpinned, EbpfError> {
     Ok(unpinned)
 }
 
-/// The service table held by the maps pinned in `pin_dir`; `None` when nothing is pinned.
+/// The service table held by the services maps pinned in `pin_dir` (IPv4 frontends first);
+/// `None` when neither is pinned. A nodelet from before IPv6 pinned only the IPv4 map.
 pub(crate) fn pinned_services(pin_dir: &Path) -> Result<Option<ServiceList>, EbpfError> {
-    let path = pin_dir.join(SERVICES_MAP);
+    let v4 = pinned_family::<Lb4Key>(pin_dir, &SERVICES_MAP_SPEC)?;
+    let v6 = pinned_family::<Lb6Key>(pin_dir, &SERVICES6_MAP_SPEC)?;
+    if v4.is_none() && v6.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(v4.into_iter().chain(v6).flatten().collect()))
+}
+
+/// The frontends of one family's services map pinned in `pin_dir`, if it is pinned.
+fn pinned_family<K: ServiceKey>(pin_dir: &Path, spec: &MapSpec) -> Result<Option<ServiceList>, EbpfError> {
+    let path = pin_dir.join(spec.name);
     if !path.exists() {
         return Ok(None);
     }
-    if let Some(reason) = stale::layout_mismatch(&path, &SERVICES_MAP_SPEC)? {
+    if let Some(reason) = stale::layout_mismatch(&path, spec)? {
         return Err(EbpfError::PinnedMapLayout { path, reason });
     }
     let open_error = |source| EbpfError::Map {
-        name: SERVICES_MAP,
+        name: spec.name,
         operation: "open pinned",
         frontend: String::from("all frontends"),
         source: Box::new(source),
     };
     let data = MapData::from_pin(&path).map_err(open_error)?;
-    let mut services: HashMap<MapData, Lb4Key, Lb4Value> = HashMap::try_from(Map::HashMap(data)).map_err(open_error)?;
-    LbMaps::new(&mut services).services().map(Some)
+    let mut services: HashMap<MapData, K, K::Value> = HashMap::try_from(Map::HashMap(data)).map_err(open_error)?;
+    ServicesMap::new(&mut services).services().map(Some)
 }

@@ -29,9 +29,13 @@ const BPF_LINK_DETACH: libc::c_long = 34;
 
 // enum bpf_attach_type, of the hooks the load-balancer uses.
 pub(crate) const CGROUP_INET4_CONNECT: u32 = 10;
+pub(crate) const CGROUP_INET6_CONNECT: u32 = 11;
 pub(crate) const CGROUP_UDP4_SENDMSG: u32 = 14;
+pub(crate) const CGROUP_UDP6_SENDMSG: u32 = 15;
 pub(crate) const CGROUP_UDP4_RECVMSG: u32 = 19;
+pub(crate) const CGROUP_UDP6_RECVMSG: u32 = 20;
 pub(crate) const CGROUP_INET4_GETPEERNAME: u32 = 29;
+pub(crate) const CGROUP_INET6_GETPEERNAME: u32 = 30;
 
 #[repr(C)]
 #[derive(Default)]

@@ -2,18 +2,18 @@
 //! what the tests of UDP Services and of the addresses applications are shown need.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use super::TestCgroup;
+use super::{TestCgroup, TestNetns};
 
-/// A UDP server on `ip` (any address of 127.0.0.0/8) that answers every datagram with
-/// `<its ip:port> <the datagram>`, so a client learns which backend answered whatever
-/// source address it is shown.
+/// A UDP server on `ip` (any address of 127.0.0.0/8, or in a test network namespace) that
+/// answers every datagram with `<its ip:port> <the datagram>`, so a client learns which
+/// backend answered whatever source address it is shown.
 pub struct UdpEchoBackend {
     pub addr: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -22,7 +22,15 @@ pub struct UdpEchoBackend {
 
 impl UdpEchoBackend {
     pub fn start(ip: Ipv4Addr) -> UdpEchoBackend {
-        let socket = UdpSocket::bind((ip, 0)).unwrap_or_else(|e| panic!("bind udp echo backend on {ip}: {e}"));
+        UdpEchoBackend::serve(bind_udp(IpAddr::V4(ip)))
+    }
+
+    /// On `ip` inside `netns` (::1, or an address given to its loopback).
+    pub fn start_in(netns: &TestNetns, ip: IpAddr) -> UdpEchoBackend {
+        UdpEchoBackend::serve(netns.run(|| bind_udp(ip)))
+    }
+
+    fn serve(socket: UdpSocket) -> UdpEchoBackend {
         socket.set_read_timeout(Some(Duration::from_millis(50))).expect("udp timeout");
         let addr = socket.local_addr().expect("udp addr");
         let stop = Arc::new(AtomicBool::new(false));
@@ -38,6 +46,10 @@ impl UdpEchoBackend {
         });
         UdpEchoBackend { addr, stop, thread: Some(thread) }
     }
+}
+
+fn bind_udp(ip: IpAddr) -> UdpSocket {
+    UdpSocket::bind((ip, 0)).unwrap_or_else(|e| panic!("bind udp echo backend on {ip}: {e}"))
 }
 
 impl Drop for UdpEchoBackend {
@@ -59,17 +71,23 @@ pub struct SocketClient {
     stdout: BufReader<ChildStdout>,
 }
 
-/// The client: `perl -e CLIENT <cgroup.procs> <udp|tcp>`. Answers `ready` once in the
-/// cgroup with its socket, then one line per command: `ok`, `error <errno text>`,
-/// `timeout`, `from <ip:port> <data>` or `<ip:port>`.
+/// The client: `perl -e CLIENT <cgroup.procs> <udp|tcp> <inet|inet6>`. Answers `ready`
+/// once in the cgroup with its socket, then one line per command: `ok`, `error <errno
+/// text>`, `timeout`, `from <address> <data>` or `<address>`, addresses as `ip:port` or
+/// `[ipv6]:port`. An inet6 socket is dual-stack: it may dial `::ffff:a.b.c.d`.
 const CLIENT: &str = r#"
-use strict; use warnings; use Socket qw(:DEFAULT inet_ntoa); use IO::Handle;
-my ($procs, $proto) = @ARGV;
+use strict; use warnings; use IO::Handle;
+use Socket qw(:DEFAULT inet_ntoa inet_pton inet_ntop pack_sockaddr_in6 unpack_sockaddr_in6 AF_INET6);
+my ($procs, $proto, $family) = @ARGV;
+my $v6 = $family eq 'inet6';
 open(my $cgroup, '>', $procs) or exit 99; print $cgroup "$$\n"; close($cgroup) or exit 99;
-socket(my $s, AF_INET, $proto eq 'tcp' ? SOCK_STREAM : SOCK_DGRAM, 0) or die "socket: $!";
+socket(my $s, $v6 ? AF_INET6 : AF_INET, $proto eq 'tcp' ? SOCK_STREAM : SOCK_DGRAM, 0) or die "socket: $!";
 STDOUT->autoflush(1);
-sub addr { pack_sockaddr_in($_[1], inet_aton($_[0])) }
-sub show { my ($port, $ip) = unpack_sockaddr_in($_[0]); inet_ntoa($ip) . ":$port" }
+sub addr { $v6 ? pack_sockaddr_in6($_[1], inet_pton(AF_INET6, $_[0])) : pack_sockaddr_in($_[1], inet_aton($_[0])) }
+sub show {
+    if ($v6) { my ($port, $ip) = unpack_sockaddr_in6($_[0]); return '[' . inet_ntop(AF_INET6, $ip) . "]:$port" }
+    my ($port, $ip) = unpack_sockaddr_in($_[0]); inet_ntoa($ip) . ":$port"
+}
 sub done { print $_[0] ? "ok\n" : "error $!\n" }
 print "ready\n";
 while (my $line = <STDIN>) {
@@ -92,19 +110,29 @@ while (my $line = <STDIN>) {
 impl SocketClient {
     /// A client with one UDP socket, unconnected until [`connect`](Self::connect).
     pub fn udp(cgroup: &TestCgroup) -> SocketClient {
-        SocketClient::spawn(cgroup, "udp")
+        SocketClient::spawn(Command::new("perl"), cgroup, "udp", "inet")
     }
 
     /// A client with one TCP socket, to [`connect`](Self::connect).
     pub fn tcp(cgroup: &TestCgroup) -> SocketClient {
-        SocketClient::spawn(cgroup, "tcp")
+        SocketClient::spawn(Command::new("perl"), cgroup, "tcp", "inet")
     }
 
-    fn spawn(cgroup: &TestCgroup, proto: &str) -> SocketClient {
-        let mut child = Command::new("perl")
+    /// A client in `netns` with one (dual-stack) IPv6 UDP socket.
+    pub fn udp6(cgroup: &TestCgroup, netns: &TestNetns) -> SocketClient {
+        SocketClient::spawn(netns.command("perl"), cgroup, "udp", "inet6")
+    }
+
+    /// A client in `netns` with one (dual-stack) IPv6 TCP socket.
+    pub fn tcp6(cgroup: &TestCgroup, netns: &TestNetns) -> SocketClient {
+        SocketClient::spawn(netns.command("perl"), cgroup, "tcp", "inet6")
+    }
+
+    fn spawn(mut perl: Command, cgroup: &TestCgroup, proto: &str, family: &str) -> SocketClient {
+        let mut child = perl
             .args(["-e", CLIENT])
             .arg(cgroup.procs_file())
-            .arg(proto)
+            .args([proto, family])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
