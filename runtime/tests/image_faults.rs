@@ -2,8 +2,8 @@
 //! blob cut mid-way (resumed with Range), a wrong blob body (refused, nothing kept), Bearer
 //! and Basic challenges, 404, 429 with Retry-After, blobs redirected to "storage", 5
 //! concurrent pulls of one image that must download each blob once, the bound on parallel
-//! layer downloads, and a pull killed with SIGKILL mid-download. Needs root (the registry
-//! script installs packages).
+//! layer downloads, a pull killed with SIGKILL mid-download and one whose future is dropped
+//! (its pins released). Needs root (the registry script installs packages).
 
 mod image_common;
 
@@ -549,4 +549,64 @@ async fn sigkill_mid_pull_leaves_nothing_half_done() {
     let image = store.pull(&web, &NoProgress).await.expect("pull after the kill");
     assert_eq!(image.config.rootfs().diff_ids().len(), 2);
     assert_eq!(entries(&root.join("layers/sha256")).len(), 2);
+}
+
+/// The digests that the store's open instances have published as pinned (their busy.json).
+fn published_pins(root: &Path) -> Vec<String> {
+    let mut pins = Vec::new();
+    for dir in std::fs::read_dir(root.join("tmp")).unwrap().flatten() {
+        if let Ok(bytes) = std::fs::read(dir.path().join("busy.json")) {
+            pins.extend(serde_json::from_slice::<Vec<String>>(&bytes).unwrap());
+        }
+    }
+    pins
+}
+
+/// A pull whose future is dropped mid-download (its pod deleted) leaves no pins published:
+/// what it downloaded is left to the collectors, here and in other processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_pull_unpins_its_content() {
+    require_root();
+    let registry = TestRegistry::start();
+    registry.push_test_images();
+    let proxy = FaultProxy::start(&registry.addr).await;
+    let (config, layers) = blobs_of(&registry, "nodelet/web").await;
+    proxy.set(|f| f.stall_blob = Some(layers[0].0.clone()));
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("images");
+    let store = Arc::new(ImageStore::open(&root).unwrap());
+    // Another store on the root: a collector as another process would run it.
+    let collector = ImageStore::open(&root).unwrap();
+    let web = format!("{}/nodelet/web:1", proxy.addr());
+    let pulling = tokio::spawn({
+        let store = store.clone();
+        async move { store.pull(&web, &NoProgress).await }
+    });
+
+    // Wait until the config is stored and pinned, and the stalled layer downloading.
+    let config_file = root.join("blobs/sha256").join(&config["sha256:".len()..]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let downloading = || {
+        image_common::work_leftovers(&root).iter().any(|path| path.contains("/download-"))
+            && config_file.is_file()
+            && published_pins(&root).contains(&config)
+    };
+    while !downloading() {
+        assert!(Instant::now() < deadline, "the pull never got to the stalled layer");
+        assert!(!pulling.is_finished(), "the pull ended before the stall: {:?}", pulling.await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(collector.collect_garbage().unwrap().blobs, 0, "the config is pinned while the pull runs");
+
+    pulling.abort();
+    assert!(pulling.await.unwrap_err().is_cancelled());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !published_pins(&root).is_empty() {
+        assert!(Instant::now() < deadline, "pins still published: {:?}", published_pins(&root));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(image_common::work_leftovers(&root).is_empty(), "no partial download left");
+    let collected = collector.collect_garbage().unwrap();
+    assert_eq!(collected.blobs, 1, "the dropped pull's config is collected");
+    assert!(!config_file.exists());
 }

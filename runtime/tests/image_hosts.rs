@@ -213,3 +213,28 @@ async fn legacy_certificate_files_with_client_certificates() {
     );
     assert_eq!(pull_origin(work.path(), &certs_d, &reference).await.unwrap(), "mutual tls");
 }
+
+/// Durations past what Go (or a Duration) holds fail the pull with the file and the field
+/// named, never a panic; nothing is asked of the network.
+#[tokio::test]
+async fn out_of_range_dial_timeouts_are_config_errors() {
+    let work = tempfile::tempdir().unwrap();
+    let certs_d = work.path().join("certs.d");
+    let port = free_port();
+    let host = format!("127.0.0.1:{port}");
+    let cases = [
+        ("dial_timeout = \"99999999999999999999h\"", "dial_timeout"),
+        ("[host.\"http://127.0.0.1:1\"]\ndial_timeout = \"2562048h\"", "host.\"http://127.0.0.1:1\".dial_timeout"),
+        ("dial_timeout = \"2562047h2562047h\"", "dial_timeout"),
+    ];
+    for (toml, field) in cases {
+        write_hosts(&certs_d, &host, toml);
+        let error = pull_origin(work.path(), &certs_d, &format!("{host}/nodelet/app:1")).await.unwrap_err();
+        let hosts_toml = certs_d.join(&host).join("hosts.toml");
+        assert!(
+            matches!(&error, ImageError::HostsConfig { path, field: named, .. } if *path == hosts_toml && named == field),
+            "{toml:?}: {error:?}"
+        );
+        assert!(error.to_string().contains("out of range"), "{error}");
+    }
+}

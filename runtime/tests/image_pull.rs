@@ -1,5 +1,7 @@
 //! Pulling the test images from a real local registry, layer sharing, re-pulls, lookups,
-//! overlay mounts, gzip, zstd and uncompressed layers in one image, and the errors for missing images and unreachable registries. Needs root.
+//! overlay mounts, gzip, zstd and uncompressed layers in one image (device nodes left out),
+//! the errors for missing images and unreachable registries, and the wait for the store lock
+//! off the async threads. Needs root.
 
 mod image_common;
 
@@ -255,7 +257,13 @@ async fn gzip_zstd_and_uncompressed_layers() {
         .symlink("latest", "data/zstd.txt")
         .file("etc/.wh.motd", b"")
         .finish();
-    let plain = TarBuilder::new().file("plain.txt", b"not compressed\n").finish();
+    // Device nodes, which containerd accepts: the pull succeeds and leaves them out.
+    let plain = TarBuilder::new()
+        .file("plain.txt", b"not compressed\n")
+        .dir("dev", 0o755)
+        .device("dev/sda", tar::EntryType::Block, 8, 0)
+        .device("dev/mem", tar::EntryType::Char, 1, 1)
+        .finish();
     let reference = registry
         .push_layers_image(
             "nodelet/mixed",
@@ -292,5 +300,68 @@ async fn gzip_zstd_and_uncompressed_layers() {
     assert_eq!(std::fs::read_to_string(rootfs.join("plain.txt")).unwrap(), "not compressed\n");
     assert!(!rootfs.join("etc/motd").exists(), "the zstd layer's whiteout applies");
     assert_eq!(std::fs::metadata(rootfs.join("bin-tool")).unwrap().mode() & 0o7777, 0o4755, "setuid kept");
+    assert!(rootfs.join("dev").is_dir());
+    assert!(std::fs::symlink_metadata(rootfs.join("dev/sda")).is_err(), "no block device from the image");
+    assert!(std::fs::symlink_metadata(rootfs.join("dev/mem")).is_err(), "no character device from the image");
     store.unmount_rootfs(&container).unwrap();
+}
+
+/// Whether a process waits for an flock on the file with inode `ino` (/proc/locks lists
+/// waiters with `->`).
+fn flock_waiter(ino: u64) -> bool {
+    let locks = std::fs::read_to_string("/proc/locks").unwrap();
+    let field = format!(":{ino} ");
+    locks.lines().any(|line| line.contains("->") && line.contains("FLOCK") && line.contains(&field))
+}
+
+/// The store lock is taken off the async threads: with another process holding it, a pull
+/// on a one-thread runtime waits for it while the runtime keeps running other tasks.
+#[tokio::test(flavor = "current_thread")]
+async fn a_pull_waits_for_the_store_lock_without_blocking_the_runtime() {
+    require_root();
+    let registry = TestRegistry::start();
+    registry.push_test_images();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("images");
+    let store = std::sync::Arc::new(ImageStore::open(&root).unwrap());
+    let lock_file = root.join("lock");
+    let ino = std::fs::metadata(&lock_file).unwrap().ino();
+
+    // Another holder of the lock (a flock on its own open file, as another process's), on a
+    // thread of its own; it lets go when told, or after 10 s.
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let file = std::fs::File::open(&lock_file).unwrap();
+        let flock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).unwrap();
+        held_tx.send(()).unwrap();
+        let _ = released.recv_timeout(std::time::Duration::from_secs(10));
+        drop(flock);
+    });
+    held_rx.recv().unwrap();
+
+    let reference = format!("{}/nodelet/busybox:1", registry.addr);
+    let pulling = tokio::spawn({
+        let store = store.clone();
+        async move { store.pull(&reference, &NoProgress).await }
+    });
+    // Tick until the pull waits for the lock, then some more: no tick may be held up.
+    let started = std::time::Instant::now();
+    let mut ticks_while_waiting = 0;
+    while ticks_while_waiting < 10 {
+        let tick = std::time::Instant::now();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let took = tick.elapsed();
+        assert!(took < std::time::Duration::from_secs(2), "the runtime's only thread was blocked for {took:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "the pull never waited for the lock");
+        assert!(!pulling.is_finished(), "the pull cannot finish while the lock is held elsewhere");
+        if flock_waiter(ino) {
+            ticks_while_waiting += 1;
+        }
+    }
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let image = pulling.await.unwrap().expect("the pull completes once the lock is free");
+    assert_eq!(store.get(&image.reference).unwrap().map(|i| i.digest), Some(image.digest));
+    assert!(work_leftovers(store.root()).is_empty(), "no pins left once indexed");
 }

@@ -1,6 +1,6 @@
-//! Layer unpacking: hostile tarballs (traversal, escaping symlinks and hard links, device
-//! nodes, metadata headers claiming gigabytes) are refused with the entry named and nothing
-//! written outside the layer dir (directly and through a pull); whiteouts become overlayfs
+//! Layer unpacking: hostile tarballs (traversal, escaping symlinks and hard links, metadata
+//! headers claiming gigabytes) are refused with the entry named and nothing written outside
+//! the layer dir (directly and through a pull); device nodes are skipped; whiteouts become overlayfs
 //! ones and take effect in a mount; metadata (setuid, owners, xattrs, file capabilities) is
 //! preserved. Needs root.
 
@@ -109,13 +109,24 @@ fn hostile_layers_are_refused_and_harmless() {
     let tar = TarBuilder::new().symlink("out", "../outside").file("out/.wh.canary", b"").finish();
     expect_unsafe(tar, &s, "out/.wh.canary");
 
-    // Device nodes: a disk or a host character device would be there for the container.
+    // Device nodes are left out (as containerd does in a user namespace), the rest of the
+    // layer unpacked: a disk or a host character device never lands in the store. One
+    // replacing an earlier entry of the layer still removes it.
     let s = Sandbox::new();
-    expect_unsafe(TarBuilder::new().device("disk", tar::EntryType::Block, 8, 0).finish(), &s, "disk");
-    let s = Sandbox::new();
-    let tar = TarBuilder::new().dir("dev", 0o755).device("dev/mem", tar::EntryType::Char, 1, 1).finish();
-    expect_unsafe(tar, &s, "dev/mem");
-    assert!(!s.layer().join("dev/mem").exists());
+    let tar = TarBuilder::new()
+        .device("disk", tar::EntryType::Block, 8, 0)
+        .dir("dev", 0o755)
+        .file("dev/mem", b"replaced")
+        .device("dev/mem", tar::EntryType::Char, 1, 1)
+        .fifo("dev/pipe")
+        .file("after", b"still unpacked")
+        .finish();
+    unpack::unpack_tar(tar.as_slice(), &s.layer(), "test-layer").unwrap();
+    assert!(std::fs::symlink_metadata(s.layer().join("disk")).is_err(), "no block device");
+    assert!(std::fs::symlink_metadata(s.layer().join("dev/mem")).is_err(), "no character device");
+    assert!(std::fs::symlink_metadata(s.layer().join("dev/pipe")).unwrap().file_type().is_fifo(), "FIFOs kept");
+    assert_eq!(std::fs::read_to_string(s.layer().join("after")).unwrap(), "still unpacked");
+    s.assert_outside_untouched();
     // A 0:0 character device is an overlayfs whiteout: kept as one.
     let s = Sandbox::new();
     let tar = TarBuilder::new().device("gone", tar::EntryType::Char, 0, 0).finish();
@@ -133,6 +144,20 @@ fn hostile_layers_are_refused_and_harmless() {
         assert!(err.to_string().contains(what) && err.to_string().contains("4294967296"), "{err}");
         s.assert_outside_untouched();
     }
+
+    // tar takes a v7 `x` (no ustar or GNU magic) for an ordinary file: the `size` in its data
+    // applies to nothing, and the long name after the next file is a real header that tar
+    // would read whole. Refused at that header, never read.
+    let s = Sandbox::new();
+    let tar = TarBuilder::new()
+        .v7_claimed("v7pax", b'x', b"13 size=1536\n")
+        .file("empty", b"")
+        .claimed("././@LongLink", b'L', 4 << 30, &[b'a'; 4096])
+        .finish();
+    let err = unpack::unpack_tar(tar.as_slice(), &s.layer(), "test-layer").unwrap_err();
+    assert!(matches!(&err, ImageError::UnsafeEntry { entry, .. } if entry == "././@LongLink"), "{err:?}");
+    assert!(err.to_string().contains("GNU long name"), "{err}");
+    s.assert_outside_untouched();
 
     // A file entry replacing a symlink to the outside replaces the symlink itself: allowed,
     // and the target is untouched.

@@ -26,6 +26,8 @@ use super::ImageError;
 
 const HOSTS_FILE: &str = "hosts.toml";
 const DEFAULT_DIR: &str = "_default";
+/// Go's `time.Duration` is an i64 of nanoseconds: longer is a parse error in containerd.
+const GO_MAX_DURATION: Duration = Duration::from_nanos(i64::MAX as u64);
 
 /// What a host may be asked for: `resolve` is a tag to a digest, `pull` is anything by digest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -273,10 +275,12 @@ impl Fields<'_> {
         value.as_bool().ok_or_else(|| self.error(field, &format!("must be true or false, not {value}")))
     }
 
-    /// A Go duration as containerd reads it: `"500ms"`, `"10s"`, `"1m30s"`.
+    /// A Go duration as containerd reads it (`time.ParseDuration`): `"500ms"`, `"10s"`,
+    /// `"1m30s"`, `"1.5h"`; over Go's limit (about 292 years) is an error, as in Go.
     fn duration(&self, field: &str, value: &toml::Value) -> Result<Duration, ImageError> {
         let bad = || self.error(field, &format!("must be a duration such as \"10s\" or \"500ms\", not {value}"));
         let text = value.as_str().ok_or_else(bad)?;
+        let out_of_range = || self.error(field, &format!("{text:?} is out of range (at most {GO_MAX_DURATION:?})"));
         let mut rest = text;
         let mut total = Duration::ZERO;
         while !rest.is_empty() {
@@ -284,13 +288,16 @@ impl Fields<'_> {
             let number: f64 = rest[..digits].parse().map_err(|_| bad())?;
             let unit_end = rest[digits..].find(|c: char| c.is_ascii_digit()).map_or(rest.len(), |i| digits + i);
             let seconds = match &rest[digits..unit_end] {
-                "ms" => 0.001,
+                "ns" => 1e-9,
+                "us" | "\u{b5}s" | "\u{3bc}s" => 1e-6,
+                "ms" => 1e-3,
                 "s" => 1.0,
                 "m" => 60.0,
                 "h" => 3600.0,
                 _ => return Err(bad()),
             };
-            total += Duration::from_secs_f64(number * seconds);
+            let term = Duration::try_from_secs_f64(number * seconds).map_err(|_| out_of_range())?;
+            total = total.checked_add(term).filter(|t| *t <= GO_MAX_DURATION).ok_or_else(out_of_range)?;
             rest = &rest[unit_end..];
         }
         if total.is_zero() {
@@ -440,6 +447,18 @@ mod tests {
     }
 
     #[test]
+    fn durations_as_go_parses_them() {
+        let timeout = |text: &str| parse(&format!("dial_timeout = {text:?}"), "r.example").unwrap()[0].dial_timeout;
+        assert_eq!(timeout("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(timeout("1m30s250ms"), Some(Duration::from_millis(90_250)));
+        assert_eq!(timeout("300us"), Some(Duration::from_micros(300)));
+        assert_eq!(timeout("2\u{b5}s"), Some(Duration::from_micros(2)));
+        assert_eq!(timeout("2562047h"), Some(Duration::from_secs(2_562_047 * 3600)), "under Go's limit");
+        let error = parse("dial_timeout = \"99999999999999999999h\"", "r.example").unwrap_err().to_string();
+        assert!(error.contains("out of range"), "{error}");
+    }
+
+    #[test]
     fn server_defaults_as_containerd() {
         let hosts = parse("[host.\"mirror.example\"]\n", "docker.io").unwrap();
         assert_eq!(hosts[0].api_base(), "https://mirror.example/v2", "a host without scheme is https");
@@ -459,6 +478,11 @@ mod tests {
             ("ca = 3", "ca"),
             ("dial_timeout = \"soon\"", "dial_timeout"),
             ("dial_timeout = \"10\"", "dial_timeout"),
+            // Past what a Duration (or Go's) holds: an error, not a panic.
+            ("dial_timeout = \"99999999999999999999h\"", "dial_timeout"),
+            ("[host.\"https://m\"]\ndial_timeout = \"2562048h\"", "host.\"https://m\".dial_timeout"),
+            ("dial_timeout = \"2562047h2562047h\"", "dial_timeout"),
+            ("dial_timeout = \"1e999h\"", "dial_timeout"),
             ("client = [\"a\", \"b\"]", "client"),
             ("server = ", "(syntax)"),
         ];

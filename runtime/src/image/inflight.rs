@@ -20,9 +20,10 @@ pub struct Inflight {
     pins: Mutex<HashMap<Digest, usize>>,
 }
 
-/// Keeps a pull's digests from the garbage collector until dropped.
-pub struct PinGuard<'a> {
-    inflight: &'a Inflight,
+/// Keeps a pull's digests from the garbage collector until dropped (owns its `Inflight`, so
+/// that it can move to a blocking thread with the index update that ends it).
+pub struct PinGuard {
+    inflight: Arc<Inflight>,
     digests: Vec<Digest>,
 }
 
@@ -50,12 +51,12 @@ impl Inflight {
         self.pins.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn pin(&self, digests: Vec<Digest>) -> PinGuard<'_> {
+    pub fn pin(self: &Arc<Self>, digests: Vec<Digest>) -> PinGuard {
         let mut pins = self.pin_map();
         for digest in &digests {
             *pins.entry(digest.clone()).or_default() += 1;
         }
-        PinGuard { inflight: self, digests }
+        PinGuard { inflight: self.clone(), digests }
     }
 
     /// Digests some pull is working on, waiting for or has not indexed yet.
@@ -66,7 +67,7 @@ impl Inflight {
     }
 }
 
-impl PinGuard<'_> {
+impl PinGuard {
     /// Pin more digests (learnt later in the pull, e.g. diff ids from the config).
     pub fn extend(&mut self, digests: Vec<Digest>) {
         let mut pins = self.inflight.pin_map();
@@ -77,7 +78,7 @@ impl PinGuard<'_> {
     }
 }
 
-impl Drop for PinGuard<'_> {
+impl Drop for PinGuard {
     fn drop(&mut self) {
         let mut pins = self.inflight.pin_map();
         for digest in &self.digests {
@@ -109,7 +110,7 @@ mod tests {
 
     #[tokio::test]
     async fn serialises_per_digest_and_forgets_released_entries() {
-        let inflight = Inflight::default();
+        let inflight = Arc::new(Inflight::default());
         let a = Digest::of(b"a");
         let b = Digest::of(b"b");
         let first = inflight.lock(&a).await;

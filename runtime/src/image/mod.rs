@@ -5,7 +5,8 @@
 //! [`hosts`] (containerd's `certs.d/<host>/hosts.toml`: mirrors, TLS), `endpoint` (one host),
 //! [`auth`], [`credentials`] and [`retry`] (HTTP), [`manifest`] (manifest/index formats),
 //! [`store`] (on-disk layout, crash-safe writes), `store_lock` and `work_dir` (sharing the
-//! store between processes), `inflight` (one download per digest),
+//! store between processes), `inflight` (one download per digest), `pins` (a pull's pins,
+//! published for other processes),
 //! [`gc`] (removal of unreferenced content), [`unpack`], `header_guard` and [`beneath`] (layer
 //! tarballs, bounded and confined to their directory), [`overlay`] (mounts), [`progress`].
 
@@ -21,6 +22,7 @@ pub mod hosts;
 mod inflight;
 pub mod manifest;
 pub mod overlay;
+mod pins;
 mod progress;
 mod pull;
 pub mod reference;
@@ -33,6 +35,7 @@ mod work_dir;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use credentials::{Credentials, DockerConfig};
 pub use digest::Digest;
@@ -55,7 +58,7 @@ pub const DEFAULT_REGISTRY_CONFIG_DIR: &str = "/etc/nodelet/certs.d";
 pub struct ImageStore {
     layout: Layout,
     /// Per-digest download locks and pins of pulls not yet indexed.
-    inflight: Inflight,
+    inflight: Arc<Inflight>,
     /// Registry credentials (a Docker config.json), when configured.
     docker_config: Option<DockerConfig>,
     /// containerd-style `certs.d` directory of registry hosts (mirrors, TLS), when configured.
@@ -102,7 +105,7 @@ impl ImageStore {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, ImageError> {
         Ok(ImageStore {
             layout: Layout::create(root.into())?,
-            inflight: Inflight::default(),
+            inflight: Arc::default(),
             docker_config: None,
             hosts_dir: None,
         })
@@ -209,25 +212,21 @@ impl ImageStore {
             .map(|(host, own)| (host.clone(), if host.mirror { own.clone() } else { credentials.cloned() }))
             .collect();
         let context = pull::PullContext { layout: &self.layout, inflight: &self.inflight, hosts };
-        let (record, pin) = match pull::pull(&context, parsed, progress).await {
-            Ok(pulled) => pulled,
-            Err(error) => {
-                // Its pins are gone: let other processes collect what the pull left.
-                if let Err(e) = self.layout.publish_busy(|| self.inflight.busy()) {
-                    tracing::warn!(error = %crate::error_chain(&e), "cannot update the store's pinned digests");
-                }
-                return Err(error);
-            }
-        };
-        {
-            // Indexed and unpinned at once: a collector sees the image either pinned or indexed.
-            let guard = self.layout.lock()?;
-            let mut index = self.layout.load_index()?;
-            index.images.insert(record.reference.clone(), record.clone());
-            self.layout.save_index(&index)?;
-            drop(pin);
-            self.layout.publish_busy_locked(&guard, &self.inflight.busy())?;
-        }
+        let (record, pins) = pull::pull(&context, parsed, progress).await?;
+        // Indexed and unpinned at once, under the store lock: a collector sees the image
+        // either pinned or indexed. On a blocking thread, as another process may hold the
+        // lock for a while; if this future is dropped meanwhile, the update still completes.
+        let layout = self.layout.clone();
+        let indexed = record.clone();
+        tokio::task::spawn_blocking(move || {
+            let guard = layout.lock()?;
+            let mut index = layout.load_index()?;
+            index.images.insert(indexed.reference.clone(), indexed);
+            layout.save_index(&index)?;
+            pins.release_locked(&guard)
+        })
+        .await
+        .map_err(|source| ImageError::Task { what: format!("indexing image {}", record.reference), source })??;
         tracing::info!(reference = %record.reference, digest = %record.digest, "pulled image");
         self.image(&record)
     }

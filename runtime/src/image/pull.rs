@@ -2,14 +2,16 @@
 //! and unpack the missing layers (a few at once), record the image.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use futures::StreamExt as _;
 use oci_spec::image::ImageConfiguration;
 
 use super::credentials::Credentials;
 use super::hosts::RegistryHost;
-use super::inflight::{Inflight, PinGuard};
+use super::inflight::Inflight;
 use super::manifest::{self, layer_compression, ImageManifest, Manifest};
+use super::pins::PublishedPins;
 use super::registry::RegistryClient;
 use super::store::{ImageRecord, LayerRecord, Layout};
 use super::{unpack, Digest, ImageError, PullProgress, Reference};
@@ -24,24 +26,23 @@ pub const PARALLEL_LAYERS: usize = 3;
 /// What a pull needs beyond the reference.
 pub struct PullContext<'a> {
     pub layout: &'a Layout,
-    pub inflight: &'a Inflight,
+    pub inflight: &'a Arc<Inflight>,
     /// The registry's hosts, mirrors first, each with the credentials to show it.
     pub hosts: Vec<(RegistryHost, Option<Credentials>)>,
 }
 
-/// Fetch everything `reference` needs into the store; returns the record to index and a pin
-/// that keeps the content from the garbage collector until the caller has indexed it.
-pub async fn pull<'a>(
-    context: &PullContext<'a>,
+/// Fetch everything `reference` needs into the store; returns the record to index and the
+/// pins that keep the content from garbage collectors until the caller has indexed it. On
+/// failure the pins are released (and published) before the error is returned.
+pub async fn pull(
+    context: &PullContext<'_>,
     reference: &Reference,
     progress: &dyn PullProgress,
-) -> Result<(ImageRecord, PinGuard<'a>), ImageError> {
-    let layout = context.layout;
+) -> Result<(ImageRecord, PublishedPins), ImageError> {
     let shown = reference.to_string();
     let client = RegistryClient::with_hosts(reference, context.hosts.clone())?;
     let (manifest, manifest_digest, manifest_body) = resolve_manifest(&client, reference).await?;
 
-    let config_digest = &manifest.config.digest;
     if !manifest.config.media_type.is_empty() && !CONFIG_MEDIA_TYPES.contains(&manifest.config.media_type.as_str()) {
         return Err(ImageError::UnsupportedMediaType {
             reference: shown,
@@ -59,13 +60,44 @@ pub async fn pull<'a>(
         }
     }
 
-    let mut pinned = vec![manifest_digest.clone(), config_digest.clone()];
+    let mut pinned = vec![manifest_digest.clone(), manifest.config.digest.clone()];
     pinned.extend(manifest.layers.iter().map(|l| l.digest.clone()));
-    let mut pin = context.inflight.pin(pinned);
     // Published before looking at what the store has: from now on no collector, here or in
     // another process, removes this content.
-    layout.publish_busy(|| context.inflight.busy())?;
+    let mut pins = PublishedPins::pin(context.layout, context.inflight, pinned).await?;
+    let manifest = Fetched { manifest, digest: manifest_digest, body: manifest_body };
+    match fetch(context, &client, reference, manifest, progress, &mut pins).await {
+        Ok(record) => Ok((record, pins)),
+        Err(error) => {
+            // Its pins are gone: let other processes collect what the pull left.
+            if let Err(e) = pins.release().await {
+                tracing::warn!(error = %crate::error_chain(&e), "cannot update the store's pinned digests");
+            }
+            Err(error)
+        }
+    }
+}
 
+/// The resolved image manifest, its digest and body.
+struct Fetched {
+    manifest: ImageManifest,
+    digest: Digest,
+    body: Vec<u8>,
+}
+
+/// The config and the layers of a resolved manifest, then the manifest itself.
+async fn fetch(
+    context: &PullContext<'_>,
+    client: &RegistryClient,
+    reference: &Reference,
+    fetched: Fetched,
+    progress: &dyn PullProgress,
+    pins: &mut PublishedPins,
+) -> Result<ImageRecord, ImageError> {
+    let layout = context.layout;
+    let shown = reference.to_string();
+    let Fetched { manifest, digest: manifest_digest, body: manifest_body } = fetched;
+    let config_digest = &manifest.config.digest;
     let config_bytes = {
         let _fetching = context.inflight.lock(config_digest).await;
         if layout.has_blob(config_digest) {
@@ -89,14 +121,11 @@ pub async fn pull<'a>(
             layers: manifest.layers.len(),
         });
     }
-
-    pin.extend(diff_ids.clone());
-    layout.publish_busy(|| context.inflight.busy())?;
+    pins.extend(diff_ids.clone()).await?;
 
     // A few layers at a time, in manifest order. After a failure the other layers still run
     // to their end rather than being cancelled: a cancelled unpack would go on in its
     // blocking thread, unlocked, and land in the store after the pull has returned.
-    let client = &client;
     // Indices, not (&descriptor, diff id) pairs: a closure taking a borrowed argument makes
     // the future not provably Send for callers behind async-trait.
     let (descriptors, diff_ids) = (&manifest.layers, &diff_ids);
@@ -121,15 +150,14 @@ pub async fn pull<'a>(
     // The manifest goes in last: its presence means the whole image is here.
     layout.write_blob(&manifest_digest, &manifest_body)?;
 
-    let record = ImageRecord {
+    Ok(ImageRecord {
         reference: shown,
         repo_digest: reference.with_digest(&manifest_digest),
         digest: manifest_digest,
         config_digest: config_digest.clone(),
         size: layers.iter().map(|l| l.size).sum(),
         layers,
-    };
-    Ok((record, pin))
+    })
 }
 
 /// The image manifest for linux/amd64, its digest and body.

@@ -6,8 +6,9 @@
 //!   and every parent is resolved by the kernel confined to the destination (see
 //!   [`super::beneath`]), so a symlink planted by an earlier entry cannot be written through
 //!   to the outside, and hard links can only point at files inside. The failing entry is named.
-//! - Device nodes are refused (a container's /dev comes from the runtime, and a node in the
-//!   image could reach a host device), except 0:0 character devices, overlayfs' own
+//! - Device nodes are skipped with a warning naming the layer and the entry, as containerd
+//!   skips them in a user namespace (a container's /dev comes from the runtime, and a node in
+//!   the store could reach a host device), except 0:0 character devices, overlayfs' own
 //!   whiteouts. Metadata entries (long names, PAX headers) are bounded (see
 //!   [`super::header_guard`]).
 //! - Modes (setuid included), ownership, symlinks, hard links, FIFOs, mtimes and extended
@@ -139,6 +140,8 @@ impl Unpacker {
             entry.path().map_err(|source| ImageError::Tar { layer: self.layer.clone(), source })?.into_owned();
         let shown = beneath::display(&path);
         let entry_type = entry.header().entry_type();
+        // tar hands over a metadata-typed entry only when its header has no ustar or GNU magic
+        // (v7), or for a global PAX header: meaningless here, skipped as tar's own unpack does.
         if matches!(
             entry_type,
             EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink
@@ -204,11 +207,7 @@ impl Unpacker {
                 let minor = header.device_minor().ok().flatten().unwrap_or(0);
                 let whiteout = kind == SFlag::S_IFCHR && (major, minor) == (0, 0);
                 if kind != SFlag::S_IFIFO && !whiteout {
-                    let what = if kind == SFlag::S_IFCHR { "character" } else { "block" };
-                    return Err(self.unsafe_entry(
-                        &shown,
-                        format!("{what} device {major}:{minor}: device nodes are not allowed in image layers"),
-                    ));
+                    return self.skip_device(&parent, name, kind, (major, minor), &shown);
                 }
                 let device = nix::sys::stat::makedev(major.into(), minor.into());
                 self.device(&parent, name, kind, device, &meta, &shown)
@@ -402,6 +401,23 @@ impl Unpacker {
         // No AT_SYMLINK_FOLLOW: a link to a symlink links the symlink itself.
         linkat(&target_parent, target_name.as_os_str(), parent, name, AtFlags::empty())
             .map_err(self.failed(shown, "create hard link"))
+    }
+
+    /// A device node is left out, as containerd does in a user namespace: the store is no
+    /// place for one, and a container's /dev comes from its spec. What the layer had at that
+    /// path before is removed all the same, as the entry replaces it.
+    fn skip_device(
+        &self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        kind: SFlag,
+        (major, minor): (u32, u32),
+        shown: &str,
+    ) -> Result<(), ImageError> {
+        self.clear(parent, name, false, shown)?;
+        let kind = if kind == SFlag::S_IFCHR { "character" } else { "block" };
+        tracing::warn!(layer = %self.layer, entry = %shown, kind, major, minor, "skipping device node in image layer");
+        Ok(())
     }
 
     fn device(

@@ -277,6 +277,18 @@ impl TarBuilder {
         self
     }
 
+    /// An entry with a v7 header (no ustar or GNU magic) of type `kind`, sized by `data`.
+    pub fn v7_claimed(&mut self, name: &str, kind: u8, data: &[u8]) -> &mut Self {
+        let mut header = tar::Header::new_old();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_entry_type(tar::EntryType::new(kind));
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        self.builder.as_mut().unwrap().append(&header, data).expect("append tar entry");
+        self
+    }
+
     pub fn finish(&mut self) -> Vec<u8> {
         self.builder.take().unwrap().into_inner().expect("finish tar")
     }
