@@ -151,6 +151,7 @@ pub fn proxy_config(cfg: &LocalConfig) -> nodelet_proxy::ProxyConfig {
         attach_cgroup: cfg.proxy_attach_cgroup.clone().unwrap_or(defaults.attach_cgroup),
         pin_dir: cfg.proxy_pin_dir.clone(),
         node_name: Some(cfg.node_name.clone()),
+        nodeport_addresses: cfg.nodeport_addresses.clone(),
         ..defaults
     }
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
+use nodelet_runtime::go_duration::parse_go_duration;
 use serde_json::Value;
 
 use crate::node::{NodeConfig, ResourceReservation};
@@ -52,13 +53,13 @@ pub struct KubeletConfigFile {
     pub cluster_domain: Option<String>,
     /// `""` (no host resolver for pods) is kept as an empty path.
     pub resolv_conf: Option<PathBuf>,
+    pub static_pod_path: Option<PathBuf>,
 }
 
 /// The fields of kubelet's KubeletConfiguration that nodelet does not implement: named as
 /// "not supported" rather than "unknown".
 const KNOWN_UNSUPPORTED: &[&str] = &[
     "enableServer",
-    "staticPodPath",
     "podLogsDir",
     "syncFrequency",
     "fileCheckFrequency",
@@ -238,6 +239,10 @@ pub fn parse(text: &str, path: &Path) -> Result<KubeletConfigFile, KubeletConfig
                 Some(domain) => file.cluster_domain = Some(domain.trim_end_matches('.').to_string()),
                 None => problem(format!("{value} is not a domain")),
             },
+            "staticPodPath" => match value.as_str() {
+                Some(path) if path.starts_with('/') => file.static_pod_path = Some(PathBuf::from(path)),
+                _ => problem(format!("{value} is not an absolute path")),
+            },
             "resolvConf" => match value.as_str() {
                 Some(path) if path.is_empty() || path.starts_with('/') => file.resolv_conf = Some(PathBuf::from(path)),
                 _ => problem(format!("{value} is not an absolute path or \"\"")),
@@ -305,35 +310,6 @@ fn reservation(value: &Value) -> Result<ResourceReservation, String> {
     ResourceReservation::parse(&flag).map_err(|e| e.to_string())
 }
 
-/// A Go duration ("10s", "1m30s", "1.5h", "500ms"), the form of KubeletConfiguration's
-/// durations. Hand-written: humantime and friends read other forms ("1m 30s", "1min").
-fn parse_go_duration(text: &str) -> Result<Duration, String> {
-    let invalid = || format!("{text:?} is not a duration like 10s, 1m30s or 500ms");
-    if text.is_empty() {
-        return Err(invalid());
-    }
-    let mut total = 0f64;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let number_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(invalid)?;
-        let number: f64 = rest[..number_end].parse().map_err(|_| invalid())?;
-        rest = &rest[number_end..];
-        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let seconds = match &rest[..unit_end] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(invalid()),
-        };
-        total += number * seconds;
-        rest = &rest[unit_end..];
-    }
-    Ok(Duration::from_secs_f64(total))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,12 +324,14 @@ mod tests {
             "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\npodCIDR: 10.88.0.0/24\n\
              cgroupRoot: /kubepods\nhealthzPort: 10249\nmaxPods: 50\nsystemReserved: {cpu: 500m, memory: 1Gi}\n\
              nodeStatusUpdateFrequency: 20s\nnodeStatusReportFrequency: 1m30s\nnodeLeaseDurationSeconds: 60\n\
-             clusterDNS: [10.96.0.10]\nclusterDomain: cluster.local\nresolvConf: /run/systemd/resolve/resolv.conf\n",
+             clusterDNS: [10.96.0.10]\nclusterDomain: cluster.local\nresolvConf: /run/systemd/resolve/resolv.conf\n\
+             staticPodPath: /etc/kubernetes/manifests\n",
         )
         .expect("valid");
         assert_eq!(file.cluster_dns, Some(vec!["10.96.0.10".parse().unwrap()]));
         assert_eq!(file.cluster_domain.as_deref(), Some("cluster.local"));
         assert_eq!(file.resolv_conf, Some(PathBuf::from("/run/systemd/resolve/resolv.conf")));
+        assert_eq!(file.static_pod_path, Some(PathBuf::from("/etc/kubernetes/manifests")));
         assert_eq!(file.pod_cidr, Some("10.88.0.0/24".parse().unwrap()));
         assert_eq!(file.healthz_bind_address, Some(Some("127.0.0.1:10249".parse().unwrap())));
         assert_eq!(file.system_reserved.unwrap().cpu_millis, 500);
@@ -385,16 +363,5 @@ mod tests {
             .expect("off")
             .healthz_bind_address
             .is_some_and(|address| address.is_none()));
-    }
-
-    #[test]
-    fn go_durations() {
-        assert_eq!(parse_go_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_go_duration("1h2m3s"), Ok(Duration::from_secs(3723)));
-        assert_eq!(parse_go_duration("1.5m"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_go_duration("250ms"), Ok(Duration::from_millis(250)));
-        for bad in ["", "10", "s", "1x", "1m 30s"] {
-            assert!(parse_go_duration(bad).is_err(), "{bad}");
-        }
     }
 }

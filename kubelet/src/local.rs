@@ -33,6 +33,9 @@ pub struct LocalConfig {
     /// bpffs directory the Service datapath is pinned in, so that it keeps serving while
     /// nodelet restarts; `None` = not pinned, released on exit (always so for `nodelet run`).
     pub proxy_pin_dir: Option<PathBuf>,
+    /// kube-proxy's `--nodeport-addresses`: the CIDRs (IPv4 and IPv6) NodePorts are served
+    /// in, or `primary`; no CIDR = all the Node's addresses and 127.0.0.1.
+    pub nodeport_addresses: nodelet_proxy::NodePortAddresses,
     /// This executable, re-run as `nodelet monitor` for the container monitor.
     pub self_exe: PathBuf,
     /// Where /healthz and /metrics are served; `None` = not at all.
@@ -53,6 +56,8 @@ pub enum LocalConfigError {
     Bridge(String),
     #[error("--pod-cidr {0} leaves no address for pods")]
     PodCidr(Ipv4Net),
+    #[error("--pod-manifest-path {0} must be an absolute path")]
+    StaticPodPath(PathBuf),
     #[error("--cluster-domain {0:?} must be a DNS domain like cluster.local")]
     ClusterDomain(String),
 }
@@ -136,6 +141,7 @@ mod tests {
             cluster_cidr: None,
             proxy_attach_cgroup: None,
             proxy_pin_dir: None,
+            nodeport_addresses: nodelet_proxy::NodePortAddresses::default(),
             self_exe: "/usr/bin/nodelet".into(),
             healthz_bind_address: None,
             dns: DnsSettings::default(),

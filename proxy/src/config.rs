@@ -3,10 +3,10 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
 use nodelet_ebpf::MapSizes;
 
 use crate::error::ProxyError;
+use crate::table::NodePortAddresses;
 
 /// The pin directory of `nodelet agent` and `nodelet proxy` (cilium pins under /sys/fs/bpf too).
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/nodelet";
@@ -20,9 +20,9 @@ const CGROUP2_MARKER: &str = "cgroup.controllers";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProxyConfig {
-    /// The cgroup2 directory the load-balancer's hooks (connect4, sendmsg4, recvmsg4,
-    /// getpeername4) are attached to: every process in it or below is load-balanced (the
-    /// node: the cgroup2 root).
+    /// The cgroup2 directory the load-balancer's hooks (connect, sendmsg, recvmsg and
+    /// getpeername, each for IPv4 and IPv6) are attached to: every process in it or below is
+    /// load-balanced (the node: the cgroup2 root).
     pub attach_cgroup: PathBuf,
     /// A bpffs directory to pin the maps and the cgroup links in: the datapath then keeps
     /// serving after the proxy exits, and the next start reuses it. `None`: everything is
@@ -36,10 +36,12 @@ pub struct ProxyConfig {
     /// the API, this Node's `topology.kubernetes.io/zone` label selects the endpoints hinted
     /// for its zone. `None`: no endpoint is local and no topology hint applies.
     pub node_name: Option<String>,
-    /// kube-proxy's `--nodeport-addresses` (IPv4): NodePorts are served on the Node's
-    /// InternalIP and ExternalIP addresses within these CIDRs, and on 127.0.0.1 when one of
-    /// them holds it. Empty: on all of the Node's addresses and 127.0.0.1.
-    pub nodeport_addresses: Vec<Ipv4Net>,
+    /// kube-proxy's `--nodeport-addresses`, CIDRs of both families or `primary`: NodePorts
+    /// are served on the Node's InternalIP and ExternalIP addresses within the CIDRs of their
+    /// family (all of that family's addresses when none is given for it), and on 127.0.0.1
+    /// when the IPv4 CIDRs allow it (never on `::1`). No CIDR: on all of the Node's
+    /// addresses and 127.0.0.1.
+    pub nodeport_addresses: NodePortAddresses,
     /// The address the health check servers of LoadBalancer Services with
     /// `externalTrafficPolicy: Local` listen on, each on its `healthCheckNodePort`
     /// (kube-proxy: all addresses).
@@ -55,7 +57,7 @@ impl Default for ProxyConfig {
             pin_dir: None,
             map_sizes: MapSizes::default(),
             node_name: None,
-            nodeport_addresses: Vec::new(),
+            nodeport_addresses: NodePortAddresses::default(),
             health_check_bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         }
     }

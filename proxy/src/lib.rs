@@ -2,8 +2,9 @@
 //! socket load-balancer of `nodelet-ebpf`.
 //!
 //! `table` computes the desired frontends (ClusterIPs, NodePorts, externalIPs and
-//! LoadBalancer IPs) and backends (pure, with kube-proxy's endpoint selection and session
-//! affinity), `datapath` writes them through the [`datapath::Datapath`] trait, `sync` keeps
+//! LoadBalancer IPs, IPv4 and IPv6 as kube-proxy's dual-stack meta-proxier) and backends
+//! (pure, with kube-proxy's endpoint selection and session affinity; a frontend's backends
+//! are of its own family), `datapath` writes them through the [`datapath::Datapath`] trait, `sync` keeps
 //! doing so as objects change, fed by `watch` (API server, and this proxy's Node for its
 //! zone and addresses) or by fixed objects; `service_health` serves the health checks of
 //! LoadBalancer Services with `externalTrafficPolicy: Local`. A change rebuilds and writes
@@ -23,15 +24,15 @@ mod watch;
 
 pub use config::{cgroup2_root_under, ProxyConfig, DEFAULT_PIN_DIR};
 pub use error::ProxyError;
-pub use ipnet::Ipv4Net;
+pub use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 pub use manifest::{parse_service_objects, ServiceObjects};
 pub use metrics::register_metrics;
 pub use nodelet_ebpf::{Backend, Frontend, MapSizes, Protocol, ServiceEntry, SessionAffinity, SockLb, Unpinned};
 pub use service_health::HealthServers;
 pub use sync::{Reconciler, SyncTiming};
 pub use table::{
-    build_table, BuiltTable, Changes, FrontendKind, HealthCheck, HealthChecks, NodeTopology, Problem, ServiceTable,
-    TableDelta,
+    build_table, BuiltTable, Changes, FrontendKind, HealthCheck, HealthChecks, IpFamily, NodePortAddresses,
+    NodePortAddressesError, NodeTopology, Problem, ServiceTable, TableDelta,
 };
 
 use std::sync::Arc;

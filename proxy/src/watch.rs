@@ -5,7 +5,6 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
@@ -17,7 +16,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::sync::{error_chain, ChangeTracker, ObjectSource, Snapshot};
-use crate::table::{Changes, NodeTopology, HEADLESS_LABEL, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL};
+use crate::table::{
+    Changes, NodePortAddresses, NodeTopology, HEADLESS_LABEL, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL,
+};
 
 /// The reflector stores and the node's topology, read by the reconcile loop for full
 /// syncs, and the changes the watch events recorded since the last sync.
@@ -66,7 +67,7 @@ impl StoreSource {
 pub(crate) fn watch_objects(
     client: Client,
     node_name: Option<String>,
-    nodeport_addresses: Vec<Ipv4Net>,
+    nodeport_addresses: NodePortAddresses,
     tracker: Arc<ChangeTracker>,
     shutdown: CancellationToken,
 ) -> (StoreSource, impl std::future::Future<Output = ()>) {
@@ -109,7 +110,7 @@ pub(crate) fn watch_objects(
 /// The Node this proxy runs on, and the filter of its NodePort addresses.
 struct WatchedNode {
     name: String,
-    nodeport_addresses: Vec<Ipv4Net>,
+    nodeport_addresses: NodePortAddresses,
 }
 
 impl WatchedNode {

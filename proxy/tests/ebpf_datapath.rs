@@ -313,7 +313,7 @@ fn node_ports_external_ips_and_load_balancer_ips_reach_the_backends() {
     let mut reconciler = Reconciler::new(EbpfDatapath::new(&cfg).expect("datapath"));
     // The node's addresses: 127.0.0.2 as its InternalIP, and 127.0.0.1 as kube-proxy adds.
     let node = NodeTopology {
-        node_port_addresses: node_port_addresses(&[Ipv4Addr::new(127, 0, 0, 2)], &[]),
+        node_port_addresses: node_port_addresses(&[IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))], &[]),
         ..NodeTopology::named("node-a")
     };
     let (services, slices) = load_balancer_objects(backend.port);

@@ -1,11 +1,14 @@
 //! The reconciler and its loop over the in-memory and failing datapaths.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use nodelet_proxy::datapath::{FailingDatapath, FakeDatapath, SyncStats};
-use nodelet_proxy::{parse_service_objects, run_static_with, NodeTopology, Reconciler, SyncTiming};
+use nodelet_proxy::{
+    parse_service_objects, run_static_with, Changes, Frontend, NodeTopology, Reconciler, ServiceEntry, SyncTiming,
+};
 use tokio_util::sync::CancellationToken;
 
 const WEB: &str = "
@@ -53,6 +56,77 @@ async fn wait_for(mut condition: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("condition not met within 2s");
+}
+
+const DUAL_STACK: &str = "
+kind: Service
+apiVersion: v1
+metadata: {name: web, namespace: default}
+spec:
+  clusterIPs: [10.96.0.20, \"fd00:96::20\"]
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: PreferDualStack
+  ports: [{name: http, port: 80}]
+---
+kind: EndpointSlice
+apiVersion: discovery.k8s.io/v1
+metadata: {name: web-v4, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.244.0.5]}]
+---
+kind: EndpointSlice
+apiVersion: discovery.k8s.io/v1
+metadata: {name: web-v6, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv6
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [\"fd00:244::5\"]}]
+";
+
+/// `ip:port/proto -> backends` of every frontend the fake holds.
+fn programmed(fake: &FakeDatapath) -> Vec<String> {
+    let table = fake.table();
+    let line = |(frontend, entry): (&Frontend, &ServiceEntry)| {
+        let backends: Vec<String> = entry.backends.iter().map(ToString::to_string).collect();
+        format!("{frontend} -> {}", backends.join(" "))
+    };
+    table.iter().map(line).collect()
+}
+
+#[test]
+fn both_families_are_programmed_and_changed_apart() {
+    let fake = FakeDatapath::new();
+    let mut reconciler = Reconciler::new(fake.clone());
+    let objects = parse_service_objects(DUAL_STACK, "test").expect("parse");
+    reconciler.sync(&objects.services, &objects.slices, &NodeTopology::default()).expect("first sync");
+    assert_eq!(
+        programmed(&fake),
+        ["10.96.0.20:80/tcp -> 10.244.0.5:8080", "[fd00:96::20]:80/tcp -> [fd00:244::5]:8080"]
+    );
+
+    // An IPv6 endpoint change rewrites the IPv6 frontend only.
+    let mut moved = objects.slices[1].clone();
+    moved.endpoints[0].addresses = vec![String::from("fd00:244::6")];
+    let mut changes = Changes::new();
+    changes.slice_applied(Arc::new(moved));
+    let stats = reconciler.apply_changes(changes).expect("partial sync");
+    assert_eq!(stats, SyncStats { upserted: 1, removed: 0, unchanged: 0 });
+    assert_eq!(
+        programmed(&fake),
+        ["10.96.0.20:80/tcp -> 10.244.0.5:8080", "[fd00:96::20]:80/tcp -> [fd00:244::6]:8080"]
+    );
+
+    // Back to SingleStack IPv4: the IPv6 frontend goes.
+    let mut single = objects.services[0].clone();
+    let spec = single.spec.as_mut().expect("spec");
+    spec.cluster_ips = Some(vec![String::from("10.96.0.20")]);
+    spec.ip_families = Some(vec![String::from("IPv4")]);
+    spec.ip_family_policy = Some(String::from("SingleStack"));
+    let mut changes = Changes::new();
+    changes.service_applied(Arc::new(single));
+    let stats = reconciler.apply_changes(changes).expect("partial sync");
+    assert_eq!(stats, SyncStats { upserted: 0, removed: 1, unchanged: 0 });
+    assert_eq!(programmed(&fake), ["10.96.0.20:80/tcp -> 10.244.0.5:8080"]);
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Golden tests of the table: `golden/<case>.yaml` (Services and
 //! EndpointSlices, and optionally the Node the table is built for: its name, zone label and
-//! addresses, and a `kind: TestProxyConfig` document with `nodePortAddresses`, the CIDRs of
-//! kube-proxy's `--nodeport-addresses`) must give `golden/<case>.table`. Set
+//! addresses, and a `kind: TestProxyConfig` document with `nodePortAddresses`, the CIDRs (or
+//! `primary`) of kube-proxy's `--nodeport-addresses`) must give `golden/<case>.table`. Set
 //! NODELET_UPDATE_GOLDEN=1 to rewrite the expected files.
 
 use std::fs;
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Node;
 use nodelet_proxy::{
-    build_table, parse_service_objects, BuiltTable, FrontendKind, Ipv4Net, NodeTopology, SessionAffinity,
+    build_table, parse_service_objects, BuiltTable, FrontendKind, NodePortAddresses, NodeTopology, SessionAffinity,
 };
 use serde::Deserialize;
 
@@ -51,14 +51,15 @@ fn render(built: &BuiltTable) -> String {
 /// filter of its `kind: TestProxyConfig` document (none: all addresses).
 fn node_of(yaml: &str) -> NodeTopology {
     let mut node = None;
-    let mut filter: Vec<Ipv4Net> = Vec::new();
+    let mut filter = NodePortAddresses::default();
     for document in serde_yaml::Deserializer::from_str(yaml) {
         let value = serde_yaml::Value::deserialize(document).expect("yaml");
         match value.get("kind").and_then(serde_yaml::Value::as_str) {
             Some("Node") => node = Some(serde_yaml::from_value::<Node>(value).expect("a Node")),
             Some("TestProxyConfig") => {
                 let cidrs = value.get("nodePortAddresses").cloned().expect("nodePortAddresses");
-                filter = serde_yaml::from_value(cidrs).expect("CIDRs");
+                let cidrs: Vec<String> = serde_yaml::from_value(cidrs).expect("a list");
+                filter = cidrs.join(",").parse().expect("CIDRs or primary");
             }
             _ => {}
         }

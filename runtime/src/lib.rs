@@ -7,6 +7,7 @@ pub mod cgroups;
 pub mod container;
 mod error_chain;
 pub mod exec;
+pub mod go_duration;
 pub mod image;
 pub mod monitor;
 pub mod network;

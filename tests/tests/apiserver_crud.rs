@@ -9,7 +9,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use nodelet_tests::apiserver::TestApiServer;
-use serde_json::json;
+use serde_json::{json, Value};
 
 async fn server() -> (TestApiServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -259,6 +259,21 @@ async fn node_identity_is_restricted() {
     );
     assert_eq!(api_error(pods.delete("theirs", &DeleteParams::default()).await).code, 403);
     assert_eq!(api_error(pods.create(&PostParams::default(), &pod("new", Some("n1"), &[])).await).code, 403);
+    // Mirror pods only, bound to itself and owned by its Node as controller.
+    let mirror = |name: &str, owners: Value| -> Pod {
+        let mut p = pod(name, Some("n1"), &[]);
+        p.metadata.annotations = Some([("kubernetes.io/config.mirror".to_string(), "h".to_string())].into());
+        p.metadata.owner_references = serde_json::from_value(owners).expect("owners");
+        p
+    };
+    let owner = |name: &str, controller: bool| json!([{"apiVersion": "v1", "kind": "Node", "name": name, "uid": "u", "controller": controller}]);
+    pods.create(&PostParams::default(), &mirror("static-n1", owner("n1", true))).await.expect("a mirror pod");
+    for (bad, owners) in [("no-owner", json!([])), ("not-controller", owner("n1", false)), ("other", owner("n2", true))]
+    {
+        let error = api_error(pods.create(&PostParams::default(), &mirror(bad, owners)).await);
+        assert_eq!(error.code, 403, "{bad}: {}", error.message);
+        assert!(error.message.contains("owner reference"), "{bad}: {}", error.message);
+    }
     let services: Api<Service> = Api::all(n1.clone());
     services.list(&ListParams::default()).await.expect("services readable");
     let namespaces: Api<Namespace> = Api::all(n1);

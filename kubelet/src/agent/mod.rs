@@ -19,6 +19,7 @@ use crate::kubelet_config::KubeletConfigFile;
 use crate::local::{LocalConfig, LocalConfigError};
 use crate::node::{self, FactSources, KubeNodeApi, NodeConfig, NodeError, NodeFacts, NodeReadiness};
 use crate::pod;
+use crate::pod::admission::Allocatable;
 use crate::serve::{self, AgentMetrics, ServeError};
 
 #[derive(Clone, Debug)]
@@ -28,6 +29,8 @@ pub struct AgentConfig {
     pub node_ip: Option<IpAddr>,
     /// Run the eBPF Service proxy beside the kubelet.
     pub proxy_enabled: bool,
+    /// Static pod manifests (kubelet's --pod-manifest-path), mirrored on the API server.
+    pub static_pod_dir: Option<PathBuf>,
     pub local: LocalConfig,
     /// The node settings of a KubeletConfiguration file (the local ones are in `local`).
     pub kubelet_config: KubeletConfigFile,
@@ -35,6 +38,9 @@ pub struct AgentConfig {
 
 impl AgentConfig {
     pub fn validate(&self) -> Result<(), LocalConfigError> {
+        if let Some(dir) = self.static_pod_dir.as_ref().filter(|dir| !dir.is_absolute()) {
+            return Err(LocalConfigError::StaticPodPath(dir.clone()));
+        }
         self.local.validate()
     }
 }
@@ -135,7 +141,11 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
     let host_ip = cfg.node_ip.or(facts.internal_ip).map(|ip| ip.to_string());
     let pods = pod::run_api_pods(
         client.clone(),
-        host_runtime::pod_config(local, host_ip),
+        pod::PodConfig {
+            allocatable: Some(Allocatable::from_quantities(&node::allocatable(&node_config, &facts))),
+            ..host_runtime::pod_config(local, host_ip)
+        },
+        cfg.static_pod_dir.clone(),
         host.node_runtime.clone(),
         &metrics.pods,
         events.clone(),

@@ -24,10 +24,16 @@ pub struct AgentArgs {
     /// Do not run the eBPF Service proxy (when kube-proxy or another one runs on this node).
     #[arg(long)]
     disable_proxy: bool,
+    /// A directory of static pod manifests, run beside the API server's pods with a mirror pod
+    /// each on the API server (kubelet's --pod-manifest-path; rescanned every 5 s; it may
+    /// appear later).
+    #[arg(long, value_name = "DIR")]
+    pod_manifest_path: Option<PathBuf>,
     /// A KubeletConfiguration file (kubelet.config.k8s.io/v1beta1) with the settings nodelet
     /// supports (podCIDR, cgroupRoot, healthzBindAddress, healthzPort, maxPods, systemReserved,
     /// kubeReserved, nodeStatusUpdateFrequency, nodeStatusReportFrequency,
-    /// nodeLeaseDurationSeconds); any other field is an error. Flags win over the file.
+    /// nodeLeaseDurationSeconds, clusterDNS, clusterDomain, resolvConf, staticPodPath); any
+    /// other field is an error. Flags win over the file.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(flatten)]
@@ -45,6 +51,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         kubeconfig: args.kubeconfig,
         node_ip: args.node_ip,
         proxy_enabled: !args.disable_proxy,
+        static_pod_dir: args.pod_manifest_path.or_else(|| file.as_ref().and_then(|f| f.static_pod_path.clone())),
         local,
         kubelet_config: file.unwrap_or_default(),
     };

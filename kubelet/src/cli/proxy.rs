@@ -8,9 +8,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use nodelet_kubelet::agent::proxy_only::{ProxyOnlyConfig, DEFAULT_PROXY_BIND_ADDRESS};
-use nodelet_proxy::{Frontend, ProxyConfig, ServiceEntry, SessionAffinity, SockLb, DEFAULT_PIN_DIR};
+use nodelet_proxy::{Frontend, NodePortAddresses, ProxyConfig, ServiceEntry, SessionAffinity, SockLb, DEFAULT_PIN_DIR};
 
-use super::run::{parse_bind_address, parse_pin_dir, resolve_pin_dir, BindAddress, PinPolicy};
+use super::run::{parse_bind_address, parse_path_allowing_empty, resolve_pin_dir, BindAddress, PinPolicy};
 
 #[derive(clap::Args, Debug)]
 #[command(subcommand_negates_reqs = true)]
@@ -25,7 +25,7 @@ pub struct ProxyArgs {
     proxy_attach_cgroup: Option<PathBuf>,
     /// The bpffs directory the datapath is pinned in, so that Services keep working while the
     /// proxy restarts (default /sys/fs/bpf/nodelet; "" = not pinned, detached on exit).
-    #[arg(long, value_name = "DIR", value_parser = parse_pin_dir)]
+    #[arg(long, value_name = "DIR", value_parser = parse_path_allowing_empty)]
     proxy_pin_dir: Option<PathBuf>,
     /// Where to serve /healthz, /livez and /metrics (ip:port; "" or "0" serves nothing).
     #[arg(long, default_value = DEFAULT_PROXY_BIND_ADDRESS, value_parser = parse_bind_address)]
@@ -34,6 +34,13 @@ pub struct ProxyArgs {
     /// serve `internalTrafficPolicy: Local`, and its Node's zone label picks topology hints.
     #[arg(long, value_name = "NAME")]
     hostname_override: Option<String>,
+    /// NodePorts are served on this node's addresses within these CIDRs, IPv4 and IPv6,
+    /// comma-separated, or on its primary address of each family with "primary", as
+    /// kube-proxy's flag (a family none of the CIDRs is of keeps all its addresses; 127.0.0.1
+    /// when an IPv4 CIDR holds it, never ::1; default: all the Node's InternalIP and
+    /// ExternalIP addresses and 127.0.0.1).
+    #[arg(long, value_name = "CIDR,...|primary")]
+    nodeport_addresses: Option<NodePortAddresses>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -70,6 +77,7 @@ fn serve(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         attach_cgroup: args.proxy_attach_cgroup.unwrap_or(defaults.attach_cgroup),
         pin_dir: resolve_pin_dir(args.proxy_pin_dir, PinPolicy::PinByDefault)?,
         node_name: Some(node_name),
+        nodeport_addresses: args.nodeport_addresses.unwrap_or_default(),
         ..defaults
     };
     proxy.validate()?;
@@ -131,7 +139,9 @@ fn service_table(services: &[(Frontend, ServiceEntry)]) -> String {
             if let SessionAffinity::ClientIp { timeout_seconds } = entry.affinity {
                 lines.push(format!("(session affinity: ClientIP, {timeout_seconds}s)"));
             }
-            ((index + 1).to_string(), frontend.to_string().to_uppercase(), lines)
+            // The protocol in capitals, as cilium; IPv6 addresses stay in lower case.
+            let address = std::net::SocketAddr::new(frontend.ip, frontend.port);
+            ((index + 1).to_string(), format!("{address}/{protocol}"), lines)
         })
         .collect();
     let id_width = rows.iter().map(|r| r.0.len()).chain(["ID".len()]).max().unwrap_or(2);
@@ -156,6 +166,27 @@ mod tests {
     use nodelet_proxy::{Backend, Protocol};
     use std::net::{IpAddr, Ipv4Addr};
 
+    fn parse(args: &[&str]) -> Result<ProxyArgs, clap::Error> {
+        use clap::Parser;
+        let cli = super::super::Cli::try_parse_from([&["nodelet", "proxy", "--kubeconfig", "/k"], args].concat())?;
+        match cli.command {
+            super::super::Command::Proxy(args) => Ok(args),
+            other => panic!("not the proxy command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn nodeport_addresses_take_cidrs_of_both_families() {
+        let args = parse(&["--nodeport-addresses", "192.168.0.0/16,fd00::/64"]).expect("valid CIDRs");
+        let expected = NodePortAddresses::Cidrs(vec!["192.168.0.0/16".parse().unwrap(), "fd00::/64".parse().unwrap()]);
+        assert_eq!(args.nodeport_addresses, Some(expected));
+        assert_eq!(parse(&[]).expect("no flag").nodeport_addresses, None);
+        let primary = parse(&["--nodeport-addresses", "primary"]).expect("primary");
+        assert_eq!(primary.nodeport_addresses, Some(NodePortAddresses::Primary));
+        let error = parse(&["--nodeport-addresses", "192.168.0.0/16,10.1.2.3"]).expect_err("not a CIDR");
+        assert!(error.to_string().contains("\"10.1.2.3\" is not a CIDR"), "{error}");
+    }
+
     #[test]
     fn lists_frontends_and_backends_as_cilium_does() {
         let frontend = |last, protocol| Frontend { ip: IpAddr::V4(Ipv4Addr::new(10, 96, 0, last)), port: 53, protocol };
@@ -165,14 +196,19 @@ mod tests {
             (frontend(10, Protocol::Udp), ServiceEntry::new(vec![backend(2), backend(3)])),
             (frontend(11, Protocol::Tcp), ServiceEntry::new(vec![])),
             (frontend(12, Protocol::Tcp), ServiceEntry::with_affinity(vec![backend(4)], sticky)),
+            (
+                Frontend { ip: "fd00:96::a".parse().unwrap(), port: 80, protocol: Protocol::Tcp },
+                ServiceEntry::new(vec![Backend { ip: "fd00:244::1".parse().unwrap(), port: 8080 }]),
+            ),
         ]);
         let expected = [
-            "ID   Frontend            Service Type   Backend",
-            "1    10.96.0.10:53/UDP   ClusterIP      1 => 10.244.0.2:5353/UDP (active)",
-            "                                        2 => 10.244.0.3:5353/UDP (active)",
-            "2    10.96.0.11:53/TCP   ClusterIP      (none: connections refused)",
-            "3    10.96.0.12:53/TCP   ClusterIP      1 => 10.244.0.4:5353/TCP (active)",
-            "                                        (session affinity: ClientIP, 10800s)",
+            "ID   Frontend              Service Type   Backend",
+            "1    10.96.0.10:53/UDP     ClusterIP      1 => 10.244.0.2:5353/UDP (active)",
+            "                                          2 => 10.244.0.3:5353/UDP (active)",
+            "2    10.96.0.11:53/TCP     ClusterIP      (none: connections refused)",
+            "3    10.96.0.12:53/TCP     ClusterIP      1 => 10.244.0.4:5353/TCP (active)",
+            "                                          (session affinity: ClientIP, 10800s)",
+            "4    [fd00:96::a]:80/TCP   ClusterIP      1 => [fd00:244::1]:8080/TCP (active)",
         ];
         assert_eq!(table.lines().collect::<Vec<_>>(), expected);
     }

@@ -10,6 +10,7 @@ use nodelet_kubelet::kubelet_config::KubeletConfigFile;
 use nodelet_kubelet::local::LocalConfig;
 use nodelet_kubelet::pod::dns::{default_host_resolv_conf, DnsSettings};
 use nodelet_kubelet::serve;
+use nodelet_proxy::NodePortAddresses;
 
 /// Settings shared by `agent` and `run`: where state lives and how pods are wired on this host.
 #[derive(clap::Args, Debug)]
@@ -40,8 +41,15 @@ pub struct LocalArgs {
     /// The bpffs directory the eBPF Service datapath is pinned in, so that Services keep
     /// working while nodelet restarts. `agent`: default /sys/fs/bpf/nodelet, "" disables.
     /// `run` never pins (it releases everything on exit) and accepts only "".
-    #[arg(long, value_name = "DIR", value_parser = parse_pin_dir)]
+    #[arg(long, value_name = "DIR", value_parser = parse_path_allowing_empty)]
     proxy_pin_dir: Option<PathBuf>,
+    /// NodePorts are served on the node's addresses within these CIDRs, IPv4 and IPv6,
+    /// comma-separated, or on its primary address of each family with "primary"
+    /// (kube-proxy's flag; a family none of the CIDRs is of keeps all its addresses;
+    /// 127.0.0.1 when an IPv4 CIDR holds it, never ::1; default: all the Node's addresses and
+    /// 127.0.0.1). `run` has no Node: 127.0.0.1 at most.
+    #[arg(long, value_name = "CIDR,...|primary")]
+    nodeport_addresses: Option<NodePortAddresses>,
     /// Masquerade pod traffic that leaves the cluster behind the node's address and turn IPv4
     /// forwarding on, as the bridge CNI plugin's ipMasq does (false: leave the host's
     /// firewall and forwarding alone; pods then reach only the node and each other).
@@ -66,7 +74,7 @@ pub struct LocalArgs {
     /// The host resolver file pods with dnsPolicy Default use; "" gives them none (kubelet's
     /// --resolv-conf; default /etc/resolv.conf, or systemd-resolved's upstream file when
     /// /etc/resolv.conf names only its local stub).
-    #[arg(long, value_parser = parse_pin_dir, value_name = "FILE")]
+    #[arg(long, value_parser = parse_path_allowing_empty, value_name = "FILE")]
     resolv_conf: Option<PathBuf>,
 }
 
@@ -78,8 +86,8 @@ pub(super) fn parse_bind_address(text: &str) -> Result<BindAddress, std::net::Ad
     serve::parse_bind_address(text).map(BindAddress)
 }
 
-/// `--proxy-pin-dir` accepts "" (clap's own PathBuf parser refuses empty values).
-pub(super) fn parse_pin_dir(text: &str) -> Result<PathBuf, std::convert::Infallible> {
+/// A path flag that accepts "" ("none"), which clap's own PathBuf parser refuses.
+pub(super) fn parse_path_allowing_empty(text: &str) -> Result<PathBuf, std::convert::Infallible> {
     Ok(PathBuf::from(text))
 }
 
@@ -144,6 +152,7 @@ impl LocalArgs {
             cluster_cidr: self.cluster_cidr,
             proxy_attach_cgroup: self.proxy_attach_cgroup,
             proxy_pin_dir: resolve_pin_dir(self.proxy_pin_dir, pin)?,
+            nodeport_addresses: self.nodeport_addresses.unwrap_or_default(),
             self_exe,
             healthz_bind_address,
             dns: DnsSettings {
@@ -151,7 +160,10 @@ impl LocalArgs {
                     (flag, _) if !flag.is_empty() => flag,
                     (_, from_file) => from_file.unwrap_or_default(),
                 },
-                cluster_domain: self.cluster_domain.or_else(|| file.and_then(|f| f.cluster_domain.clone())),
+                cluster_domain: self
+                    .cluster_domain
+                    .map(|domain| domain.trim_end_matches('.').to_string())
+                    .or_else(|| file.and_then(|f| f.cluster_domain.clone())),
                 resolv_conf: match self.resolv_conf.or_else(|| file.and_then(|f| f.resolv_conf.clone())) {
                     Some(path) if path.as_os_str().is_empty() => None,
                     Some(path) => Some(path),
@@ -195,6 +207,24 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nodeport_addresses_reach_the_local_config() {
+        use clap::Parser;
+        let cli = super::super::Cli::try_parse_from([
+            "nodelet",
+            "run",
+            "/manifests",
+            "--nodeport-addresses",
+            "127.0.0.0/8,fd00::/64",
+        ])
+        .expect("parse");
+        let super::super::Command::Run(args) = cli.command else { panic!("not run: {:?}", cli.command) };
+        let local = args.local.into_config("node-a", PinPolicy::NeverPin, None).expect("config");
+        let expected = NodePortAddresses::Cidrs(vec!["127.0.0.0/8".parse().unwrap(), "fd00::/64".parse().unwrap()]);
+        assert_eq!(local.nodeport_addresses, expected);
+        assert_eq!(nodelet_kubelet::host_runtime::proxy_config(&local).nodeport_addresses, expected);
+    }
 
     #[test]
     fn the_agent_pins_by_default_and_run_never_does() {

@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::Pod;
 const MAX_NAMESERVERS: usize = 3;
 const MAX_SEARCH_DOMAINS: usize = 32;
 const MAX_SEARCH_LINE_CHARS: usize = 2048;
+const MAX_DOMAIN_CHARS: usize = 253;
 
 /// The node's DNS settings (kubelet's --cluster-dns, --cluster-domain and --resolv-conf).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -33,12 +34,15 @@ pub struct ResolverConfig {
     pub options: Vec<String>,
 }
 
+/// (reason, message) of the Warning events kubelet records while forming a pod's resolver
+/// configuration.
+pub type DnsWarnings = Vec<(&'static str, String)>;
+
 /// A pod's resolver configuration and the warnings kubelet would record while forming it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodDns {
     pub config: ResolverConfig,
-    /// (reason, message) of Warning events for the pod.
-    pub warnings: Vec<(&'static str, String)>,
+    pub warnings: DnsWarnings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +155,7 @@ fn cluster_searches(pod: &Pod, cluster_domain: Option<&str>, host: Vec<String>) 
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut searches = vec![format!("{namespace}.svc.{domain}"), format!("svc.{domain}"), domain.to_string()];
     searches.extend(host);
+    dedup(&mut searches);
     searches
 }
 
@@ -182,7 +187,7 @@ fn dedup(items: &mut Vec<String>) {
 }
 
 /// Cut to glibc's limits, as kubelet does, warning with the line that was applied.
-fn fit_limits(config: &mut ResolverConfig, warnings: &mut Vec<(&'static str, String)>) {
+fn fit_limits(config: &mut ResolverConfig, warnings: &mut DnsWarnings) {
     if config.servers.len() > MAX_NAMESERVERS {
         config.servers.truncate(MAX_NAMESERVERS);
         warnings.push((
@@ -198,6 +203,10 @@ fn fit_limits(config: &mut ResolverConfig, warnings: &mut Vec<(&'static str, Str
         config.searches.truncate(MAX_SEARCH_DOMAINS);
         cut = true;
     }
+    // Some resolvers (glibc 2.28) abort on a search domain longer than a DNS name can be.
+    let before = config.searches.len();
+    config.searches.retain(|domain| domain.len() <= MAX_DOMAIN_CHARS);
+    cut |= config.searches.len() != before;
     while config.searches.join(" ").len() > MAX_SEARCH_LINE_CHARS {
         config.searches.pop();
         cut = true;
@@ -293,6 +302,19 @@ mod tests {
              nameserver 10.96.0.10\noptions ndots:5\n"
         );
         assert!(dns.warnings.is_empty());
+    }
+
+    #[test]
+    fn cluster_search_domains_are_not_repeated_and_overlong_ones_are_dropped() {
+        let mut host = host();
+        host.searches = vec!["cluster.local".into(), "a".repeat(254), "corp.example".into()];
+        let dns = pod_dns(&pod(None, false), &cluster(), host);
+        assert_eq!(
+            dns.config.searches,
+            ["shop.svc.cluster.local", "svc.cluster.local", "cluster.local", "corp.example"]
+        );
+        assert_eq!(dns.warnings.len(), 1);
+        assert!(dns.warnings[0].1.starts_with("Search Line limits were exceeded"), "{:?}", dns.warnings);
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub const ANNOTATION_POD_NAME: &str = "io.kubernetes.pod.name";
 pub const ANNOTATION_POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
 pub const ANNOTATION_CONTAINER_NAME: &str = "io.kubernetes.container.name";
 pub const ANNOTATION_RESTART_COUNT: &str = "io.kubernetes.container.restartCount";
+/// The image's STOPSIGNAL, kept with the container so that it is known after a restart.
+pub const ANNOTATION_STOP_SIGNAL: &str = "io.kubernetes.container.stopSignal";
 
 /// The prefix of `containerID` in container statuses, like containerd's `containerd://`.
 pub const CONTAINER_ID_SCHEME: &str = "nodelet://";

@@ -5,6 +5,7 @@ use k8s_openapi::api::core::v1::{Container, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
 use super::*;
+use crate::pod::admission::Allocatable;
 use crate::pod::config::PodConfig;
 use crate::pod::fake_runtime::FakeRuntime;
 use crate::pod::ids::*;
@@ -21,6 +22,10 @@ struct RecordingSink {
 
 #[async_trait::async_trait]
 impl StatusSink for RecordingSink {
+    fn destination(&self, pod: &Pod) -> Option<String> {
+        pod.metadata.uid.clone()
+    }
+
     async fn report(&self, _pod: &Pod, status: &PodStatus) -> Result<(), SinkError> {
         self.statuses.lock().expect("lock").push(status.clone());
         Ok(())
@@ -48,11 +53,16 @@ struct Harness {
 }
 
 fn harness() -> Harness {
+    harness_with(|_| {})
+}
+
+fn harness_with(configure: impl FnOnce(&mut PodConfig)) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let resolv = dir.path().join("resolv.conf");
     std::fs::write(&resolv, "nameserver 1.1.1.1\n").expect("resolv");
     let mut cfg = PodConfig::new("node-1", dir.path().join("root"));
     cfg.dns.resolv_conf = Some(resolv);
+    configure(&mut cfg);
     let runtime = Arc::new(FakeRuntime::new());
     runtime.add_image("busybox:1");
     let sink = Arc::new(RecordingSink { runtime: runtime.clone(), statuses: Mutex::new(Vec::new()) });
@@ -65,6 +75,7 @@ fn harness() -> Harness {
             probe_metrics: probe_metrics.clone(),
             events: crate::events::EventRecorder::log_only(),
             pull_secrets: Arc::new(crate::pod::pull_secrets::NoPullSecrets),
+            objects: Arc::new(crate::pod::referenced_objects::NoObjects),
         },
         CancellationToken::new(),
     );
@@ -105,6 +116,25 @@ async fn run_until(what: &str, mut done: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_beyond_allocatable_is_rejected_and_never_started() {
+    let allocatable =
+        Allocatable { cpu_millis: 1000, memory_bytes: 1 << 30, ephemeral_storage_bytes: 1 << 30, pods: 1 };
+    let mut h = harness_with(|cfg| cfg.allocatable = Some(allocatable));
+    h.manager.handle(SourceEvent::Snapshot(vec![pod("u1", "Always")])).await;
+    h.manager.handle(SourceEvent::Applied(pod("u2", "Always"))).await;
+    run_until("u1 running", || phase(&h.sink.last()).as_deref() == Some("Running")).await;
+    let statuses = h.sink.statuses.lock().expect("lock").clone();
+    let rejected = statuses.iter().find(|s| s.reason.as_deref() == Some("OutOfpods")).expect("u2 rejected");
+    assert_eq!(rejected.phase.as_deref(), Some("Failed"));
+    assert_eq!(
+        rejected.message.as_deref(),
+        Some("Pod was rejected: Node didn't have enough resource: pods, requested: 1, used: 1, capacity: 1")
+    );
+    assert!(h.runtime.journal().iter().all(|entry| !entry.contains("u2")), "{:?}", h.runtime.journal());
+    assert_eq!(h.manager.worker_count(), 1);
 }
 
 #[tokio::test(start_paused = true)]

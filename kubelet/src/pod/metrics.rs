@@ -186,6 +186,10 @@ struct MetricsSink {
 
 #[async_trait::async_trait]
 impl StatusSink for MetricsSink {
+    fn destination(&self, pod: &Pod) -> Option<String> {
+        self.inner.destination(pod)
+    }
+
     async fn report(&self, pod: &Pod, status: &PodStatus) -> Result<(), SinkError> {
         self.inner.report(pod, status).await?;
         self.metrics.record_status(pod, status);

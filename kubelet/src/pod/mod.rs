@@ -4,29 +4,38 @@
 //!
 //! Entry points: [`run_api_pods`] (agent mode) and [`run_static_pods`] (`nodelet run DIR`).
 
+pub mod admission;
 pub mod config;
 pub mod container_cache;
 pub mod dns;
+pub mod downward;
+pub mod env;
 pub mod expand;
 pub mod ids;
 mod image_pull;
 pub mod layout;
+pub mod lifecycle_hooks;
 pub mod manager;
 pub mod metrics;
+pub mod mirror;
 pub mod model;
 pub mod node_runtime;
 pub mod pod_files;
 pub mod probe;
 pub mod pull_secrets;
 pub mod quantity;
+pub mod referenced_objects;
 pub mod runtime_port;
+pub mod service_account_token;
 pub mod source;
+pub mod source_merge;
 pub mod status;
 pub mod status_sink;
 pub mod step;
 pub mod teardown;
 pub mod translate;
 pub mod user;
+pub mod volumes;
 pub mod worker;
 
 #[cfg(test)]
@@ -36,7 +45,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use config::PodConfig;
@@ -48,6 +57,7 @@ pub use source::SourceError;
 pub use status_sink::{ApiStatusSink, MemoryStatusSink, StatusSink};
 
 use pull_secrets::{ApiPullSecrets, NoPullSecrets};
+use referenced_objects::{ApiObjects, NoObjects};
 use worker::WorkerContext;
 
 use crate::events::EventRecorder;
@@ -55,18 +65,21 @@ use crate::events::EventRecorder;
 /// How often `nodelet run` looks at its manifest directory again.
 pub const STATIC_RESCAN: Duration = Duration::from_secs(5);
 
-/// Agent mode: run the pods the API server binds to `cfg.node_name`, report their status
-/// and finish their deletions, until `shutdown`. Containers keep running after shutdown.
-/// The statuses reported update `metrics`.
+/// Agent mode: run the pods the API server binds to `cfg.node_name` and the static pods of
+/// `static_pod_dir` (kubelet's --pod-manifest-path, with their mirror pods on the API server),
+/// report their status and finish their deletions, until `shutdown`. Containers keep running
+/// after shutdown. The statuses reported update `metrics`.
 pub async fn run_api_pods(
     client: kube::Client,
     cfg: PodConfig,
+    static_pod_dir: Option<PathBuf>,
     runtime: Arc<dyn PodRuntime>,
     metrics: &PodMetrics,
     events: EventRecorder,
     shutdown: CancellationToken,
 ) {
-    let sink = metrics.observe(Arc::new(ApiStatusSink::new(client.clone())));
+    let (mirrors_tx, mirrors) = watch::channel(None);
+    let sink = metrics.observe(Arc::new(ApiStatusSink::with_mirror_pods(client.clone(), mirrors.clone())));
     let node_name = cfg.node_name.clone();
     let context = WorkerContext {
         cfg: Arc::new(cfg),
@@ -75,15 +88,44 @@ pub async fn run_api_pods(
         probe_metrics: metrics.probes(),
         events,
         pull_secrets: Arc::new(ApiPullSecrets::new(client.clone())),
+        objects: Arc::new(ApiObjects::new(client.clone())),
     };
     let manager = PodManager::new(context, shutdown.clone());
+    let (api_tx, api_rx) = mpsc::channel(64);
+    let (files_tx, files_rx) = mpsc::channel(4);
     let (tx, rx) = mpsc::channel(64);
-    let watch = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { source::watch_api_pods(client, &node_name, tx, shutdown).await }
-    });
+    // The sources stop with the manager, whatever stopped it.
+    let shutdown_sources = shutdown.child_token();
+    let shutdown = &shutdown_sources;
+    let tasks = [
+        tokio::spawn({
+            let (client, node_name, shutdown) = (client.clone(), node_name.clone(), shutdown.clone());
+            async move { source::watch_api_pods(client, &node_name, api_tx, shutdown).await }
+        }),
+        tokio::spawn(static_pods_of_agent(static_pod_dir, node_name.clone(), files_tx, shutdown.clone())),
+        tokio::spawn(source_merge::merge_sources(api_rx, files_rx, tx, mirrors_tx, shutdown.clone())),
+        tokio::spawn(mirror::run_mirror_pods(client, node_name, mirrors, shutdown.clone())),
+    ];
     manager.run(rx).await;
-    let _ = watch.await;
+    shutdown_sources.cancel();
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+/// The agent's static pods: the directory's, or none.
+async fn static_pods_of_agent(
+    dir: Option<PathBuf>,
+    node_name: String,
+    events: mpsc::Sender<SourceEvent>,
+    shutdown: CancellationToken,
+) {
+    let Some(dir) = dir else {
+        let _ = events.send(SourceEvent::Snapshot(Vec::new())).await;
+        return shutdown.cancelled().await;
+    };
+    // Unreadable counts as empty here, so this never fails.
+    let _ = source::watch_static_pods(dir, node_name, STATIC_RESCAN, true, events, shutdown).await;
 }
 
 /// Standalone mode: run the Pod documents of the manifests in `dir` (rescanned every
@@ -110,10 +152,11 @@ pub async fn run_static_pods(
         probe_metrics: metrics.probes(),
         events: EventRecorder::log_only(),
         pull_secrets: Arc::new(NoPullSecrets),
+        objects: Arc::new(NoObjects),
     };
     let manager = PodManager::new(context, shutdown.clone());
     let (tx, rx) = mpsc::channel(64);
-    let watch = tokio::spawn(source::watch_static_pods(dir, node_name, STATIC_RESCAN, tx, shutdown.clone()));
+    let watch = tokio::spawn(source::watch_static_pods(dir, node_name, STATIC_RESCAN, false, tx, shutdown.clone()));
     manager.run(rx).await;
     match watch.await {
         Ok(result) => result,

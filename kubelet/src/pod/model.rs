@@ -40,12 +40,47 @@ impl RestartPolicy {
     }
 }
 
+/// Where a container sits in the pod's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContainerKind {
+    /// spec.containers.
+    App,
+    /// An init container: runs to completion, in order, before the next one starts.
+    Init,
+    /// A restartable init container (`restartPolicy: Always`): started in order with the init
+    /// containers, kept running beside the app containers, stopped after them.
+    Sidecar,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ContainerPlan {
     pub name: String,
+    pub kind: ContainerKind,
     pub image: String,
     pub pull_policy: PullPolicy,
     pub probes: ContainerProbes,
+}
+
+impl ContainerPlan {
+    fn from_container(container: &k8s_openapi::api::core::v1::Container, kind: ContainerKind) -> ContainerPlan {
+        let image = container.image.clone().unwrap_or_default();
+        ContainerPlan {
+            name: container.name.clone(),
+            kind,
+            pull_policy: PullPolicy::for_container(container.image_pull_policy.as_deref(), &image),
+            image,
+            probes: ContainerProbes::from_container(container),
+        }
+    }
+
+    /// Whether the attempt that exited with `exit_code` is followed by another.
+    pub fn restarts(&self, policy: RestartPolicy, exit_code: i32) -> bool {
+        match self.kind {
+            ContainerKind::App => policy.restarts(exit_code),
+            ContainerKind::Init => exit_code != 0 && policy != RestartPolicy::Never,
+            ContainerKind::Sidecar => true,
+        }
+    }
 }
 
 /// Why the pod is going away.
@@ -69,11 +104,16 @@ impl Removal {
 pub struct PodPlan {
     pub uid: String,
     pub restart_policy: RestartPolicy,
+    /// spec.initContainers, in order: run-to-completion ones and sidecars.
+    pub init_containers: Vec<ContainerPlan>,
+    /// spec.containers.
     pub containers: Vec<ContainerPlan>,
     pub removal: Option<Removal>,
     /// terminationGracePeriodSeconds: the grace of a kill for a failed probe, unless the
     /// probe sets its own.
     pub termination_grace: Duration,
+    /// The pod has volumes to set up before its sandbox and containers.
+    pub has_volumes: bool,
 }
 
 impl PodPlan {
@@ -93,22 +133,36 @@ impl PodPlan {
         PodPlan {
             uid: pod.metadata.uid.clone().unwrap_or_default(),
             restart_policy: RestartPolicy::parse(spec.restart_policy.as_deref()),
-            containers: spec
-                .containers
+            init_containers: spec
+                .init_containers
                 .iter()
+                .flatten()
                 .map(|c| {
-                    let image = c.image.clone().unwrap_or_default();
-                    ContainerPlan {
-                        name: c.name.clone(),
-                        pull_policy: PullPolicy::for_container(c.image_pull_policy.as_deref(), &image),
-                        image,
-                        probes: ContainerProbes::from_container(c),
-                    }
+                    let sidecar = c.restart_policy.as_deref() == Some("Always");
+                    ContainerPlan::from_container(c, if sidecar { ContainerKind::Sidecar } else { ContainerKind::Init })
                 })
                 .collect(),
+            containers: spec.containers.iter().map(|c| ContainerPlan::from_container(c, ContainerKind::App)).collect(),
             removal,
             termination_grace,
+            has_volumes: spec.volumes.as_ref().is_some_and(|v| !v.is_empty()),
         }
+    }
+}
+
+impl PodPlan {
+    /// Init containers (and sidecars) in order, then the app containers.
+    pub fn all_containers(&self) -> impl Iterator<Item = &ContainerPlan> {
+        self.init_containers.iter().chain(&self.containers)
+    }
+
+    pub fn container(&self, name: &str) -> Option<&ContainerPlan> {
+        self.all_containers().find(|c| c.name == name)
+    }
+
+    /// The containers that keep running once the pod is initialized: sidecars and apps.
+    pub fn long_running(&self) -> impl Iterator<Item = &ContainerPlan> {
+        self.all_containers().filter(|c| c.kind != ContainerKind::Init)
     }
 }
 
@@ -183,6 +237,8 @@ pub struct ContainerMemory {
     pub exit_seen: Option<(u32, Instant)>,
     /// The kill of an attempt that failed its liveness or startup probe, under way.
     pub probe_kill: Option<ProbeKill>,
+    /// The attempt that was sent SIGTERM to stop the pod (or its sidecars).
+    pub term_sent: Option<u32>,
 }
 
 /// How far the kill of an unhealthy attempt went.
@@ -203,6 +259,13 @@ pub struct PodMemory {
     pub sandbox_error: Option<String>,
     pub sandbox_retry_at: Option<Instant>,
     pub sandbox_error_streak: u32,
+    /// Every volume is set up (since this worker started: an adopted pod sets them up again,
+    /// reusing what exists).
+    pub volumes_ready: bool,
+    pub volume_retry_at: Option<Instant>,
+    pub volume_error_streak: u32,
+    /// When the volumes filled from objects and the pod are rewritten next.
+    pub volume_resync_at: Option<Instant>,
     pub containers: BTreeMap<String, ContainerMemory>,
     pub term_sent_at: Option<Instant>,
     pub kill_sent: bool,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Pod;
 
-use super::dns::{pod_dns, render, DnsSettings, ReadResolvConfError};
+use super::dns::{pod_dns, render, DnsSettings, DnsWarnings, ReadResolvConfError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodFilesError {
@@ -94,7 +94,7 @@ pub fn write_pod_files(
     pod: &Pod,
     pod_ip: IpAddr,
     dns: &DnsSettings,
-) -> Result<(PodFiles, Vec<(&'static str, String)>), PodFilesError> {
+) -> Result<(PodFiles, DnsWarnings), PodFilesError> {
     let files = PodFiles::in_dir(pod_dir);
     std::fs::create_dir_all(pod_dir).map_err(|source| PodFilesError::Write { path: pod_dir.to_path_buf(), source })?;
     let resolver = pod_dns(pod, dns, dns.host_config()?);

@@ -157,16 +157,34 @@ fn make_static(mut pod: Pod, raw: &str, path: &Path, node_name: &str) -> Result<
 }
 
 /// Load `dir` now and every `rescan` after, sending a snapshot whenever the set changed.
+/// An unreadable directory ends the watch with its error, unless `unreadable_is_empty` (the
+/// agent's `--pod-manifest-path`, which, as kubelet's, may appear later): then it counts as
+/// empty and is reported once.
 pub async fn watch_static_pods(
     dir: PathBuf,
     node_name: String,
     rescan: Duration,
+    unreadable_is_empty: bool,
     events: mpsc::Sender<SourceEvent>,
     shutdown: CancellationToken,
 ) -> Result<(), SourceError> {
     let mut last_uids: Option<Vec<String>> = None;
+    let mut reported_unreadable = false;
     loop {
-        let (pods, errors) = load_static_pods(&dir, &node_name)?;
+        let (pods, errors) = match load_static_pods(&dir, &node_name) {
+            Ok(loaded) => {
+                reported_unreadable = false;
+                loaded
+            }
+            Err(error) if unreadable_is_empty => {
+                if !reported_unreadable {
+                    tracing::warn!("static pods: {}", super::runtime_port::error_chain(&error));
+                    reported_unreadable = true;
+                }
+                (Vec::new(), Vec::new())
+            }
+            Err(error) => return Err(error),
+        };
         let uids: Vec<String> = pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
         if last_uids.as_ref() != Some(&uids) {
             for error in &errors {

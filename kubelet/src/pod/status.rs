@@ -10,10 +10,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::time::Instant;
 
 use super::ids::CONTAINER_ID_SCHEME;
-use super::model::{Attempt, ContainerPlan, Observed, PodMemory, PodPlan, RestartPolicy};
+use super::model::{Attempt, ContainerKind, ContainerPlan, Observed, PodMemory, PodPlan, RestartPolicy};
 use super::probe::Verdict;
 use super::runtime_port::RunState;
-use super::step::{backoff_delay, restart_at};
+use super::step::{all_finished, backoff_delay, init_step_done, initialized, restart_at};
 
 pub const PHASE_PENDING: &str = "Pending";
 pub const PHASE_RUNNING: &str = "Running";
@@ -35,12 +35,31 @@ pub struct StatusInput<'a> {
 }
 
 pub fn compute_status(input: &StatusInput<'_>) -> PodStatus {
+    let initialized = initialized(input.plan, input.observed);
     let container_statuses: Vec<ContainerStatus> =
-        input.plan.containers.iter().map(|c| container_status(input, c)).collect();
-    let phase = pod_phase(input, &container_statuses);
-    let all_ready = container_statuses.iter().all(|s| s.ready);
+        input.plan.containers.iter().map(|c| container_status(input, c, initialized)).collect();
+    let init_statuses: Vec<ContainerStatus> =
+        input.plan.init_containers.iter().map(|c| container_status(input, c, initialized)).collect();
+    let phase = pod_phase(input, &container_statuses, initialized);
+    // Sidecars count for readiness, as app containers do.
+    let sidecar_statuses =
+        input.plan.init_containers.iter().zip(&init_statuses).filter(|(c, _)| c.kind == ContainerKind::Sidecar);
+    let readiness: Vec<&ContainerStatus> =
+        sidecar_statuses.map(|(_, status)| status).chain(&container_statuses).collect();
+    let all_ready = readiness.iter().all(|s| s.ready);
     let completed = phase == PHASE_SUCCEEDED;
-    let unready: Vec<&str> = container_statuses.iter().filter(|s| !s.ready).map(|s| s.name.as_str()).collect();
+    let unready: Vec<&str> = readiness.iter().filter(|s| !s.ready).map(|s| s.name.as_str()).collect();
+    let incomplete: Vec<&str> = input
+        .plan
+        .init_containers
+        .iter()
+        .filter(|c| !init_step_done(c, input.observed))
+        .map(|c| c.name.as_str())
+        .collect();
+    let init_reason = (!initialized).then(|| {
+        let message = format!("containers with incomplete status: [{}]", incomplete.join(" "));
+        ("ContainersNotInitialized".to_string(), Some(message))
+    });
     let ready_reason = (!all_ready).then(|| {
         if completed {
             ("PodCompleted".to_string(), None)
@@ -59,7 +78,7 @@ pub fn compute_status(input: &StatusInput<'_>) -> PodStatus {
     let conditions = vec![
         previous_scheduled.unwrap_or_else(|| condition(input, "PodScheduled", true, None)),
         condition(input, "PodReadyToStartContainers", sandbox_ready, None),
-        condition(input, "Initialized", true, None),
+        condition(input, "Initialized", initialized, init_reason),
         condition(input, "ContainersReady", all_ready, ready_reason.clone()),
         condition(input, "Ready", all_ready, ready_reason),
     ];
@@ -73,6 +92,7 @@ pub fn compute_status(input: &StatusInput<'_>) -> PodStatus {
         pod_ips: pod_ip.map(|ip| vec![PodIP { ip }]),
         start_time: Some(Time(input.start_time)),
         container_statuses: Some(container_statuses),
+        init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
         qos_class: input.pod.status.as_ref().and_then(|s| s.qos_class.clone()),
         ..PodStatus::default()
     }
@@ -102,7 +122,9 @@ fn condition(
     PodCondition { type_: type_.to_string(), status, last_transition_time, reason, message, ..PodCondition::default() }
 }
 
-fn container_status(input: &StatusInput<'_>, plan: &ContainerPlan) -> ContainerStatus {
+/// A container's status; `initialized`: the pod's init containers are done, so a container
+/// not created yet is being created rather than waiting for them.
+fn container_status(input: &StatusInput<'_>, plan: &ContainerPlan, initialized: bool) -> ContainerStatus {
     let (name, image) = (plan.name.as_str(), plan.image.as_str());
     let memory = input.memory.container(name);
     let latest = input.observed.latest(name);
@@ -112,8 +134,13 @@ fn container_status(input: &StatusInput<'_>, plan: &ContainerPlan) -> ContainerS
         ..ContainerState::default()
     };
     let error_state = memory.error.as_ref().map(|e| waiting(&e.reason, Some(e.message.clone())));
+    let not_created = if initialized || input.observed.latest(name).is_some() || next_init(input) == Some(name) {
+        "ContainerCreating"
+    } else {
+        "PodInitializing"
+    };
     let (state, last_state) = match latest {
-        None => (error_state.unwrap_or_else(|| waiting("ContainerCreating", None)), None),
+        None => (error_state.unwrap_or_else(|| waiting(not_created, None)), None),
         Some(latest) => match latest.info.state {
             RunState::Created => (waiting("ContainerCreating", None), previous.map(terminated)),
             RunState::Running => (
@@ -149,7 +176,13 @@ fn container_status(input: &StatusInput<'_>, plan: &ContainerPlan) -> ContainerS
     // ready once started and the readiness probe passed (at once without one).
     let verdicts = latest.map(|l| input.observed.probes.get(name, l.attempt)).unwrap_or_default();
     let started = running && (plan.probes.startup.is_none() || verdicts.startup == Some(Verdict::Success));
-    let ready = started && (plan.probes.readiness.is_none() || verdicts.readiness == Some(Verdict::Success));
+    let ready = match plan.kind {
+        // kubelet shows a completed init container as ready.
+        ContainerKind::Init => latest.is_some_and(|l| l.info.state == RunState::Stopped && l.info.exit_code == Some(0)),
+        ContainerKind::Sidecar | ContainerKind::App => {
+            started && (plan.probes.readiness.is_none() || verdicts.readiness == Some(Verdict::Success))
+        }
+    };
     ContainerStatus {
         name: name.to_string(),
         state: Some(state),
@@ -187,14 +220,23 @@ fn terminated(attempt: &Attempt) -> ContainerState {
     }
 }
 
-/// kubelet's getPhase for pods without init containers.
-fn pod_phase(input: &StatusInput<'_>, statuses: &[ContainerStatus]) -> &'static str {
+/// The init container whose turn it is: the first one not done.
+fn next_init<'a>(input: &'a StatusInput<'_>) -> Option<&'a str> {
+    input.plan.init_containers.iter().find(|c| !init_step_done(c, input.observed)).map(|c| c.name.as_str())
+}
+
+/// kubelet's getPhase: Pending while the init containers run (Failed when one failed for
+/// good), then from the app containers.
+fn pod_phase(input: &StatusInput<'_>, statuses: &[ContainerStatus], initialized: bool) -> &'static str {
     let sticky =
         input.previous.and_then(|s| s.phase.as_deref()).filter(|p| *p == PHASE_SUCCEEDED || *p == PHASE_FAILED);
     match sticky {
         Some(PHASE_SUCCEEDED) => return PHASE_SUCCEEDED,
         Some(_) => return PHASE_FAILED,
         None => {}
+    }
+    if !initialized {
+        return if all_finished(input.plan, input.observed) { PHASE_FAILED } else { PHASE_PENDING };
     }
     let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
     for status in statuses {

@@ -8,6 +8,9 @@ use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::Api;
+use tokio::sync::watch;
+
+use super::mirror::{is_static_pod, MirrorInput};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -18,6 +21,8 @@ pub enum SinkError {
         #[source]
         source: kube::Error,
     },
+    #[error("static pod {namespace}/{name} has no mirror pod yet: its status is reported once it has")]
+    NoMirrorPod { namespace: String, name: String },
     #[error("delete pod {namespace}/{name}")]
     Delete {
         namespace: String,
@@ -30,6 +35,9 @@ pub enum SinkError {
 #[async_trait::async_trait]
 pub trait StatusSink: Send + Sync {
     async fn report(&self, pod: &Pod, status: &PodStatus) -> Result<(), SinkError>;
+    /// The uid of the object `report` writes to now: the pod's own, or a static pod's
+    /// mirror pod's (a new mirror pod needs the status again).
+    fn destination(&self, pod: &Pod) -> Option<String>;
     /// The pod was deleted through the API and everything is released: remove the object.
     async fn finish_deletion(&self, pod: &Pod) -> Result<(), SinkError>;
     /// The worker released everything of the pod and stops: what is kept about it can go.
@@ -45,26 +53,47 @@ fn key(pod: &Pod) -> (String, String) {
 
 /// Patches `pods/<name>/status` with a merge patch carrying the whole status and
 /// metadata.uid (the API server refuses it if the uid no longer matches: a precondition).
+/// A static pod's status goes to its mirror pod, as kubelet sends it.
 pub struct ApiStatusSink {
     client: kube::Client,
+    mirrors: Option<watch::Receiver<Option<MirrorInput>>>,
 }
 
 impl ApiStatusSink {
     pub fn new(client: kube::Client) -> ApiStatusSink {
-        ApiStatusSink { client }
+        ApiStatusSink { client, mirrors: None }
+    }
+
+    /// Also static pods, whose mirror pods are found in `mirrors`.
+    pub fn with_mirror_pods(client: kube::Client, mirrors: watch::Receiver<Option<MirrorInput>>) -> ApiStatusSink {
+        ApiStatusSink { client, mirrors: Some(mirrors) }
+    }
+
+    /// The uid the status patch must match: the pod's own, or its mirror pod's (`None` while
+    /// a static pod has no mirror pod).
+    fn target_uid(&self, pod: &Pod) -> Option<String> {
+        if !is_static_pod(pod) {
+            return pod.metadata.uid.clone();
+        }
+        self.mirrors.as_ref().and_then(|m| m.borrow().as_ref().and_then(|input| input.mirror_uid_of(pod)))
     }
 }
 
 #[async_trait::async_trait]
 impl StatusSink for ApiStatusSink {
+    fn destination(&self, pod: &Pod) -> Option<String> {
+        self.target_uid(pod)
+    }
+
     async fn report(&self, pod: &Pod, status: &PodStatus) -> Result<(), SinkError> {
         let (namespace, name) = key(pod);
+        let uid = self.target_uid(pod);
+        if uid.is_none() && is_static_pod(pod) {
+            return Err(SinkError::NoMirrorPod { namespace, name });
+        }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
-        let patch = Pod {
-            metadata: ObjectMeta { uid: pod.metadata.uid.clone(), ..ObjectMeta::default() },
-            spec: None,
-            status: Some(status.clone()),
-        };
+        let patch =
+            Pod { metadata: ObjectMeta { uid, ..ObjectMeta::default() }, spec: None, status: Some(status.clone()) };
         api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map(drop)
@@ -72,6 +101,10 @@ impl StatusSink for ApiStatusSink {
     }
 
     async fn finish_deletion(&self, pod: &Pod) -> Result<(), SinkError> {
+        if is_static_pod(pod) {
+            // Its manifest is gone; the mirror pod reconciler deletes the mirror.
+            return Ok(());
+        }
         let (namespace, name) = key(pod);
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         let params = DeleteParams {
@@ -139,6 +172,10 @@ pub fn summarize(status: &PodStatus) -> String {
 
 #[async_trait::async_trait]
 impl StatusSink for MemoryStatusSink {
+    fn destination(&self, pod: &Pod) -> Option<String> {
+        pod.metadata.uid.clone()
+    }
+
     async fn report(&self, pod: &Pod, status: &PodStatus) -> Result<(), SinkError> {
         let (namespace, name) = key(pod);
         tracing::info!(pod = %format!("{namespace}/{name}"), "{}", summarize(status));

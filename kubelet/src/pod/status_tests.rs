@@ -240,3 +240,80 @@ async fn a_container_is_neither_started_nor_ready_until_its_startup_probe_passes
     let both = probed_status(&p, &[(ProbeKind::Startup, Verdict::Success), (ProbeKind::Readiness, Verdict::Success)]);
     assert_eq!(started_ready(&both), (Some(true), true));
 }
+
+fn init_pod(policy: &str) -> Pod {
+    let mut p = pod(policy);
+    p.spec.as_mut().expect("spec").init_containers =
+        Some(vec![Container { name: "init".into(), image: Some("busybox:1".into()), ..Default::default() }]);
+    p
+}
+
+fn status_with(pod: &Pod, observed: Observed) -> PodStatus {
+    let plan = PodPlan::from_pod(pod, false);
+    compute_status(&StatusInput {
+        pod,
+        plan: &plan,
+        observed: &observed,
+        memory: &memory(),
+        host_ip: None,
+        start_time: Utc::now(),
+        now: Instant::now(),
+        wall_now: Utc::now(),
+        previous: None,
+    })
+}
+
+fn init_attempt(state: RunState, exit: Option<i32>) -> Attempt {
+    let mut a = attempt(0, state, exit);
+    a.info.id = container_id("u1", "init", 0);
+    a
+}
+
+#[tokio::test(start_paused = true)]
+async fn init_containers_hold_the_pod_pending_then_show_completed() {
+    let p = init_pod("Always");
+    let running: Observed = Observed {
+        containers: [("init".to_string(), vec![init_attempt(RunState::Running, None)])].into_iter().collect(),
+        ..Observed::default()
+    };
+    let status = status_with(&p, running);
+    assert_eq!(status.phase.as_deref(), Some("Pending"));
+    let initialized = condition(&status, "Initialized");
+    assert_eq!(
+        (initialized.status.as_str(), initialized.reason.as_deref()),
+        ("False", Some("ContainersNotInitialized"))
+    );
+    assert_eq!(initialized.message.as_deref(), Some("containers with incomplete status: [init]"));
+    let app = &status.container_statuses.as_ref().expect("statuses")[0];
+    let waiting = app.state.as_ref().and_then(|s| s.waiting.as_ref()).expect("app waits");
+    assert_eq!(waiting.reason.as_deref(), Some("PodInitializing"));
+    let init = &status.init_container_statuses.as_ref().expect("init statuses")[0];
+    assert!(init.state.as_ref().is_some_and(|s| s.running.is_some()) && !init.ready);
+
+    let done: Observed = Observed {
+        containers: [
+            ("init".to_string(), vec![init_attempt(RunState::Stopped, Some(0))]),
+            ("app".to_string(), vec![attempt(0, RunState::Running, None)]),
+        ]
+        .into_iter()
+        .collect(),
+        ..Observed::default()
+    };
+    let status = status_with(&p, done);
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    assert_eq!(condition(&status, "Initialized").status, "True");
+    let init = &status.init_container_statuses.as_ref().expect("init statuses")[0];
+    let terminated = init.state.as_ref().and_then(|s| s.terminated.as_ref()).expect("completed");
+    assert_eq!(terminated.reason.as_deref(), Some("Completed"));
+    assert!(init.ready, "a completed init container shows ready, as kubelet's");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_init_container_fails_a_never_pod() {
+    let failed: Observed = Observed {
+        containers: [("init".to_string(), vec![init_attempt(RunState::Stopped, Some(3))])].into_iter().collect(),
+        ..Observed::default()
+    };
+    assert_eq!(status_with(&init_pod("Never"), failed.clone()).phase.as_deref(), Some("Failed"));
+    assert_eq!(status_with(&init_pod("Always"), failed).phase.as_deref(), Some("Pending"));
+}

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::model::{ContainerMemory, ContainerPlan, Observed, PodMemory, PodPlan, RestartPolicy};
-use super::probe::ProbeKind;
+use super::model::{Attempt, ContainerKind, ContainerMemory, ContainerPlan, Observed, PodMemory, PodPlan};
+use super::probe::{ProbeKind, Verdict};
 use super::runtime_port::RunState;
 
 /// CrashLoopBackOff and image pull backoff: 10s doubling up to 5 minutes, as kubelet.
@@ -26,6 +26,10 @@ pub enum Signal {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
+    /// Set up the pod's volumes (before its sandbox, as kubelet).
+    SetupVolumes,
+    /// Rewrite the volumes filled from ConfigMaps, Secrets and the pod itself.
+    SyncVolumes,
     SetupSandbox,
     EnsureImage {
         container: String,
@@ -94,7 +98,7 @@ pub fn restart_at(plan: &PodPlan, observed: &Observed, memory: &PodMemory, name:
     if latest.info.state != RunState::Stopped {
         return None;
     }
-    if !plan.restart_policy.restarts(latest.info.exit_code.unwrap_or(255)) {
+    if !plan.container(name)?.restarts(plan.restart_policy, latest.info.exit_code.unwrap_or(255)) {
         return None;
     }
     let container = memory.container(name);
@@ -106,26 +110,67 @@ pub fn restart_at(plan: &PodPlan, observed: &Observed, memory: &PodMemory, name:
     Some(seen + backoff_delay(container.crash_streak))
 }
 
-/// Whether every container is stopped and none will start again.
+/// Whether the pod is done: every app container stopped and none will start again, or an init
+/// container failed for good (restartPolicy Never). Sidecars do not keep a pod alive.
 pub fn all_finished(plan: &PodPlan, observed: &Observed) -> bool {
-    plan.containers.iter().all(|c| match observed.latest(&c.name) {
+    let stopped_for_good = |c: &ContainerPlan| match observed.latest(&c.name) {
         Some(latest) => {
             latest.info.state == RunState::Stopped
-                && !plan.restart_policy.restarts(latest.info.exit_code.unwrap_or(255))
+                && !c.restarts(plan.restart_policy, latest.info.exit_code.unwrap_or(255))
         }
         None => false,
-    }) && !plan.containers.is_empty()
+    };
+    let init_failed = plan.init_containers.iter().any(|c| {
+        c.kind == ContainerKind::Init
+            && stopped_for_good(c)
+            && observed.latest(&c.name).is_some_and(|l| l.info.exit_code != Some(0))
+    });
+    init_failed || (!plan.containers.is_empty() && plan.containers.iter().all(stopped_for_good))
+}
+
+/// Whether `container` lets the next init container start: a run-to-completion one exited
+/// 0, a sidecar runs and passed its startup probe (at once without one).
+pub fn init_step_done(container: &ContainerPlan, observed: &Observed) -> bool {
+    let Some(latest) = observed.latest(&container.name) else {
+        return false;
+    };
+    match container.kind {
+        ContainerKind::Init => latest.info.state == RunState::Stopped && latest.info.exit_code == Some(0),
+        ContainerKind::Sidecar | ContainerKind::App => {
+            latest.info.state == RunState::Running
+                && (container.probes.startup.is_none()
+                    || observed.probes.get(&container.name, latest.attempt).startup == Some(Verdict::Success))
+        }
+    }
+}
+
+/// Whether the app containers may run: every init container is done, or the pod got that far
+/// before (an app container exists; a sidecar restarting later blocks nothing).
+pub fn initialized(plan: &PodPlan, observed: &Observed) -> bool {
+    plan.containers.iter().any(|c| observed.latest(&c.name).is_some())
+        || plan.init_containers.iter().all(|c| init_step_done(c, observed))
 }
 
 pub fn decide(plan: &PodPlan, observed: &Observed, memory: &PodMemory, now: Instant) -> Decision {
     if let Some(removal) = plan.removal {
-        return decide_removal(removal.grace(), observed, memory, now);
+        return stop_alive(plan, removal.grace(), observed, memory, now).unwrap_or_else(|| tear_down(memory));
     }
     let mut decision = Decision::default();
 
     if all_finished(plan, observed) {
+        // Sidecars stop once the pod is done, then the IP goes back.
+        if let Some(stopping) = stop_alive(plan, plan.termination_grace, observed, memory, now) {
+            return stopping;
+        }
         if !memory.sandbox_released && memory.sandbox.is_some() {
             decision.actions.push(Action::ReleaseSandbox);
+        }
+        return decision;
+    }
+    if plan.has_volumes && !memory.volumes_ready {
+        match memory.volume_retry_at {
+            Some(at) if at > now => decision.wake(at),
+            _ => decision.actions.push(Action::SetupVolumes),
         }
         return decision;
     }
@@ -136,45 +181,75 @@ pub fn decide(plan: &PodPlan, observed: &Observed, memory: &PodMemory, now: Inst
         }
         return decision;
     }
+    match memory.volume_resync_at {
+        Some(at) if at <= now => decision.actions.push(Action::SyncVolumes),
+        Some(at) => decision.wake(at),
+        None => {}
+    }
 
-    for container in &plan.containers {
-        let name = &container.name;
-        let remembered = memory.container(name);
-        let attempts = observed.containers.get(name).map(Vec::as_slice).unwrap_or(&[]);
-        // Keep the latest two attempts: current state and lastState.
-        for old in attempts.iter().rev().skip(2) {
-            decision.actions.push(Action::RemoveAttempt { container: name.clone(), attempt: old.attempt });
+    let was_initialized = initialized(plan, observed);
+    // Init containers one at a time, in order; once the pod is initialized, only its
+    // sidecars are still tended (restarted, probed).
+    for container in &plan.init_containers {
+        if was_initialized && container.kind == ContainerKind::Init {
+            continue;
         }
-        let next_attempt = match observed.latest(name) {
-            None => 0,
-            Some(latest) => match latest.info.state {
-                RunState::Running => {
-                    if let Some(probe) = observed.probes.failed(name, latest.attempt) {
-                        stop_unhealthy(&mut decision, plan, container, &remembered, latest.attempt, probe, now);
-                    }
-                    continue;
-                }
-                RunState::Created => {
-                    decision.actions.push(Action::StartCreated { container: name.clone(), attempt: latest.attempt });
-                    continue;
-                }
-                RunState::Stopped => match restart_at(plan, observed, memory, name) {
-                    None => continue,
-                    Some(at) if at > now => {
-                        decision.wake(at);
-                        continue;
-                    }
-                    Some(_) => latest.attempt + 1,
-                },
-            },
-        };
-        match remembered.retry_at {
-            Some(at) if at > now => decision.wake(at),
-            _ if remembered.image.is_none() => decision.actions.push(Action::EnsureImage { container: name.clone() }),
-            _ => decision.actions.push(Action::CreateAndStart { container: name.clone(), attempt: next_attempt }),
+        tend(&mut decision, plan, container, observed, memory, now);
+        if !was_initialized && !init_step_done(container, observed) {
+            return decision;
         }
     }
+    for container in &plan.containers {
+        tend(&mut decision, plan, container, observed, memory, now);
+    }
     decision
+}
+
+/// One container's next step: old attempts removed, an unhealthy one stopped, a created one
+/// started, a stopped one restarted after its backoff, a missing one pulled and started.
+fn tend(
+    decision: &mut Decision,
+    plan: &PodPlan,
+    container: &ContainerPlan,
+    observed: &Observed,
+    memory: &PodMemory,
+    now: Instant,
+) {
+    let name = &container.name;
+    let remembered = memory.container(name);
+    let attempts = observed.containers.get(name).map(Vec::as_slice).unwrap_or(&[]);
+    // Keep the latest two attempts: current state and lastState.
+    for old in attempts.iter().rev().skip(2) {
+        decision.actions.push(Action::RemoveAttempt { container: name.clone(), attempt: old.attempt });
+    }
+    let next_attempt = match observed.latest(name) {
+        None => 0,
+        Some(latest) => match latest.info.state {
+            RunState::Running => {
+                if let Some(probe) = observed.probes.failed(name, latest.attempt) {
+                    stop_unhealthy(decision, plan, container, &remembered, latest.attempt, probe, now);
+                }
+                return;
+            }
+            RunState::Created => {
+                decision.actions.push(Action::StartCreated { container: name.clone(), attempt: latest.attempt });
+                return;
+            }
+            RunState::Stopped => match restart_at(plan, observed, memory, name) {
+                None => return,
+                Some(at) if at > now => {
+                    decision.wake(at);
+                    return;
+                }
+                Some(_) => latest.attempt + 1,
+            },
+        },
+    };
+    match remembered.retry_at {
+        Some(at) if at > now => decision.wake(at),
+        _ if remembered.image.is_none() => decision.actions.push(Action::EnsureImage { container: name.clone() }),
+        _ => decision.actions.push(Action::CreateAndStart { container: name.clone(), attempt: next_attempt }),
+    }
 }
 
 /// The grace of a kill for a failed probe: the probe's own terminationGracePeriodSeconds, else
@@ -211,39 +286,56 @@ fn stop_unhealthy(
     }
 }
 
-/// SIGTERM everything alive, SIGKILL after the grace period, then release everything.
-fn decide_removal(grace: Duration, observed: &Observed, memory: &PodMemory, now: Instant) -> Decision {
-    let alive: Vec<_> = observed.all().filter(|a| a.info.state != RunState::Stopped).collect();
-    let signal_all = |signal| {
-        alive
-            .iter()
-            .map(|a| Action::Signal {
-                container: a.info.annotations.get(super::ids::ANNOTATION_CONTAINER_NAME).cloned().unwrap_or_default(),
-                attempt: a.attempt,
-                signal,
-            })
-            .collect::<Vec<_>>()
-    };
-    if !alive.is_empty() {
-        return match memory.term_sent_at {
-            None => Decision { actions: signal_all(Signal::Term), wake_at: Some(now + grace), done: false },
-            Some(sent) if now >= sent + grace && !memory.kill_sent => {
-                Decision { actions: signal_all(Signal::Kill), wake_at: None, done: false }
-            }
-            Some(sent) => {
-                Decision { actions: Vec::new(), wake_at: (now < sent + grace).then_some(sent + grace), done: false }
-            }
-        };
+/// Stop what is still alive: SIGTERM, SIGKILL once `grace` has passed since the first SIGTERM.
+/// Sidecars get theirs only once the other containers are gone, as kubelet stops them last.
+/// `None`: nothing alive.
+fn stop_alive(
+    plan: &PodPlan,
+    grace: Duration,
+    observed: &Observed,
+    memory: &PodMemory,
+    now: Instant,
+) -> Option<Decision> {
+    let name_of =
+        |a: &Attempt| a.info.annotations.get(super::ids::ANNOTATION_CONTAINER_NAME).cloned().unwrap_or_default();
+    let alive: Vec<(&Attempt, String)> =
+        observed.all().filter(|a| a.info.state != RunState::Stopped).map(|a| (a, name_of(a))).collect();
+    if alive.is_empty() {
+        return None;
     }
+    let signal = |attempt: &Attempt, name: &String, signal| Action::Signal {
+        container: name.clone(),
+        attempt: attempt.attempt,
+        signal,
+    };
+    let mut decision = Decision::default();
+    match memory.term_sent_at {
+        Some(sent) if now >= sent + grace => {
+            if !memory.kill_sent {
+                decision.actions = alive.iter().map(|(a, name)| signal(a, name, Signal::Kill)).collect();
+            }
+            return Some(decision);
+        }
+        Some(sent) => decision.wake(sent + grace),
+        None => decision.wake(now + grace),
+    }
+    let is_sidecar = |name: &str| plan.container(name).is_some_and(|c| c.kind == ContainerKind::Sidecar);
+    let others_alive = alive.iter().any(|(_, name)| !is_sidecar(name));
+    for (attempt, name) in &alive {
+        let term_sent = memory.container(name).term_sent == Some(attempt.attempt);
+        if !term_sent && !(others_alive && is_sidecar(name)) {
+            decision.actions.push(signal(attempt, name, Signal::Term));
+        }
+    }
+    Some(decision)
+}
+
+/// Everything stopped: delete the containers and release the rest, once.
+fn tear_down(memory: &PodMemory) -> Decision {
     if !memory.torn_down {
         return Decision { actions: vec![Action::TearDown], ..Decision::default() };
     }
     Decision { done: true, ..Decision::default() }
-}
-
-/// Whether the pod's restart policy lets `name` run again after its latest exit.
-pub fn will_restart(policy: RestartPolicy, exit_code: Option<i32>) -> bool {
-    policy.restarts(exit_code.unwrap_or(255))
 }
 
 #[cfg(test)]

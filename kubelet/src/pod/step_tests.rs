@@ -6,29 +6,40 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::pod::ids::*;
-use crate::pod::model::{Attempt, ContainerPlan, Observed, PodMemory, PodPlan, Removal, RestartPolicy};
+use crate::pod::model::{Attempt, ContainerKind, ContainerPlan, Observed, PodMemory, PodPlan, Removal, RestartPolicy};
 use crate::pod::probe::ProbeKind;
 use crate::pod::runtime_port::{ContainerInfo, ImageInfo, PullPolicy, RunState, SandboxInfo};
+
+fn container(name: &str, kind: ContainerKind) -> ContainerPlan {
+    ContainerPlan {
+        name: name.into(),
+        kind,
+        image: "busybox:1".into(),
+        pull_policy: PullPolicy::IfNotPresent,
+        probes: Default::default(),
+    }
+}
 
 fn plan(policy: RestartPolicy) -> PodPlan {
     PodPlan {
         uid: "u1".into(),
         restart_policy: policy,
-        containers: vec![ContainerPlan {
-            name: "app".into(),
-            image: "busybox:1".into(),
-            pull_policy: PullPolicy::IfNotPresent,
-            probes: Default::default(),
-        }],
+        init_containers: Vec::new(),
+        containers: vec![container("app", ContainerKind::App)],
         removal: None,
         termination_grace: Duration::from_secs(30),
+        has_volumes: false,
     }
 }
 
 fn attempt(n: u32, state: RunState, exit: Option<i32>) -> Attempt {
+    attempt_of("app", n, state, exit)
+}
+
+fn attempt_of(name: &str, n: u32, state: RunState, exit: Option<i32>) -> Attempt {
     let annotations: BTreeMap<String, String> = [
         (ANNOTATION_POD_UID, "u1".to_string()),
-        (ANNOTATION_CONTAINER_NAME, "app".to_string()),
+        (ANNOTATION_CONTAINER_NAME, name.to_string()),
         (ANNOTATION_RESTART_COUNT, n.to_string()),
     ]
     .into_iter()
@@ -37,7 +48,7 @@ fn attempt(n: u32, state: RunState, exit: Option<i32>) -> Attempt {
     Attempt {
         attempt: n,
         info: ContainerInfo {
-            id: container_id("u1", "app", n),
+            id: container_id("u1", name, n),
             state,
             created_at: Utc::now(),
             started_at: Some(Utc::now()),
@@ -51,6 +62,119 @@ fn attempt(n: u32, state: RunState, exit: Option<i32>) -> Attempt {
 
 fn observed(attempts: Vec<Attempt>) -> Observed {
     Observed { containers: [("app".to_string(), attempts)].into_iter().collect(), ..Observed::default() }
+}
+
+/// A pod with init container "init", sidecar "proxy" and app container "app".
+fn init_plan(policy: RestartPolicy) -> PodPlan {
+    PodPlan {
+        init_containers: vec![container("init", ContainerKind::Init), container("proxy", ContainerKind::Sidecar)],
+        ..plan(policy)
+    }
+}
+
+fn observed_of(attempts: Vec<Attempt>) -> Observed {
+    let mut observed = Observed::default();
+    for a in attempts {
+        let name = a.info.annotations[ANNOTATION_CONTAINER_NAME].clone();
+        observed.containers.entry(name).or_default().push(a);
+    }
+    observed
+}
+
+fn memory_with_images(names: &[&str]) -> PodMemory {
+    let mut memory = ready_memory();
+    for name in names {
+        memory.container_mut(name).image = memory.container("app").image;
+    }
+    memory
+}
+
+#[tokio::test(start_paused = true)]
+async fn init_containers_run_in_order_before_the_app_containers() {
+    let (p, now) = (init_plan(RestartPolicy::Always), Instant::now());
+    let memory = memory_with_images(&["init", "proxy"]);
+    let create = |name: &str| Action::CreateAndStart { container: name.into(), attempt: 0 };
+    assert_eq!(decide(&p, &Observed::default(), &memory, now).actions, [create("init")]);
+    let running = observed_of(vec![attempt_of("init", 0, RunState::Running, None)]);
+    assert!(decide(&p, &running, &memory, now).actions.is_empty(), "the app waits for the init container");
+    let done = vec![attempt_of("init", 0, RunState::Stopped, Some(0))];
+    assert_eq!(decide(&p, &observed_of(done.clone()), &memory, now).actions, [create("proxy")]);
+    let sidecar_up = [done, vec![attempt_of("proxy", 0, RunState::Running, None)]].concat();
+    assert_eq!(decide(&p, &observed_of(sidecar_up.clone()), &memory, now).actions, [create("app")]);
+    assert!(!all_finished(&p, &observed_of(sidecar_up)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_init_container_restarts_or_fails_the_pod() {
+    let now = Instant::now();
+    let mut memory = memory_with_images(&["init", "proxy"]);
+    memory.container_mut("init").exit_seen = Some((0, now));
+    let failed = observed_of(vec![attempt_of("init", 0, RunState::Stopped, Some(1))]);
+    assert_eq!(
+        decide(&init_plan(RestartPolicy::Always), &failed, &memory, now).actions,
+        [Action::CreateAndStart { container: "init".into(), attempt: 1 }]
+    );
+    assert!(all_finished(&init_plan(RestartPolicy::Never), &failed), "Never: the pod fails");
+    assert!(!all_finished(&init_plan(RestartPolicy::OnFailure), &failed));
+}
+
+#[tokio::test(start_paused = true)]
+async fn sidecars_restart_always_and_stop_after_the_app_containers() {
+    let now = Instant::now();
+    let p = init_plan(RestartPolicy::Never);
+    let mut memory = memory_with_images(&["init", "proxy"]);
+    memory.container_mut("proxy").exit_seen = Some((0, now));
+    let init_done = attempt_of("init", 0, RunState::Stopped, Some(0));
+    // The sidecar crashed while the app runs: restarted, the app untouched.
+    let crashed = observed_of(vec![
+        init_done.clone(),
+        attempt_of("proxy", 0, RunState::Stopped, Some(2)),
+        attempt_of("app", 0, RunState::Running, None),
+    ]);
+    assert_eq!(
+        decide(&p, &crashed, &memory, now).actions,
+        [Action::CreateAndStart { container: "proxy".into(), attempt: 1 }]
+    );
+    // The app finished (Never): the sidecar gets SIGTERM, then the IP goes back.
+    let app_done = observed_of(vec![
+        init_done.clone(),
+        attempt_of("proxy", 1, RunState::Running, None),
+        attempt_of("app", 0, RunState::Stopped, Some(0)),
+    ]);
+    assert_eq!(
+        decide(&p, &app_done, &memory, now).actions,
+        [Action::Signal { container: "proxy".into(), attempt: 1, signal: Signal::Term }]
+    );
+    let all_stopped = observed_of(vec![
+        init_done,
+        attempt_of("proxy", 1, RunState::Stopped, Some(143)),
+        attempt_of("app", 0, RunState::Stopped, Some(0)),
+    ]);
+    assert_eq!(decide(&p, &all_stopped, &memory, now).actions, [Action::ReleaseSandbox]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deletion_stops_sidecars_last() {
+    let now = Instant::now();
+    let mut p = init_plan(RestartPolicy::Always);
+    p.removal = Some(Removal::Deleted { grace: Duration::from_secs(30) });
+    let mut memory = memory_with_images(&["init", "proxy"]);
+    let both = observed_of(vec![
+        attempt_of("proxy", 0, RunState::Running, None),
+        attempt_of("app", 0, RunState::Running, None),
+    ]);
+    let term = |name: &str| Action::Signal { container: name.into(), attempt: 0, signal: Signal::Term };
+    assert_eq!(decide(&p, &both, &memory, now).actions, [term("app")]);
+    memory.term_sent_at = Some(now);
+    memory.container_mut("app").term_sent = Some(0);
+    assert!(decide(&p, &both, &memory, now).actions.is_empty(), "the sidecar waits for the app");
+    let app_gone = observed_of(vec![
+        attempt_of("proxy", 0, RunState::Running, None),
+        attempt_of("app", 0, RunState::Stopped, Some(0)),
+    ]);
+    let decision = decide(&p, &app_gone, &memory, now);
+    assert_eq!(decision.actions, [term("proxy")]);
+    assert_eq!(decision.wake_at, Some(now + Duration::from_secs(30)), "within the pod's one grace period");
 }
 
 fn ready_memory() -> PodMemory {
@@ -167,6 +291,7 @@ async fn deletion_terms_waits_kills_then_tears_down() {
     let kill = Action::Signal { container: "app".into(), attempt: 0, signal: Signal::Kill };
     assert_eq!(decide(&p, &running, &memory, start).actions, [term]);
     memory.term_sent_at = Some(start);
+    memory.container_mut("app").term_sent = Some(0);
     let waiting = decide(&p, &running, &memory, start + Duration::from_secs(5));
     assert!(waiting.actions.is_empty());
     assert_eq!(waiting.wake_at, Some(start + Duration::from_secs(30)));
@@ -226,4 +351,28 @@ async fn a_failed_probe_of_an_older_attempt_kills_nothing() {
     let mut running = observed(vec![attempt(0, RunState::Stopped, Some(137)), attempt(1, RunState::Running, None)]);
     running.probes.set("app", 0, ProbeKind::Liveness, crate::pod::probe::Verdict::Failure);
     assert!(decide(&p, &running, &ready_memory(), Instant::now()).actions.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn volumes_before_the_sandbox_with_retries_then_resync() {
+    let mut p = plan(RestartPolicy::Always);
+    p.has_volumes = true;
+    let mut memory = PodMemory::default();
+    let now = Instant::now();
+    assert_eq!(decide(&p, &Observed::default(), &memory, now).actions, [Action::SetupVolumes]);
+    // A failed mount waits for its retry, and nothing else starts meanwhile.
+    memory.volume_retry_at = Some(now + Duration::from_secs(1));
+    let waiting = decide(&p, &Observed::default(), &memory, now);
+    assert!(waiting.actions.is_empty());
+    assert_eq!(waiting.wake_at, Some(now + Duration::from_secs(1)));
+    memory.volumes_ready = true;
+    assert_eq!(decide(&p, &Observed::default(), &memory, now).actions, [Action::SetupSandbox]);
+
+    let mut ready = ready_memory();
+    ready.volumes_ready = true;
+    ready.volume_resync_at = Some(now + Duration::from_secs(60));
+    let running = observed(vec![attempt(0, RunState::Running, None)]);
+    assert_eq!(decide(&p, &running, &ready, now).wake_at, Some(now + Duration::from_secs(60)));
+    let later = now + Duration::from_secs(60);
+    assert_eq!(decide(&p, &running, &ready, later).actions, [Action::SyncVolumes]);
 }

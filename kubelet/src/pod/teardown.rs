@@ -6,6 +6,7 @@ use std::path::Path;
 use super::ids::{sandbox_id, ContainerOwner};
 use super::layout::{container_dir, pod_dir};
 use super::runtime_port::{ContainerInfo, PodRuntime, PortError};
+use super::volumes::tear_down as tear_down_volumes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TeardownError {
@@ -15,6 +16,12 @@ pub enum TeardownError {
         #[source]
         source: PortError,
     },
+    #[error("tear down the volumes of pod {uid}")]
+    Volumes {
+        uid: String,
+        #[source]
+        source: super::volumes::VolumeError,
+    },
     #[error("remove pod directory {path}")]
     RemoveDir {
         path: std::path::PathBuf,
@@ -23,8 +30,8 @@ pub enum TeardownError {
     },
 }
 
-/// Delete the pod's containers (force), unmount their root filesystems, release the sandbox
-/// and remove the pod directory. Idempotent: safe to repeat after a partial failure.
+/// Delete the pod's containers (force), unmount their root filesystems, release the sandbox,
+/// unmount the pod's volumes and remove the pod directory. Idempotent: safe to repeat after a partial failure.
 pub async fn release_pod(
     runtime: &dyn PodRuntime,
     root_dir: &Path,
@@ -48,6 +55,9 @@ pub async fn release_pod(
     }
     runtime.teardown_sandbox(&sandbox_id(uid)).await.map_err(fail)?;
     let dir = pod_dir(root_dir, uid);
+    // Volumes (tmpfs, subPath binds) are unmounted before anything is removed: removing
+    // through a mount would delete what it shows.
+    tear_down_volumes(&dir).map_err(|source| TeardownError::Volumes { uid: uid.to_string(), source })?;
     match std::fs::remove_dir_all(&dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -1,10 +1,10 @@
 //! The one place where Kubernetes meets OCI: a pod's container, its image configuration and
 //! the facts of its sandbox become an `oci_spec::runtime::Spec` (the bundle's config.json).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, VolumeMount};
 use oci_spec::image::ImageConfiguration;
 use oci_spec::runtime::{
     get_default_maskedpaths, get_default_mounts, get_default_readonly_paths, Capability, LinuxBuilder,
@@ -15,11 +15,12 @@ use oci_spec::runtime::{
 use super::expand::expand;
 use super::ids::{
     ANNOTATION_CONTAINER_NAME, ANNOTATION_POD_NAME, ANNOTATION_POD_NAMESPACE, ANNOTATION_POD_UID,
-    ANNOTATION_RESTART_COUNT,
+    ANNOTATION_RESTART_COUNT, ANNOTATION_STOP_SIGNAL,
 };
 use super::pod_files::{pod_hostname, PodFiles};
 use super::quantity::{milli_value, value, QuantityError};
 use super::user::{resolve_image_user, ResolvedUser, UserError};
+use super::volumes::HostVolumes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TranslateError {
@@ -38,6 +39,14 @@ pub enum TranslateError {
         #[source]
         source: UserError,
     },
+    #[error("container {container}: volumeMount {mount_path:?} names volume {volume:?}, which the pod does not have or nodelet cannot mount")]
+    UnknownVolume { container: String, mount_path: String, volume: String },
+    #[error("container {container}: volumeMount {mount_path:?}: subPath was not prepared")]
+    SubPathNotPrepared { container: String, mount_path: String },
+    #[error("container {container}: volumeMount {mount_path:?}: invalid mountPropagation {mode:?}")]
+    Propagation { container: String, mount_path: String, mode: String },
+    #[error("container {container}: volumeMount {mount_path:?}: Bidirectional mount propagation is available only to privileged containers")]
+    BidirectionalNotPrivileged { container: String, mount_path: String },
     #[error("build oci spec for container {container}")]
     Build {
         container: String,
@@ -82,6 +91,12 @@ pub struct TranslateInput<'a> {
     /// Parent of all pod cgroups, like "/nodelet".
     pub cgroup_root: &'a str,
     pub attempt: u32,
+    /// The container's own variables, resolved by [`super::env::resolve_env`], in order.
+    pub env: &'a [(String, String)],
+    /// The pod's volumes on the host, by name.
+    pub volumes: &'a HostVolumes,
+    /// The prepared source of each volumeMount with a subPath, by its index in volumeMounts.
+    pub subpaths: &'a BTreeMap<usize, PathBuf>,
 }
 
 pub fn container_spec(input: &TranslateInput<'_>) -> Result<Spec, TranslateError> {
@@ -89,8 +104,8 @@ pub fn container_spec(input: &TranslateInput<'_>) -> Result<Spec, TranslateError
     let build = |source| TranslateError::Build { container: name.clone(), source };
     let image_config = input.image.config().clone().unwrap_or_default();
 
-    let env = environment(input.container, image_config.env().as_deref().unwrap_or(&[]));
-    let container_vars = container_env_vars(input.container);
+    let env = environment(input.env, image_config.env().as_deref().unwrap_or(&[]));
+    let container_vars: HashMap<String, String> = input.env.iter().cloned().collect();
     let args = process_args(input.container, &image_config, &container_vars)?;
     let cwd = input
         .container
@@ -147,7 +162,8 @@ pub fn container_spec(input: &TranslateInput<'_>) -> Result<Spec, TranslateError
     .collect::<Result<Vec<_>, _>>()
     .map_err(build)?;
 
-    let linux = LinuxBuilder::default()
+    let volume_mounts = volume_mounts(input)?;
+    let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .cgroups_path(cgroups_path(input))
         .resources(resources(input.container)?)
@@ -155,9 +171,20 @@ pub fn container_spec(input: &TranslateInput<'_>) -> Result<Spec, TranslateError
         .readonly_paths(get_default_readonly_paths())
         .build()
         .map_err(build)?;
+    // As containerd: a volume that receives mounts from the host (rslave) or shares them
+    // (rshared) needs the rootfs to propagate the same way.
+    let propagations: Vec<&str> = volume_mounts.iter().map(|m| m.propagation).collect();
+    if propagations.contains(&"rshared") {
+        linux.set_rootfs_propagation(Some("rshared".to_string()));
+    } else if propagations.contains(&"rslave") {
+        linux.set_rootfs_propagation(Some("rslave".to_string()));
+    }
 
     let mut mounts = get_default_mounts();
     mounts.extend(pod_file_mounts(input.pod_files).map_err(build)?);
+    for mount in volume_mounts {
+        mounts.push(mount.into_oci().map_err(build)?);
+    }
 
     SpecBuilder::default()
         .version("1.0.2")
@@ -171,8 +198,8 @@ pub fn container_spec(input: &TranslateInput<'_>) -> Result<Spec, TranslateError
         .map_err(build)
 }
 
-/// Image env first, then the container's `env` values (expanded in order), replacing by name.
-fn environment(container: &Container, image_env: &[String]) -> Vec<String> {
+/// Image env first, then the container's variables, replacing by name.
+fn environment(container_env: &[(String, String)], image_env: &[String]) -> Vec<String> {
     let mut order: Vec<String> = Vec::new();
     let mut values: HashMap<String, String> = HashMap::new();
     let mut set = |name: String, value: String| {
@@ -185,8 +212,8 @@ fn environment(container: &Container, image_env: &[String]) -> Vec<String> {
         let (name, value) = entry.split_once('=').unwrap_or((entry.as_str(), ""));
         set(name.to_string(), value.to_string());
     }
-    for (name, value) in container_env_vars_ordered(container) {
-        set(name, value);
+    for (name, value) in container_env {
+        set(name.clone(), value.clone());
     }
     order
         .into_iter()
@@ -195,26 +222,6 @@ fn environment(container: &Container, image_env: &[String]) -> Vec<String> {
             format!("{name}={value}")
         })
         .collect()
-}
-
-/// The container's `env` entries with a literal value, each expanded against the ones before
-/// it. `valueFrom` (secrets, config maps, downward API) is not supported yet and skipped.
-fn container_env_vars_ordered(container: &Container) -> Vec<(String, String)> {
-    let mut defined: HashMap<String, String> = HashMap::new();
-    let mut out = Vec::new();
-    for var in container.env.iter().flatten() {
-        let Some(raw) = var.value.as_deref().or(var.value_from.is_none().then_some("")) else {
-            continue;
-        };
-        let value = expand(raw, &defined);
-        defined.insert(var.name.clone(), value.clone());
-        out.push((var.name.clone(), value));
-    }
-    out
-}
-
-fn container_env_vars(container: &Container) -> HashMap<String, String> {
-    container_env_vars_ordered(container).into_iter().collect()
 }
 
 /// Kubernetes' rules: `command` replaces the entrypoint (and drops the image cmd), `args`
@@ -324,6 +331,83 @@ fn pod_file_mounts(files: &PodFiles) -> Result<Vec<Mount>, oci_spec::OciSpecErro
         .collect()
 }
 
+/// One volumeMount, resolved to its host source.
+struct VolumeBind {
+    source: PathBuf,
+    destination: String,
+    read_only: bool,
+    propagation: &'static str,
+}
+
+impl VolumeBind {
+    fn into_oci(self) -> Result<Mount, oci_spec::OciSpecError> {
+        let access = if self.read_only { "ro" } else { "rw" };
+        MountBuilder::default()
+            .destination(self.destination)
+            .typ("bind")
+            .source(self.source)
+            .options(vec!["rbind".to_string(), self.propagation.to_string(), access.to_string()])
+            .build()
+    }
+}
+
+/// The container's volumeMounts as bind mounts, parents before children (containerd sorts
+/// them by depth). Volumes of configMaps, secrets, the downward API and projections are always
+/// read-only, as kubelet mounts them.
+fn volume_mounts(input: &TranslateInput<'_>) -> Result<Vec<VolumeBind>, TranslateError> {
+    let container = &input.container.name;
+    let privileged = input.container.security_context.as_ref().and_then(|c| c.privileged).unwrap_or(false);
+    let mut binds = Vec::new();
+    for (index, mount) in input.container.volume_mounts.iter().flatten().enumerate() {
+        let unknown = || TranslateError::UnknownVolume {
+            container: container.clone(),
+            mount_path: mount.mount_path.clone(),
+            volume: mount.name.clone(),
+        };
+        let volume = input.volumes.get(&mount.name).ok_or_else(unknown)?;
+        let source = if has_sub_path(mount) {
+            input.subpaths.get(&index).cloned().ok_or_else(|| TranslateError::SubPathNotPrepared {
+                container: container.clone(),
+                mount_path: mount.mount_path.clone(),
+            })?
+        } else {
+            volume.path.clone()
+        };
+        let propagation = match mount.mount_propagation.as_deref().unwrap_or("None") {
+            "None" | "" => "rprivate",
+            "HostToContainer" => "rslave",
+            "Bidirectional" if privileged => "rshared",
+            "Bidirectional" => {
+                return Err(TranslateError::BidirectionalNotPrivileged {
+                    container: container.clone(),
+                    mount_path: mount.mount_path.clone(),
+                })
+            }
+            other => {
+                return Err(TranslateError::Propagation {
+                    container: container.clone(),
+                    mount_path: mount.mount_path.clone(),
+                    mode: other.to_string(),
+                })
+            }
+        };
+        binds.push(VolumeBind {
+            source,
+            destination: mount.mount_path.clone(),
+            read_only: mount.read_only.unwrap_or(false) || volume.read_only,
+            propagation,
+        });
+    }
+    binds.sort_by_key(|b| Path::new(&b.destination).components().count());
+    Ok(binds)
+}
+
+/// Whether the mount uses subPath or subPathExpr.
+pub fn has_sub_path(mount: &VolumeMount) -> bool {
+    mount.sub_path.as_deref().is_some_and(|p| !p.is_empty())
+        || mount.sub_path_expr.as_deref().is_some_and(|p| !p.is_empty())
+}
+
 fn annotations(input: &TranslateInput<'_>) -> HashMap<String, String> {
     let meta = &input.pod.metadata;
     [
@@ -335,6 +419,14 @@ fn annotations(input: &TranslateInput<'_>) -> HashMap<String, String> {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
+    .chain(
+        input
+            .image
+            .config()
+            .as_ref()
+            .and_then(|config| config.stop_signal().clone())
+            .map(|signal| (ANNOTATION_STOP_SIGNAL.to_string(), signal)),
+    )
     .collect()
 }
 

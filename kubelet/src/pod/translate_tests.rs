@@ -2,12 +2,17 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSecurityContext, PodSpec, ResourceRequirements,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use oci_spec::image::{ConfigBuilder, ImageConfigurationBuilder};
 
 use super::*;
+use crate::pod::downward::{NodeAllocatable, PodFacts};
+use crate::pod::env::{resolve_env, EnvInput};
+use crate::pod::referenced_objects::NoObjects;
+use crate::pod::volumes::HostVolume;
 
 fn pod(container: Container) -> Pod {
     Pod {
@@ -39,20 +44,35 @@ fn image(entrypoint: &[&str], cmd: &[&str]) -> ImageConfiguration {
 }
 
 fn translate(pod: &Pod, image: &ImageConfiguration) -> Result<Spec, TranslateError> {
-    let rootfs = tempfile::tempdir().expect("tempdir");
+    translate_with_volumes(pod, image, &HostVolumes::new(), &BTreeMap::new())
+}
+
+fn translate_with_volumes(
+    pod: &Pod,
+    image: &ImageConfiguration,
+    volumes: &HostVolumes,
+    subpaths: &BTreeMap<usize, PathBuf>,
+) -> Result<Spec, TranslateError> {
     let files = PodFiles::in_dir(Path::new("/var/lib/nodelet/pods/0b1c"));
     let spec = pod.spec.as_ref().expect("spec");
+    let container = &spec.containers[0];
+    let facts = PodFacts { node_name: "n1".into(), ..Default::default() };
+    let allocatable = NodeAllocatable { cpu_millis: 1000, memory_bytes: 1 << 30, ephemeral_storage_bytes: 1 << 30 };
+    let env_input = EnvInput { pod, container, facts: &facts, allocatable: &allocatable };
+    let env = futures::executor::block_on(resolve_env(&env_input, &NoObjects)).expect("env");
     container_spec(&TranslateInput {
         pod,
-        container: &spec.containers[0],
+        container,
         image,
         rootfs: Path::new("/var/lib/nodelet/pods/0b1c/containers/app-2/rootfs"),
         netns_path: Path::new("/run/nodelet/netns/0b1c"),
         pod_files: &files,
         cgroup_root: "/nodelet",
         attempt: 2,
+        env: &env.vars,
+        volumes,
+        subpaths,
     })
-    .inspect(|_| drop(rootfs))
 }
 
 /// Serialized with capability sets sorted, so the golden text is stable.
@@ -162,4 +182,70 @@ fn bad_quantity_names_the_resource() {
     };
     let err = translate(&pod(container), &image(&[], &[])).expect_err("bad quantity");
     assert_eq!(err.to_string(), "container app: resource limits.memory");
+}
+
+fn mounts_of(spec: &Spec) -> Vec<(String, String, Vec<String>)> {
+    spec.mounts()
+        .iter()
+        .flatten()
+        .filter(|m| m.typ().as_deref() == Some("bind"))
+        .map(|m| {
+            (
+                m.destination().display().to_string(),
+                m.source().as_ref().map(|s| s.display().to_string()).unwrap_or_default(),
+                m.options().clone().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn volume_mounts_become_bind_mounts() {
+    let mount =
+        |name: &str, path: &str| VolumeMount { name: name.into(), mount_path: path.into(), ..Default::default() };
+    let container = Container {
+        name: "app".into(),
+        command: Some(vec!["x".into()]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                read_only: Some(true),
+                mount_propagation: Some("HostToContainer".into()),
+                ..mount("data", "/data/deep")
+            },
+            mount("cfg", "/etc/app"),
+            VolumeMount { sub_path: Some("logs".into()), ..mount("data", "/logs") },
+        ]),
+        ..Default::default()
+    };
+    let volumes: HostVolumes = [
+        ("data".to_string(), HostVolume { path: "/v/data".into(), read_only: false }),
+        ("cfg".to_string(), HostVolume { path: "/v/cfg".into(), read_only: true }),
+    ]
+    .into_iter()
+    .collect();
+    let subpaths: BTreeMap<usize, PathBuf> =
+        [(2, PathBuf::from("/pod/volume-subpaths/data/app/2"))].into_iter().collect();
+    let spec = translate_with_volumes(&pod(container.clone()), &image(&[], &[]), &volumes, &subpaths).expect("spec");
+    let options = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let binds = mounts_of(&spec);
+    let volume_binds: Vec<_> =
+        binds.iter().filter(|(d, _, _)| !d.starts_with("/etc/host") && d != "/etc/resolv.conf").cloned().collect();
+    assert_eq!(
+        volume_binds,
+        [
+            ("/logs".to_string(), "/pod/volume-subpaths/data/app/2".to_string(), options(&["rbind", "rprivate", "rw"])),
+            ("/data/deep".to_string(), "/v/data".to_string(), options(&["rbind", "rslave", "ro"])),
+            ("/etc/app".to_string(), "/v/cfg".to_string(), options(&["rbind", "rprivate", "ro"])),
+        ]
+    );
+    assert_eq!(spec.linux().as_ref().and_then(|l| l.rootfs_propagation().clone()).as_deref(), Some("rslave"));
+
+    let missing = translate_with_volumes(&pod(container.clone()), &image(&[], &[]), &HostVolumes::new(), &subpaths);
+    assert!(matches!(missing, Err(TranslateError::UnknownVolume { .. })));
+    let mut bidirectional = container;
+    bidirectional.volume_mounts =
+        Some(vec![VolumeMount { mount_propagation: Some("Bidirectional".into()), ..mount("data", "/d") }]);
+    let error =
+        translate_with_volumes(&pod(bidirectional), &image(&[], &[]), &volumes, &subpaths).expect_err("not privileged");
+    assert!(error.to_string().contains("only to privileged containers"), "{error}");
 }

@@ -21,10 +21,11 @@ use super::model::{Observed, PodMemory, PodPlan, ProbeKill, Removal, RestartPoli
 use super::pod_files::write_pod_files;
 use super::probe::{PodProber, ProbeMetrics};
 use super::pull_secrets::PullSecrets;
+use super::referenced_objects::PodObjects;
 use super::runtime_port::{error_chain, PodRuntime, PullPolicy, RunState, SandboxInfo};
 use super::status::{compute_status, StatusInput};
 use super::status_sink::StatusSink;
-use super::step::{backoff_delay, decide, Action, Signal, BACKOFF_RESET_AFTER};
+use super::step::{backoff_delay, decide, Action, Signal, BACKOFF_INITIAL, BACKOFF_RESET_AFTER};
 use super::teardown::release_pod;
 use super::translate::{container_spec, TranslateInput};
 
@@ -46,6 +47,8 @@ pub struct WorkerContext {
     /// Pulling, Pulled, Created, Started, Killing, BackOff, Unhealthy, Failed.
     pub events: EventRecorder,
     pub pull_secrets: Arc<dyn PullSecrets>,
+    /// The ConfigMaps and Secrets pods take env and volumes from.
+    pub objects: Arc<dyn PodObjects>,
 }
 
 /// How a worker ended.
@@ -62,10 +65,21 @@ struct Worker {
     memory: PodMemory,
     start_time: DateTime<Utc>,
     last_sent: Option<PodStatus>,
+    /// The object `last_sent` went to (its uid): a static pod's mirror pod may be replaced,
+    /// and the new one needs the status again.
+    sent_to: Option<String>,
     observed_once: bool,
     /// The pod's probe tasks; dropped (and so stopped) with the worker.
     prober: PodProber,
+    /// The pod's labels and annotations when its volumes were last written.
+    volumes_synced_meta: Option<String>,
 }
+
+#[path = "worker_volumes.rs"]
+mod worker_volumes;
+
+#[path = "worker_hooks.rs"]
+mod worker_hooks;
 
 /// Run one pod until it is released or `shutdown` fires. `sandbox` is the pod's sandbox when
 /// adoption found one.
@@ -87,8 +101,10 @@ pub async fn run_worker(
         memory: PodMemory { pod_ip: sandbox.as_ref().map(|s| s.ip), sandbox, ..PodMemory::default() },
         start_time,
         last_sent: first.pod.status.clone(),
+        sent_to: first.pod.metadata.uid.clone(),
         observed_once: false,
         prober,
+        volumes_synced_meta: None,
     };
     loop {
         let update = updates.borrow_and_update().clone();
@@ -150,6 +166,7 @@ impl Worker {
     async fn step(&mut self, update: &PodUpdate) -> Result<StepOutcome, StepError> {
         let pod = &update.pod;
         let plan = PodPlan::from_pod(pod, update.gone);
+        self.note_pod_update(pod);
         let all = self.ctx.runtime.pod_containers(&plan.uid).await?;
         let mut observed = Observed::for_pod(&plan.uid, &all);
         self.prober.sync(&plan, &observed, self.memory.pod_ip);
@@ -171,6 +188,7 @@ impl Worker {
         if decision.actions.is_empty() {
             return Ok(StepOutcome::Sleep(decision.wake_at));
         }
+        self.run_pre_stops(pod, &plan, &decision.actions).await;
         for action in decision.actions {
             self.perform(pod, &plan, &observed, action).await?;
         }
@@ -182,7 +200,7 @@ impl Worker {
     fn note_exits(&mut self, plan: &PodPlan, observed: &Observed, now: Instant) {
         let first = !self.observed_once;
         self.observed_once = true;
-        for container in &plan.containers {
+        for container in plan.all_containers() {
             let Some(latest) = observed.latest(&container.name) else {
                 continue;
             };
@@ -224,13 +242,15 @@ impl Worker {
             wall_now: Utc::now(),
             previous: self.last_sent.as_ref(),
         });
-        if self.last_sent.as_ref() == Some(&status) {
+        let destination = self.ctx.sink.destination(pod);
+        if self.last_sent.as_ref() == Some(&status) && self.sent_to == destination {
             return;
         }
         self.record_back_offs(pod, &status);
         match self.ctx.sink.report(pod, &status).await {
             Ok(()) => {
                 self.last_sent = Some(status);
+                self.sent_to = destination;
                 self.after_report(plan);
             }
             Err(error) => {
@@ -274,7 +294,7 @@ impl Worker {
 
     /// Once ErrImagePull was reported, the wait for the next try shows as ImagePullBackOff.
     fn after_report(&mut self, plan: &PodPlan) {
-        for container in &plan.containers {
+        for container in plan.all_containers() {
             let memory = self.memory.container_mut(&container.name);
             if let Some(error) = memory.error.as_mut().filter(|e| e.reason == "ErrImagePull") {
                 error.reason = "ImagePullBackOff".to_string();
@@ -296,6 +316,8 @@ impl Worker {
         let now = Instant::now();
         tracing::debug!(pod = %pod_key(pod), ?action, "pod action");
         match action {
+            Action::SetupVolumes => self.set_up_volumes(pod, false).await,
+            Action::SyncVolumes => self.set_up_volumes(pod, true).await,
             Action::SetupSandbox => match self.setup_sandbox(pod, uid).await {
                 Ok(sandbox) => {
                     self.memory.pod_ip = Some(sandbox.ip);
@@ -311,7 +333,7 @@ impl Worker {
                 }
             },
             Action::EnsureImage { container } => {
-                let Some(spec) = plan.containers.iter().find(|c| c.name == container) else {
+                let Some(spec) = plan.container(&container) else {
                     return Ok(());
                 };
                 let result = ensure_image(&self.ctx, pod, &container, &spec.image, spec.pull_policy).await;
@@ -332,6 +354,10 @@ impl Worker {
             }
             Action::CreateAndStart { container, attempt } => {
                 let result = self.create_and_start(pod, uid, &container, attempt).await;
+                if result.is_ok() {
+                    self.memory.container_mut(&container).error = None;
+                    self.run_post_start(pod, uid, &container, attempt).await;
+                }
                 let object = pod_reference(pod, Some(&container));
                 match &result {
                     Ok(()) => self.ctx.events.record(
@@ -350,7 +376,7 @@ impl Worker {
                 let memory = self.memory.container_mut(&container);
                 match result {
                     Ok(()) => {
-                        memory.error = None;
+                        // `error` was cleared before postStart, which may have set it.
                         memory.error_streak = 0;
                         memory.retry_at = None;
                         if attempt > 0 {
@@ -359,7 +385,14 @@ impl Worker {
                     }
                     Err(waiting) => {
                         memory.error_streak += 1;
-                        memory.retry_at = Some(now + backoff_delay(memory.error_streak));
+                        // A configuration error is tried again at kubelet's pod sync backoff,
+                        // without doubling: it clears when the missing object appears.
+                        let delay = if waiting.reason == "CreateContainerConfigError" {
+                            BACKOFF_INITIAL
+                        } else {
+                            backoff_delay(memory.error_streak)
+                        };
+                        memory.retry_at = Some(now + delay);
                         memory.error = Some(waiting);
                         let id = container_id(uid, &container, attempt);
                         let dir = container_dir(&root, uid, &container, attempt);
@@ -397,10 +430,12 @@ impl Worker {
                     let message = format!("Stopping container {container}");
                     self.ctx.events.record(object, EventType::Normal, "Killing", message);
                 }
-                send_signal(runtime.as_ref(), &container_id(uid, &container, attempt), signal).await;
+                let number = worker_hooks::signal_number(observed, &container, attempt, signal);
+                send_signal(runtime.as_ref(), &container_id(uid, &container, attempt), number).await;
                 match signal {
                     Signal::Term => {
                         self.memory.term_sent_at.get_or_insert(now);
+                        self.memory.container_mut(&container).term_sent = Some(attempt);
                     }
                     Signal::Kill => self.memory.kill_sent = true,
                 }
@@ -412,7 +447,8 @@ impl Worker {
                     tracing::info!(pod = %pod_key(pod), "{message}");
                     self.ctx.events.record(pod_reference(pod, Some(&container)), EventType::Normal, "Killing", message);
                 }
-                send_signal(runtime.as_ref(), &container_id(uid, &container, attempt), signal).await;
+                let number = worker_hooks::signal_number(observed, &container, attempt, signal);
+                send_signal(runtime.as_ref(), &container_id(uid, &container, attempt), number).await;
                 let kill = &mut self.memory.container_mut(&container).probe_kill;
                 match (signal, kill.as_mut()) {
                     (Signal::Kill, Some(sent)) => sent.kill_sent = true,
@@ -435,7 +471,8 @@ impl Worker {
 
     async fn setup_sandbox(&self, pod: &Pod, uid: &str) -> Result<SandboxInfo, StepError> {
         let sandbox = self.ctx.runtime.setup_sandbox(&sandbox_id(uid)).await?;
-        let (_, warnings) = write_pod_files(&pod_dir(&self.ctx.cfg.root_dir, uid), pod, sandbox.ip.into(), &self.ctx.cfg.dns)?;
+        let (_, warnings) =
+            write_pod_files(&pod_dir(&self.ctx.cfg.root_dir, uid), pod, sandbox.ip.into(), &self.ctx.cfg.dns)?;
         for (reason, message) in warnings {
             self.ctx.events.record(pod_reference(pod, None), EventType::Warning, reason, message);
         }
@@ -450,7 +487,10 @@ impl Worker {
             message: error_chain(error),
         };
         let root = &self.ctx.cfg.root_dir;
-        let spec = pod.spec.as_ref().and_then(|s| s.containers.iter().find(|c| c.name == container));
+        let spec = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.iter().flatten().chain(&s.containers).find(|c| c.name == container));
         let (Some(spec), Some(image), Some(sandbox)) =
             (spec, self.memory.container(container).image, self.memory.sandbox.clone())
         else {
@@ -459,6 +499,7 @@ impl Worker {
                 message: "container, image or sandbox missing".to_string(),
             });
         };
+        let config = self.container_config(pod, spec).await?;
         let dir = container_dir(root, uid, container, attempt);
         std::fs::create_dir_all(&dir).map_err(|e| runtime_error(&e))?;
         let rootfs = self.ctx.runtime.mount_rootfs(&image, &dir).await.map_err(|e| runtime_error(&e))?;
@@ -472,6 +513,9 @@ impl Worker {
             pod_files: &files,
             cgroup_root: &self.ctx.cfg.cgroup_root,
             attempt,
+            env: &config.env,
+            volumes: &config.volumes,
+            subpaths: &config.subpaths,
         })
         .map_err(|e| Waiting { reason: "CreateContainerConfigError".to_string(), message: error_chain(&e) })?;
         oci.save(dir.join("config.json")).map_err(|e| runtime_error(&e))?;
@@ -487,11 +531,7 @@ impl Worker {
     }
 }
 
-async fn send_signal(runtime: &dyn PodRuntime, id: &str, signal: Signal) {
-    let number = match signal {
-        Signal::Term => nix::sys::signal::Signal::SIGTERM,
-        Signal::Kill => nix::sys::signal::Signal::SIGKILL,
-    } as i32;
+async fn send_signal(runtime: &dyn PodRuntime, id: &str, number: i32) {
     if let Err(error) = runtime.kill_container(id, number).await {
         // It may have exited meanwhile; the next observation tells.
         tracing::debug!(%id, "signal: {}", error_chain(&error));

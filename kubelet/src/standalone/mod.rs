@@ -79,6 +79,7 @@ async fn release_everything(pod_config: pod::PodConfig, host: host_runtime::Host
         probe_metrics: Default::default(),
         events: crate::events::EventRecorder::log_only(),
         pull_secrets: Arc::new(pod::pull_secrets::NoPullSecrets),
+        objects: Arc::new(pod::referenced_objects::NoObjects),
     };
     let manager = PodManager::new(context, CancellationToken::new());
     let (events, receiver) = tokio::sync::mpsc::channel(1);

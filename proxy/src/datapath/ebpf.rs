@@ -8,7 +8,8 @@ use crate::config::ProxyConfig;
 use crate::error::ProxyError;
 use crate::table::{ServiceTable, TableDelta};
 
-/// The socket load-balancer (TCP, UDP and SCTP frontends alike), attached to the
+/// The socket load-balancer (TCP, UDP and SCTP frontends alike, IPv4 and IPv6: each
+/// frontend goes to its family's maps, and is served by that family's hooks), attached to the
 /// configured cgroup for as long as this value lives, or for good when pinned
 /// (`ProxyConfig::pin_dir`).
 pub struct EbpfDatapath {

@@ -3,8 +3,9 @@
 //! step against `build_table` of the objects at that point (table, frontend kinds, health
 //! checks, problems, and what the fake datapath holds). The objects are drawn from small
 //! pools, so that Services contend for frontends (cluster IPs, externalIPs, LoadBalancer
-//! IPs and NodePorts on the node's addresses alike), slices move between Services and bad
-//! objects come and go.
+//! IPs and NodePorts on the node's addresses alike, of both IP families), IPv4, IPv6 and
+//! dual-stack Services come and go with IPv4, IPv6 and FQDN slices, slices move between
+//! Services and bad objects come and go.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -23,12 +24,17 @@ use rand::{Rng, SeedableRng};
 
 use super::Reconciler;
 use crate::datapath::{FailingDatapath, FakeDatapath, SyncStats};
-use crate::table::{build_table, Changes, NodeTopology, Problem, SERVICE_NAME_LABEL};
+use crate::table::{build_table, Changes, IpFamily, NodeTopology, Problem, SERVICE_NAME_LABEL};
 
 const NAMESPACES: [&str; 2] = ["a", "b"];
 const SERVICES: [&str; 5] = ["s0", "s1", "s2", "s3", "s4"];
 const SLICES: [&str; 6] = ["e0", "e1", "e2", "e3", "e4", "e5"];
 const CLUSTER_IPS: [&str; 6] = ["10.96.0.1", "10.96.0.2", "10.96.0.3", "10.96.0.300", "None", ""];
+/// IPv6 cluster IPs, and the node's IPv6 address (which contends with its NodePorts).
+const CLUSTER_IPS_V6: [&str; 4] = ["fd00:96::1", "fd00:96::2", "fd00::a", "fd00:96::zz"];
+/// `ipFamilyPolicy`: unset, the API's three, and one it would refuse.
+const FAMILY_POLICIES: [Option<&str>; 5] =
+    [None, Some("SingleStack"), Some("PreferDualStack"), Some("RequireDualStack"), Some("Elsewhere")];
 /// (name, port, protocol): the Service ports, and the slice ports with the same name.
 const PORTS: [(&str, i32, &str); 4] = [("http", 80, "TCP"), ("https", 443, "TCP"), ("dns", 53, "UDP"), ("", 80, "TCP")];
 /// Service types, ExternalName now and then.
@@ -38,10 +44,14 @@ const TYPES: [&str; 4] = ["ClusterIP", "NodePort", "LoadBalancer", "ClusterIP"];
 const NODE_PORTS: [i32; 5] = [30000, 30001, 80, 0, 30000];
 /// externalIPs and ingress IPs: cluster IPs and a node address among them, so that kinds
 /// contend for frontends.
-const EXTERNAL_IPS: [&str; 6] = ["192.168.0.1", "10.96.0.1", "10.96.0.2", "198.51.100.1", "198.51.100.2", "fd00::1"];
+const EXTERNAL_IPS: [&str; 8] =
+    ["192.168.0.1", "10.96.0.1", "10.96.0.2", "198.51.100.1", "198.51.100.2", "fd00::1", "fd00::a", "fd00:96::1"];
 const IP_MODES: [Option<&str>; 3] = [None, Some("VIP"), Some("Proxy")];
 const ADDRESSES: [&str; 7] =
     ["10.244.0.1", "10.244.0.2", "10.244.0.3", "10.244.1.1", "10.244.1.2", "fd00::1", "not-an-ip"];
+const ADDRESSES_V6: [&str; 5] = ["fd00:244::1", "fd00:244::2", "fd00:244:1::1", "10.244.0.1", "fd00::1"];
+/// Slice address types: mostly IPv4 and IPv6, now and then FQDN.
+const ADDRESS_TYPES: [&str; 5] = ["IPv4", "IPv6", "IPv4", "IPv6", "FQDN"];
 
 type Key = (String, String);
 
@@ -77,6 +87,23 @@ fn random_ingress(rng: &mut StdRng) -> Option<ServiceStatus> {
     })
 }
 
+/// `clusterIP`, `clusterIPs` and `ipFamilies`: IPv4, IPv6 or dual-stack in either order, and
+/// now and then what the API would refuse (two of one family, families that do not match).
+fn random_cluster_ips(rng: &mut StdRng) -> (Option<String>, Option<Vec<String>>, Option<Vec<String>>) {
+    let v4 = (*pick(rng, &CLUSTER_IPS)).to_owned();
+    let v6 = (*pick(rng, &CLUSTER_IPS_V6)).to_owned();
+    let (ips, families) = match rng.gen_range(0..6) {
+        0 => return (Some(v4), None, None),
+        1 => (vec![v4], vec!["IPv4"]),
+        2 => (vec![v6], vec!["IPv6"]),
+        3 => (vec![v4, v6], vec!["IPv4", "IPv6"]),
+        4 => (vec![v6, v4], vec!["IPv6", "IPv4"]),
+        _ => (vec![v4, (*pick(rng, &CLUSTER_IPS)).to_owned()], vec!["IPv4", "IPv6"]),
+    };
+    let families = rng.gen_ratio(4, 5).then(|| families.into_iter().map(str::to_owned).collect());
+    (ips.first().cloned(), Some(ips), families)
+}
+
 fn random_service(rng: &mut StdRng, namespace: &str, name: &str) -> Service {
     let ports = (0..rng.gen_range(0..=2))
         .map(|_| {
@@ -101,11 +128,15 @@ fn random_service(rng: &mut StdRng, namespace: &str, name: &str) -> Service {
     let affinity = rng.gen_ratio(1, 4).then(|| SessionAffinityConfig {
         client_ip: Some(ClientIPConfig { timeout_seconds: Some(*pick(rng, &[60, 0, 10_800])) }),
     });
+    let (cluster_ip, cluster_ips, ip_families) = random_cluster_ips(rng);
     Service {
         metadata: meta(namespace, name),
         spec: Some(ServiceSpec {
             type_: Some(type_.into()),
-            cluster_ip: Some((*pick(rng, &CLUSTER_IPS)).into()),
+            cluster_ip,
+            cluster_ips,
+            ip_families,
+            ip_family_policy: pick(rng, &FAMILY_POLICIES).map(str::to_owned),
             ports: Some(ports),
             external_ips: rng.gen_ratio(1, 3).then(|| some_ips(rng, &EXTERNAL_IPS)),
             session_affinity: affinity.is_some().then(|| "ClientIP".into()),
@@ -143,9 +174,11 @@ fn random_slice(rng: &mut StdRng, namespace: &str, name: &str) -> EndpointSlice 
             }
         })
         .collect();
+    let address_type = *pick(rng, &ADDRESS_TYPES);
+    let addresses: &[&str] = if address_type == "IPv6" { &ADDRESSES_V6 } else { &ADDRESSES };
     let endpoints = (0..rng.gen_range(0..=4))
         .map(|_| Endpoint {
-            addresses: vec![(*pick(rng, &ADDRESSES)).into()],
+            addresses: vec![(*pick(rng, addresses)).into()],
             conditions: rng.gen_ratio(2, 3).then(|| EndpointConditions {
                 ready: Some(rng.gen_ratio(2, 3)),
                 serving: Some(rng.gen()),
@@ -158,12 +191,7 @@ fn random_slice(rng: &mut StdRng, namespace: &str, name: &str) -> EndpointSlice 
             ..Endpoint::default()
         })
         .collect();
-    EndpointSlice {
-        metadata,
-        address_type: if rng.gen_ratio(1, 10) { "IPv6" } else { "IPv4" }.into(),
-        endpoints,
-        ports: Some(ports),
-    }
+    EndpointSlice { metadata, address_type: address_type.into(), endpoints, ports: Some(ports) }
 }
 
 /// The objects as the API holds them, and the same as changes not yet synced.
@@ -212,7 +240,8 @@ impl World {
 }
 
 fn node() -> NodeTopology {
-    let node_port_addresses = ["127.0.0.1", "192.168.0.1"].iter().map(|ip| ip.parse().expect("ip")).collect();
+    let node_port_addresses =
+        ["127.0.0.1", "192.168.0.1", "fd00::a"].iter().map(|ip| ip.parse().expect("ip")).collect();
     NodeTopology { name: Some("node-a".into()), zone: Some("z1".into()), node_port_addresses }
 }
 
@@ -220,6 +249,7 @@ fn node() -> NodeTopology {
 fn partial_syncs_equal_a_full_rebuild() {
     let mut conflicts_seen = false;
     let mut kinds_seen = BTreeSet::new();
+    let mut families_seen = BTreeSet::new();
     let mut health_checks_seen = 0;
     for seed in 0..300 {
         let mut rng = StdRng::seed_from_u64(seed);
@@ -240,7 +270,10 @@ fn partial_syncs_equal_a_full_rebuild() {
             assert_eq!(fake.table(), expected.table, "{context}: what the datapath holds");
             assert_eq!(reconciler.kinds(), &expected.kinds, "{context}: frontend kinds");
             assert_eq!(reconciler.health_checks(), expected.health_checks, "{context}: health checks");
-            kinds_seen.extend(expected.kinds.values().copied());
+            kinds_seen.extend(expected.kinds.iter().map(|(frontend, kind)| (IpFamily::of(frontend.ip), *kind)));
+            families_seen.extend(expected.table.iter().flat_map(|(frontend, entry)| {
+                entry.backends.iter().map(|backend| (IpFamily::of(frontend.ip), IpFamily::of(backend.ip)))
+            }));
             health_checks_seen += expected.health_checks.len();
             let problems: BTreeSet<Problem> = expected.problems.iter().cloned().collect();
             assert_eq!(reconciler.problems(), &problems, "{context}: problems");
@@ -249,7 +282,9 @@ fn partial_syncs_equal_a_full_rebuild() {
         assert_eq!(fake.applies(), 1, "seed {seed}: only the first sync applies the whole table");
     }
     assert!(conflicts_seen, "the pools make Services contend for frontends");
-    assert_eq!(kinds_seen.len(), 4, "every kind of frontend was built: {kinds_seen:?}");
+    assert_eq!(kinds_seen.len(), 8, "every kind of frontend was built, of both families: {kinds_seen:?}");
+    let same_family = BTreeSet::from([(IpFamily::V4, IpFamily::V4), (IpFamily::V6, IpFamily::V6)]);
+    assert_eq!(families_seen, same_family, "backends of both families, each for its own family's frontends");
     assert!(health_checks_seen > 0, "health checks were built");
 }
 

@@ -1,13 +1,15 @@
-//! Every address a Service is reached at from this node, and of which kind: its cluster IP,
+//! Every address a Service is reached at from this node, and of which kind: its cluster IPs,
 //! its externalIPs, its LoadBalancer ingress IPs and its nodePorts on the node's addresses,
-//! each with every port, as kube-proxy and cilium's socket load-balancer program them.
+//! each with every port, as kube-proxy and cilium's socket load-balancer program them. Per
+//! IP family: a Service gets frontends of the families it has a cluster IP of only.
 
 use std::collections::HashSet;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use nodelet_ebpf::Frontend;
 
+use super::family::IpFamily;
 use super::service::ProxiedService;
 
 /// What makes a frontend, as `cilium service list` names the types.
@@ -39,26 +41,28 @@ pub(super) struct ServiceFrontend {
     pub port: usize,
 }
 
-/// The frontends of `service` on a node whose NodePorts are served on `node_addresses`:
-/// the cluster IP, externalIP, LoadBalancer and NodePort ones, each kind port by port. An
-/// address the Service lists twice (an externalIP that is also its ingress IP, say) is one
-/// frontend, of the first kind.
-pub(super) fn of(service: &ProxiedService<'_>, node_addresses: &[Ipv4Addr]) -> Vec<ServiceFrontend> {
+/// The frontends of `service` on a node whose NodePorts are served on `node_addresses`
+/// (both families): the cluster IP, externalIP, LoadBalancer and NodePort ones, each kind
+/// port by port, of the Service's families. An address the Service lists twice (an
+/// externalIP that is also its ingress IP, say) is one frontend, of the first kind.
+pub(super) fn of(service: &ProxiedService<'_>, node_addresses: &[IpAddr]) -> Vec<ServiceFrontend> {
     let ports = || service.ports.iter().enumerate();
-    let on = |ip: Ipv4Addr, kind: FrontendKind| {
+    let on = |ip: IpAddr, kind: FrontendKind| {
         ports().map(move |(index, port)| ServiceFrontend {
-            frontend: Frontend { ip: IpAddr::V4(ip), port: port.port, protocol: port.protocol },
+            frontend: Frontend { ip, port: port.port, protocol: port.protocol },
             kind,
             port: index,
         })
     };
-    let cluster = on(service.cluster_ip, FrontendKind::ClusterIp);
+    let cluster = service.cluster_ips.iter().flat_map(|ip| on(*ip, FrontendKind::ClusterIp));
     let external = service.external_ips.iter().flat_map(|ip| on(*ip, FrontendKind::ExternalIp));
     let balancer = service.load_balancer_ips.iter().flat_map(|ip| on(*ip, FrontendKind::LoadBalancer));
-    let node_ports = node_addresses.iter().flat_map(|ip| {
+    let families: Vec<IpFamily> = service.families().collect();
+    let node_addresses = node_addresses.iter().filter(|ip| families.contains(&IpFamily::of(**ip)));
+    let node_ports = node_addresses.flat_map(|ip| {
         ports().filter_map(move |(index, port)| {
             let node_port = port.node_port?;
-            let frontend = Frontend { ip: IpAddr::V4(*ip), port: node_port, protocol: port.protocol };
+            let frontend = Frontend { ip: *ip, port: node_port, protocol: port.protocol };
             Some(ServiceFrontend { frontend, kind: FrontendKind::NodePort, port: index })
         })
     });

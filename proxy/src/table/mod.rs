@@ -1,13 +1,15 @@
 //! Services + EndpointSlices -> the desired service table (pure), by kube-proxy's rules.
 //!
 //! For every Service with a virtual IP (not headless, not ExternalName, not claimed by
-//! another proxy through `service.kubernetes.io/service-proxy-name`): its IPv4 cluster IP,
-//! externalIPs and LoadBalancer ingress IPs x each port, and each port's nodePort on the
-//! node's NodePort addresses, are frontends (`service`, `frontends`, `node`). Its backends
-//! are the endpoints of the Service's
-//! EndpointSlices (label `kubernetes.io/service-name`, same namespace) on the slice port
-//! of the same name and protocol: the slice holds the targetPort number resolved for its
-//! pods, so a named targetPort may give different numbers in different slices (`slices`).
+//! another proxy through `service.kubernetes.io/service-proxy-name`): its cluster IPs (one
+//! per IP family), externalIPs and LoadBalancer ingress IPs x each port, and each port's
+//! nodePort on the node's NodePort addresses, are frontends (`service`, `frontends`,
+//! `node`), of the Service's families only (`family`), as kube-proxy's dual-stack
+//! meta-proxier runs one proxier per family. Its backends are the endpoints of the
+//! Service's EndpointSlices (label `kubernetes.io/service-name`, same namespace) of the
+//! frontend's family (`addressType`), on the slice port of the same name and protocol:
+//! the slice holds the targetPort number resolved for its pods, so a named targetPort may
+//! give different numbers in different slices (`slices`).
 //! Which endpoints are used follows kube-proxy's `CategorizeEndpoints` (`select`): ready
 //! ones, else serving and terminating ones; only this node's for `internalTrafficPolicy:
 //! Local` (the ClusterIP) and for the other kinds when `externalTrafficPolicy` is Local too;
@@ -23,9 +25,11 @@
 //! (`build_service`).
 
 mod changes;
+mod family;
 mod frontends;
 mod incremental;
 mod node;
+mod nodeport_addresses;
 mod problem;
 mod select;
 mod service;
@@ -38,9 +42,11 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use nodelet_ebpf::{Backend, Frontend, ServiceEntry, MAX_BACKENDS};
 
 pub use changes::Changes;
+pub use family::IpFamily;
 pub use frontends::FrontendKind;
 pub use incremental::{IncrementalTable, TableDelta, TableUpdate};
 pub use node::{node_port_addresses, NodeTopology, ZONE_LABEL};
+pub use nodeport_addresses::{NodePortAddresses, NodePortAddressesError};
 pub use problem::{ObjectRef, Problem};
 
 use select::{EndpointInfo, TrafficPolicy};
@@ -164,38 +170,57 @@ fn build_service<'o>(
         problems.insert(Problem::new(object.clone(), message));
         return ServiceBuild::default();
     }
-    let endpoints: Vec<Vec<EndpointInfo>> = proxied
-        .ports
-        .iter()
-        .map(|port| slices::endpoints(slices, port, proxied.publish_not_ready, node.name.as_deref()))
+    let endpoints: Endpoints = proxied
+        .families()
+        .flat_map(|family| proxied.ports.iter().enumerate().map(move |(index, port)| (index, port, family)))
+        .map(|(index, port, family)| {
+            let found = slices::endpoints(slices, port, family, proxied.publish_not_ready, node.name.as_deref());
+            ((index, family), found)
+        })
         .collect();
-    let health_check = proxied.health_check_node_port.map(|node_port| HealthCheck {
-        node_port,
-        local_endpoints: endpoints.iter().flatten().filter(|e| e.local && e.ready).count(),
-    });
+    let health_check = proxied
+        .health_check_node_port
+        .map(|node_port| HealthCheck { node_port, local_endpoints: local_ready_endpoints(&proxied, &endpoints) });
     let entries = service_entries(&proxied, &frontends, &endpoints, node, object, problems);
     ServiceBuild { entries, health_check }
 }
 
-/// The entries of a Service's frontends, from the endpoints of each of its ports.
+/// The endpoints of a Service, by port index and IP family.
+type Endpoints = HashMap<(usize, IpFamily), Vec<EndpointInfo>>;
+
+/// This node's ready endpoints of the Service's primary family, per port and summed: what
+/// kube-proxy's proxier of that family counts (`LocalReadyEndpoints`); a dual-stack pod
+/// has an address of each family, and counting both would count it twice.
+fn local_ready_endpoints(service: &ProxiedService<'_>, endpoints: &Endpoints) -> usize {
+    let Some(primary) = service.families().next() else {
+        return 0;
+    };
+    let of_primary = endpoints.iter().filter(|((_, family), _)| *family == primary);
+    of_primary.flat_map(|(_, found)| found).filter(|e| e.local && e.ready).count()
+}
+
+/// The entries of a Service's frontends, from the endpoints of each of its ports and
+/// families: a frontend gets backends of its own family only.
 fn service_entries(
     service: &ProxiedService<'_>,
     frontends: &[frontends::ServiceFrontend],
-    endpoints: &[Vec<EndpointInfo>],
+    endpoints: &Endpoints,
     node: &NodeTopology,
     object: &ObjectRef,
     problems: &mut BTreeSet<Problem>,
 ) -> BTreeMap<Frontend, (FrontendKind, ServiceEntry)> {
-    // Frontends of one port and policy share their backends (and their problem).
-    let mut chosen: HashMap<(usize, TrafficPolicy), Vec<Backend>> = HashMap::new();
+    // Frontends of one port, family and policy share their backends (and their problem).
+    let mut chosen: HashMap<(usize, IpFamily, TrafficPolicy), Vec<Backend>> = HashMap::new();
     let mut entries = BTreeMap::new();
     for f in frontends {
         let policy = match f.kind {
             FrontendKind::ClusterIp => service.traffic_policy,
             _ => service.external_policy(),
         };
-        let backends = chosen.entry((f.port, policy)).or_insert_with(|| {
-            let usable = select::usable(&endpoints[f.port], policy, node.zone.as_deref());
+        let family = IpFamily::of(f.frontend.ip);
+        let backends = chosen.entry((f.port, family, policy)).or_insert_with(|| {
+            let of_port = endpoints.get(&(f.port, family)).map_or(&[][..], Vec::as_slice);
+            let usable = select::usable(of_port, policy, node.zone.as_deref());
             capped(usable, f.frontend, node, object, problems)
         });
         entries.insert(f.frontend, (f.kind, ServiceEntry::with_affinity(backends.clone(), service.affinity)));

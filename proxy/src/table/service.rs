@@ -1,13 +1,15 @@
-//! What a Service asks of the proxy, checked: its IPv4 virtual IP, ports (and their
-//! nodePorts), externalIPs, LoadBalancer ingress IPs, session affinity, traffic policies and
+//! What a Service asks of the proxy, checked: its cluster IPs (one per IP family, as
+//! `clusterIPs`, `ipFamilies` and `ipFamilyPolicy` give them), ports (and their nodePorts),
+//! externalIPs, LoadBalancer ingress IPs, session affinity, traffic policies and
 //! healthCheckNodePort. A Service with anything invalid is refused whole (the message says
 //! what), so that none of its frontends is programmed from a half-understood object.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use nodelet_ebpf::{Protocol, SessionAffinity};
 
+use super::family::IpFamily;
 use super::select::TrafficPolicy;
 use super::SERVICE_PROXY_NAME_LABEL;
 
@@ -19,13 +21,17 @@ const MAX_AFFINITY_TIMEOUT: u32 = 86_400;
 /// A Service the table programs.
 #[derive(Debug)]
 pub(super) struct ProxiedService<'a> {
-    pub cluster_ip: Ipv4Addr,
+    /// One cluster IP per IP family the Service has, its primary family first (at most
+    /// two, never two of one family).
+    pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<PortSpec<'a>>,
-    /// `spec.externalIPs` (the IPv4 ones), in the Service's order.
-    pub external_ips: Vec<Ipv4Addr>,
-    /// `status.loadBalancer.ingress[].ip` of a LoadBalancer Service (IPv4, not `ipMode:
-    /// Proxy`); none when `loadBalancerSourceRanges` restricts them.
-    pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// `spec.externalIPs` of the Service's families, in the Service's order (as kube-proxy's
+    /// per-family proxiers, an address of a family the Service has no cluster IP of is
+    /// not served).
+    pub external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip` of a LoadBalancer Service (of the Service's
+    /// families, not `ipMode: Proxy`); none when `loadBalancerSourceRanges` restricts them.
+    pub load_balancer_ips: Vec<IpAddr>,
     pub affinity: SessionAffinity,
     /// `internalTrafficPolicy`: the endpoints of the ClusterIP frontends.
     pub traffic_policy: TrafficPolicy,
@@ -39,6 +45,11 @@ pub(super) struct ProxiedService<'a> {
 }
 
 impl ProxiedService<'_> {
+    /// The Service's IP families, its primary one first.
+    pub(super) fn families(&self) -> impl Iterator<Item = IpFamily> + '_ {
+        self.cluster_ips.iter().map(|ip| IpFamily::of(*ip))
+    }
+
     /// Which endpoints NodePort, externalIP and LoadBalancer frontends use for the traffic
     /// they can see, which starts on this node. kube-proxy sends such traffic to the
     /// Service's cluster endpoints even with `externalTrafficPolicy: Local` (its "route
@@ -86,9 +97,10 @@ pub(super) fn parse(service: &Service) -> Result<ServiceKind<'_>, String> {
     if service.metadata.labels.as_ref().is_some_and(|labels| labels.contains_key(SERVICE_PROXY_NAME_LABEL)) {
         return Ok(ServiceKind::Skipped("handled by another proxy (service-proxy-name)"));
     }
-    let Some(cluster_ip) = cluster_ipv4(spec)? else {
-        return Ok(ServiceKind::Skipped("headless, or no IPv4 cluster IP"));
-    };
+    let cluster_ips = cluster_ips(spec)?;
+    if cluster_ips.is_empty() {
+        return Ok(ServiceKind::Skipped("headless, or no cluster IP"));
+    }
     let service_type = spec.type_.as_deref().unwrap_or("ClusterIP");
     let has_node_ports = matches!(service_type, "NodePort" | LOAD_BALANCER);
     let ports = spec.ports.iter().flatten().map(|port| {
@@ -106,11 +118,15 @@ pub(super) fn parse(service: &Service) -> Result<ServiceKind<'_>, String> {
     });
     let external_traffic_local = external_traffic_local(spec)?;
     let is_load_balancer = service_type == LOAD_BALANCER;
+    let external_ips = ips(spec.external_ips.iter().flatten().map(String::as_str), "externalIP")?;
+    let load_balancer_ips = if is_load_balancer { load_balancer_ips(service)? } else { Vec::new() };
+    let (external_ips, load_balancer_ips) =
+        (of_families(external_ips, &cluster_ips), of_families(load_balancer_ips, &cluster_ips));
     Ok(ServiceKind::Proxied(ProxiedService {
-        cluster_ip,
+        cluster_ips,
         ports: ports.collect::<Result<_, String>>()?,
-        external_ips: ipv4s(spec.external_ips.iter().flatten().map(String::as_str), "externalIP")?,
-        load_balancer_ips: if is_load_balancer { load_balancer_ips(service)? } else { Vec::new() },
+        external_ips,
+        load_balancer_ips,
         affinity: affinity(spec)?,
         traffic_policy: traffic_policy(spec)?,
         external_traffic_local,
@@ -123,20 +139,22 @@ pub(super) fn parse(service: &Service) -> Result<ServiceKind<'_>, String> {
     }))
 }
 
+/// The addresses of `ips` of a family one of `cluster_ips` has: kube-proxy's proxier of a
+/// family sees only the Services with a cluster IP of that family.
+fn of_families(ips: Vec<IpAddr>, cluster_ips: &[IpAddr]) -> Vec<IpAddr> {
+    let served = |ip: &IpAddr| cluster_ips.iter().any(|cluster_ip| IpFamily::of(*cluster_ip) == IpFamily::of(*ip));
+    ips.into_iter().filter(served).collect()
+}
+
 const LOAD_BALANCER: &str = "LoadBalancer";
 
-/// The IPv4 ones of `ips` (`what` names the field in errors); IPv6 ones are for the IPv6
-/// proxier, as kube-proxy splits them.
-fn ipv4s<'a>(ips: impl IntoIterator<Item = &'a str>, what: &str) -> Result<Vec<Ipv4Addr>, String> {
-    let mut found = Vec::new();
-    for ip in ips {
-        match ip.parse::<IpAddr>() {
-            Ok(IpAddr::V4(v4)) => found.push(v4),
-            Ok(IpAddr::V6(_)) => {}
-            Err(_) => return Err(format!("{what} {ip:?} is not an IP address: skipped")),
-        }
-    }
-    Ok(found)
+/// `ips` parsed, of both families (`what` names the field in errors).
+fn ips<'a>(ips: impl IntoIterator<Item = &'a str>, what: &str) -> Result<Vec<IpAddr>, String> {
+    ips.into_iter().map(|ip| parse_ip(ip, what)).collect()
+}
+
+fn parse_ip(ip: &str, what: &str) -> Result<IpAddr, String> {
+    ip.parse::<IpAddr>().map_err(|_| format!("{what} {ip:?} is not an IP address: skipped"))
 }
 
 /// The ingress IPs of a LoadBalancer Service's status that traffic reaches with their own
@@ -144,7 +162,7 @@ fn ipv4s<'a>(ips: impl IntoIterator<Item = &'a str>, what: &str) -> Result<Vec<I
 /// nodes, so dialling the IP must reach it, as kube-proxy leaves them). With
 /// `loadBalancerSourceRanges` none is taken: a socket hook runs before the socket has a
 /// source address to check, so connections go to the load-balancer, which enforces them.
-fn load_balancer_ips(service: &Service) -> Result<Vec<Ipv4Addr>, String> {
+fn load_balancer_ips(service: &Service) -> Result<Vec<IpAddr>, String> {
     let spec = service.spec.as_ref();
     if spec.and_then(|spec| spec.load_balancer_source_ranges.as_ref()).is_some_and(|ranges| !ranges.is_empty()) {
         return Ok(Vec::new());
@@ -156,7 +174,7 @@ fn load_balancer_ips(service: &Service) -> Result<Vec<Ipv4Addr>, String> {
         .flatten()
         .filter(|ingress| ingress.ip_mode.as_deref() != Some("Proxy"))
         .filter_map(|ingress| ingress.ip.as_deref().filter(|ip| !ip.is_empty()));
-    ipv4s(ips, "status.loadBalancer.ingress ip")
+    self::ips(ips, "status.loadBalancer.ingress ip")
 }
 
 /// `externalTrafficPolicy` is Local.
@@ -176,28 +194,63 @@ fn health_check_node_port(spec: &ServiceSpec) -> Result<Option<u16>, String> {
     }
 }
 
-/// The Service's IPv4 cluster IP (`clusterIPs`, or `clusterIP` when that is empty; the
-/// first IPv4 one, as kube-proxy's IPv4 proxier takes); `None` for a headless Service or
-/// one with IPv6 only.
-fn cluster_ipv4(spec: &ServiceSpec) -> Result<Option<Ipv4Addr>, String> {
+/// The Service's cluster IPs, one per family, its primary family first: `clusterIPs` (or
+/// `clusterIP` when that is empty), checked against `ipFamilies` and `ipFamilyPolicy` as the
+/// API server checks them (an object from a manifest was not). Empty for a headless Service
+/// or one without a cluster IP.
+fn cluster_ips(spec: &ServiceSpec) -> Result<Vec<IpAddr>, String> {
     let listed: Vec<&str> = match spec.cluster_ips.as_deref().filter(|ips| !ips.is_empty()) {
         Some(ips) => ips.iter().map(String::as_str).collect(),
         None => spec.cluster_ip.as_deref().into_iter().collect(),
     };
     if listed.first().is_none_or(|ip| ip.is_empty() || *ip == "None") {
-        return Ok(None);
+        return Ok(Vec::new());
     }
-    let mut first = None;
-    for ip in listed {
-        match ip.parse::<IpAddr>() {
-            Ok(IpAddr::V4(v4)) => {
-                first = first.or(Some(v4));
-            }
-            Ok(IpAddr::V6(_)) => {}
-            Err(_) => return Err(format!("clusterIP {ip:?} is not an IP address: skipped")),
+    let ips = ips(listed, "clusterIP")?;
+    if let [first, second, ..] = ips[..] {
+        if ips.len() > 2 || IpFamily::of(first) == IpFamily::of(second) {
+            return Err(format!("clusterIPs {ips:?} are not one per IP family: skipped"));
         }
     }
-    Ok(first)
+    check_families(spec, &ips)?;
+    check_family_policy(spec, &ips)?;
+    Ok(ips)
+}
+
+/// `ipFamilies[i]` is the family of `clusterIPs[i]`; a family without a cluster IP is not
+/// served (as kube-proxy's `GetClusterIPByFamily`), a cluster IP without a family is wrong.
+fn check_families(spec: &ServiceSpec, ips: &[IpAddr]) -> Result<(), String> {
+    let Some(families) = spec.ip_families.as_deref().filter(|families| !families.is_empty()) else {
+        return Ok(());
+    };
+    if ips.len() > families.len() {
+        return Err(format!("clusterIPs {ips:?} list more addresses than ipFamilies {families:?}: skipped"));
+    }
+    for (index, name) in families.iter().enumerate() {
+        let family = IpFamily::from_api(name).ok_or_else(|| format!("unknown ipFamilies entry {name:?}: skipped"))?;
+        match ips.get(index) {
+            Some(ip) if IpFamily::of(*ip) != family => {
+                return Err(format!("clusterIPs[{index}] {ip} is not {family}, as ipFamilies[{index}] says: skipped"));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `ipFamilyPolicy` against the number of cluster IPs (unset, as in a manifest: whatever
+/// they are, as the API server would default it from them).
+fn check_family_policy(spec: &ServiceSpec, ips: &[IpAddr]) -> Result<(), String> {
+    match (spec.ip_family_policy.as_deref(), ips.len()) {
+        (None | Some("PreferDualStack"), _) | (Some("SingleStack"), 1) | (Some("RequireDualStack"), 2) => Ok(()),
+        (Some("SingleStack"), _) => {
+            Err(format!("ipFamilyPolicy SingleStack allows one cluster IP, not {ips:?}: skipped"))
+        }
+        (Some("RequireDualStack"), _) => {
+            Err(format!("ipFamilyPolicy RequireDualStack needs a cluster IP of each family, not {ips:?}: skipped"))
+        }
+        (Some(other), _) => Err(format!("unknown ipFamilyPolicy {other:?}: skipped")),
+    }
 }
 
 /// `sessionAffinity` and its timeout, checked as the API server does.

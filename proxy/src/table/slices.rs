@@ -1,20 +1,20 @@
-//! EndpointSlices by Service, checked once, and the endpoints of one Service port in them,
-//! as kube-proxy's EndpointSliceCache reads them.
+//! EndpointSlices by Service, checked once, and the endpoints of one Service port and IP
+//! family in them, as kube-proxy's EndpointSliceCache reads them (each family's proxier
+//! reads the slices of its `addressType`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use nodelet_ebpf::Backend;
 
+use super::family::IpFamily;
 use super::problem::{ObjectRef, Problem};
 use super::select::EndpointInfo;
 use super::service::{protocol_of, PortSpec};
 use super::SERVICE_NAME_LABEL;
 
-const IPV4_ADDRESS_TYPE: &str = "IPv4";
-
-/// The IPv4 EndpointSlices of each known Service (by namespace, then name), in slice-name
+/// The IPv4 and IPv6 EndpointSlices of each known Service (by namespace, then name), in slice-name
 /// order.
 pub(super) struct SliceIndex<'a> {
     by_service: BTreeMap<&'a str, BTreeMap<&'a str, Vec<&'a EndpointSlice>>>,
@@ -65,7 +65,8 @@ pub(super) fn service_of(slice: &EndpointSlice) -> Result<(&str, &str), Problem>
 }
 
 /// Whether the slice's endpoints are used, given whether its Service exists, reporting
-/// what is wrong with it. Only IPv4 slices are (only the IPv4 hooks exist).
+/// what is wrong with it. IPv4 and IPv6 slices are; FQDN ones are not (kube-proxy ignores
+/// them: no proxier has that family).
 pub(super) fn admit(slice: &EndpointSlice, service_exists: bool, problems: &mut BTreeSet<Problem>) -> bool {
     let object = slice_ref(slice);
     if !service_exists {
@@ -74,11 +75,10 @@ pub(super) fn admit(slice: &EndpointSlice, service_exists: bool, problems: &mut 
         problems.insert(Problem::new(object, message));
         return false;
     }
-    // IPv6 and FQDN slices: only the IPv4 hooks exist.
-    if slice.address_type != IPV4_ADDRESS_TYPE {
+    let Some(family) = IpFamily::from_api(&slice.address_type) else {
         return false;
-    }
-    check(slice, &object, problems);
+    };
+    check(slice, family, &object, problems);
     true
 }
 
@@ -88,7 +88,7 @@ fn slice_ref(slice: &EndpointSlice) -> ObjectRef {
 }
 
 /// Report what `endpoints` will skip in the slice, once per slice rather than per port.
-fn check(slice: &EndpointSlice, object: &ObjectRef, problems: &mut BTreeSet<Problem>) {
+fn check(slice: &EndpointSlice, family: IpFamily, object: &ObjectRef, problems: &mut BTreeSet<Problem>) {
     for port in slice.ports.iter().flatten() {
         let name = port.name.as_deref().unwrap_or("");
         if let Some(number) = port.port.filter(|n| u16::try_from(*n).ok().is_none_or(|n| n == 0)) {
@@ -104,34 +104,35 @@ fn check(slice: &EndpointSlice, object: &ObjectRef, problems: &mut BTreeSet<Prob
     let unusable: Vec<String> = slice
         .endpoints
         .iter()
-        .filter(|endpoint| address_of(endpoint).is_none())
+        .filter(|endpoint| address_of(endpoint, family).is_none())
         .map(|endpoint| endpoint.addresses.first().map_or_else(|| String::from("no address"), |a| format!("{a:?}")))
         .collect();
     if let Some(first) = unusable.first() {
-        let message = format!("{} endpoints without an IPv4 address (first: {first}): skipped", unusable.len());
+        let message = format!("{} endpoints without an {family} address (first: {first}): skipped", unusable.len());
         problems.insert(Problem::new(object.clone(), message));
     }
 }
 
-/// The endpoint's address: its first, as kube-proxy takes (the others are the same pod's).
-fn address_of(endpoint: &Endpoint) -> Option<Ipv4Addr> {
-    match endpoint.addresses.first()?.parse::<IpAddr>().ok()? {
-        IpAddr::V4(ip) => Some(ip),
-        IpAddr::V6(_) => None,
-    }
+/// The endpoint's address: its first, as kube-proxy takes (the others are the same pod's),
+/// when it is of the slice's `family`.
+fn address_of(endpoint: &Endpoint, family: IpFamily) -> Option<IpAddr> {
+    let ip = endpoint.addresses.first()?.parse::<IpAddr>().ok()?;
+    (IpFamily::of(ip) == family).then_some(ip)
 }
 
-/// The endpoints of Service port `port` in `slices`, on the number each slice gives the
-/// port of the same name and protocol, sorted and unique. An endpoint listed twice (while
-/// slices are rebalanced) counts once: the first slice's, or a local one.
+/// The endpoints of Service port `port` in the `family` slices of `slices`, on the number
+/// each slice gives the port of the same name and protocol, sorted and unique. An endpoint
+/// listed twice (while slices are rebalanced) counts once: the first slice's, or a local one.
 pub(super) fn endpoints(
     slices: &[&EndpointSlice],
     port: &PortSpec<'_>,
+    family: IpFamily,
     publish_not_ready: bool,
     node_name: Option<&str>,
 ) -> Vec<EndpointInfo> {
     let mut found: BTreeMap<Backend, EndpointInfo> = BTreeMap::new();
-    for slice in slices {
+    let of_family = slices.iter().filter(|slice| IpFamily::from_api(&slice.address_type) == Some(family));
+    for slice in of_family {
         let target_port = slice.ports.iter().flatten().find_map(|slice_port| {
             let same_name = slice_port.name.as_deref().unwrap_or("") == port.name;
             let same_protocol = protocol_of(slice_port.protocol.as_deref()) == Some(port.protocol);
@@ -141,10 +142,10 @@ pub(super) fn endpoints(
             continue;
         };
         for endpoint in &slice.endpoints {
-            let Some(ip) = address_of(endpoint) else {
+            let Some(ip) = address_of(endpoint, family) else {
                 continue;
             };
-            let backend = Backend { ip: IpAddr::V4(ip), port: target_port };
+            let backend = Backend { ip, port: target_port };
             let info = endpoint_info(endpoint, backend, publish_not_ready, node_name);
             if found.get(&backend).is_none_or(|seen| info.local && !seen.local) {
                 found.insert(backend, info);

@@ -11,7 +11,8 @@ use super::v1_limits::{self, ControllerDirs};
 use super::{parse_oom_kill, write_file, CgroupError, CgroupLimits};
 
 /// The controllers a container gets a directory in.
-const CONTROLLERS: &[&str] = &["cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "devices", "blkio", "hugetlb"];
+const CONTROLLERS: &[&str] =
+    &["cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "devices", "blkio", "hugetlb", "net_cls", "net_prio"];
 
 fn load(path: &str) -> Cgroup {
     Cgroup::load_with_specified_controllers(

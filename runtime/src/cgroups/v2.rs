@@ -22,7 +22,43 @@ pub(super) fn update(root: &Path, path: &str, limits: &CgroupLimits) -> Result<(
     if !wanted.is_empty() {
         enable_controllers(root, path, &wanted)?;
     }
-    apply(&leaf, limits)
+    apply(&leaf, &with_current_halves(&leaf, limits))
+}
+
+/// Some v2 files hold two settings (`cpu.max`: quota and period; `memory.swap.max` is derived
+/// from the memory limit): the half an update does not give is kept from the cgroup, as runc
+/// merges its flags into the container's resources. Nothing to keep on a fresh cgroup.
+fn with_current_halves(leaf: &Path, limits: &CgroupLimits) -> CgroupLimits {
+    let mut merged = limits.clone();
+    if merged.cpu_quota.is_some() != merged.cpu_period.is_some() {
+        if let Some((quota, period)) = read_cpu_max(leaf) {
+            merged.cpu_quota.get_or_insert(quota);
+            merged.cpu_period.get_or_insert(period);
+        }
+    }
+    if merged.memory_swap.is_some() && merged.memory_limit.is_none() {
+        merged.memory_limit = read_limit(&leaf.join("memory.max"));
+    }
+    merged
+}
+
+/// `cpu.max` as (quota, period); "max" is -1, as the spec writes no quota.
+fn read_cpu_max(leaf: &Path) -> Option<(i64, u64)> {
+    let text = std::fs::read_to_string(leaf.join("cpu.max")).ok()?;
+    let mut fields = text.split_whitespace();
+    let quota = match fields.next()? {
+        "max" => -1,
+        number => number.parse().ok()?,
+    };
+    Some((quota, fields.next()?.parse().ok()?))
+}
+
+/// A limit file such as `memory.max`; "max" is -1.
+fn read_limit(path: &Path) -> Option<i64> {
+    match std::fs::read_to_string(path).ok()?.trim() {
+        "max" => Some(-1),
+        number => number.parse().ok(),
+    }
 }
 
 fn wanted_controllers(limits: &CgroupLimits) -> Vec<&'static str> {
@@ -133,10 +169,6 @@ fn apply(leaf: &Path, limits: &CgroupLimits) -> Result<(), CgroupError> {
             tracing::warn!(cgroup = %leaf.display(), "{what} is not supported on cgroup v2: ignored");
         }
     }
-    if !limits.devices.is_empty() {
-        // v2 enforces device access only through a BPF program, not loaded yet: say so.
-        tracing::warn!(cgroup = %leaf.display(), "device rules are not enforced on cgroup v2");
-    }
     Ok(())
 }
 
@@ -210,6 +242,21 @@ pub(super) fn remove(leaf: &Path) -> Result<(), CgroupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_update_of_one_half_keeps_the_other() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("cpu.max"), "50000 100000\n").expect("cpu.max");
+        std::fs::write(dir.path().join("memory.max"), "268435456\n").expect("memory.max");
+        let period_only = CgroupLimits { cpu_period: Some(20_000), ..CgroupLimits::default() };
+        let merged = with_current_halves(dir.path(), &period_only);
+        assert_eq!((merged.cpu_quota, merged.cpu_period), (Some(50_000), Some(20_000)));
+        let swap_only = CgroupLimits { memory_swap: Some(512 << 20), ..CgroupLimits::default() };
+        assert_eq!(with_current_halves(dir.path(), &swap_only).memory_limit, Some(256 << 20));
+        std::fs::write(dir.path().join("cpu.max"), "max 100000\n").expect("cpu.max");
+        let quota_only = CgroupLimits { cpu_quota: Some(25_000), ..CgroupLimits::default() };
+        assert_eq!(with_current_halves(dir.path(), &quota_only).cpu_period, Some(100_000));
+    }
 
     #[test]
     fn update_writes_only_what_is_given() {

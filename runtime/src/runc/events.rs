@@ -46,7 +46,8 @@ pub(super) fn events(root: &Path, args: &EventsArgs) -> Result<(), RuncError> {
     let path = c.rec.record.cgroups_path.clone().unwrap_or_default();
     let cgroup_err = |e| RuncError::Cgroup { path: path.clone(), source: Box::new(e) };
     let mut oom = cgroup.watch_oom().map_err(cgroup_err)?;
-    let mut next_stats = Instant::now() + args.interval;
+    // `None`: an interval too long to add up never comes due.
+    let mut next_stats = Instant::now().checked_add(args.interval);
     loop {
         if wait_for_oom(&oom, next_stats)? {
             match oom.take().map_err(cgroup_err)? {
@@ -58,8 +59,8 @@ pub(super) fn events(root: &Path, args: &EventsArgs) -> Result<(), RuncError> {
                 }
             }
         }
-        if Instant::now() >= next_stats {
-            next_stats += args.interval;
+        if let Some(due) = next_stats.filter(|due| Instant::now() >= *due) {
+            next_stats = due.checked_add(args.interval);
             let Ok(c) = Container::load(root, &args.id) else { return Ok(()) };
             if c.status == RuncStatus::Stopped {
                 return Ok(());
@@ -70,11 +71,16 @@ pub(super) fn events(root: &Path, args: &EventsArgs) -> Result<(), RuncError> {
 }
 
 /// Wait for an OOM notification until `deadline`; true when one came.
-fn wait_for_oom(oom: &OomWatch, deadline: Instant) -> Result<bool, RuncError> {
+fn wait_for_oom(oom: &OomWatch, deadline: Option<Instant>) -> Result<bool, RuncError> {
     let (fd, flags) = oom.poll_fd();
     let mut fds = [PollFd::new(fd, flags)];
-    let left = deadline.saturating_duration_since(Instant::now());
-    match poll(&mut fds, PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)) {
+    let timeout = match deadline {
+        Some(deadline) => {
+            PollTimeout::try_from(deadline.saturating_duration_since(Instant::now())).unwrap_or(PollTimeout::MAX)
+        }
+        None => PollTimeout::NONE,
+    };
+    match poll(&mut fds, timeout) {
         Ok(0) | Err(nix::errno::Errno::EINTR) => Ok(false),
         Ok(_) => Ok(true),
         Err(source) => Err(RuncError::Sys { what: "cannot wait for oom events", source }),
@@ -94,36 +100,12 @@ fn emit(event: &Event<'_>) -> Result<(), RuncError> {
     writeln!(out, "{line}").and_then(|()| out.flush()).map_err(io_err("cannot write event to", "stdout"))
 }
 
-/// Go's time.ParseDuration for what a user types: a sequence of numbers with units
-/// (ns, us, µs, ms, s, m, h), e.g. "5s", "1m30s", "1.5s", "500ms".
+/// `--interval`: a Go duration, more than zero.
 fn parse_duration(raw: &str) -> Result<Duration, String> {
-    let invalid = || format!("invalid duration {raw:?}");
-    let mut rest = raw.trim();
-    let mut total = 0f64;
-    if rest.is_empty() {
-        return Err(invalid());
+    match crate::go_duration::parse_go_duration(raw)? {
+        Duration::ZERO => Err(format!("duration must be greater than 0: {raw:?}")),
+        interval => Ok(interval),
     }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(invalid)?;
-        let value: f64 = rest[..digits].parse().map_err(|_| invalid())?;
-        rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let seconds = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(invalid()),
-        };
-        total += value * seconds;
-        rest = &rest[unit_len..];
-    }
-    if total <= 0.0 {
-        return Err(format!("duration must be greater than 0: {raw:?}"));
-    }
-    Ok(Duration::from_secs_f64(total))
 }
 
 #[cfg(test)]

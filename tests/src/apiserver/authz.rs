@@ -172,10 +172,26 @@ fn authorize_node(
                         "node \"{node}\" can only create pods with spec.nodeName set to itself"
                     ));
                 }
-                return Ok(());
+                return mirror_pod_admitted(node, incoming).or_else(restricted);
             }
             _ => return Err(rbac_denied(user, request)),
         }
+    }
+
+    // The Node authorizer: a node may request a token for a service account that a pod bound
+    // to it runs as.
+    if std::ptr::eq(r, &resources::SERVICE_ACCOUNTS) && verb == "create" && sub == "token" {
+        let pods = (context.pods_in_namespace)(request.namespace);
+        let service_account = |pod: &Value| {
+            pod.pointer("/spec/serviceAccountName").and_then(Value::as_str).unwrap_or("default").to_string()
+        };
+        if pods.iter().any(|pod| pod_node(Some(pod)) == node && service_account(pod) == request.name) {
+            return Ok(());
+        }
+        return restricted(format!(
+            "no relationship found between node '{node}' and serviceaccount {}/{}",
+            request.namespace, request.name
+        ));
     }
 
     // The Node authorizer: a node may get a secret or configmap only when a pod bound to it
@@ -207,6 +223,39 @@ fn authorize_node(
         return Ok(());
     }
     Err(rbac_denied(user, request))
+}
+
+/// NodeRestriction's further rules for a mirror pod: one controller owner reference, to the
+/// node itself, without blockOwnerDeletion (the owner's uid is not checked here), and no
+/// reference to a service account, secret or configmap.
+fn mirror_pod_admitted(node: &str, pod: Option<&Value>) -> Result<(), String> {
+    let pod = pod.unwrap_or(&Value::Null);
+    let owners = pod.pointer("/metadata/ownerReferences").and_then(Value::as_array).cloned().unwrap_or_default();
+    let [owner] = owners.as_slice() else {
+        return Err(match owners.len() {
+            0 => format!("node \"{node}\" can only create pods with an owner reference set to itself"),
+            _ => format!("node \"{node}\" can only create pods with a single owner reference set to itself"),
+        });
+    };
+    let field = |name: &str| owner.get(name).and_then(Value::as_str).unwrap_or_default();
+    if field("apiVersion") != "v1" || field("kind") != "Node" || field("name") != node {
+        return Err(format!("node \"{node}\" can only create pods with an owner reference set to itself"));
+    }
+    if owner.get("controller").and_then(Value::as_bool) != Some(true) {
+        return Err(format!("node \"{node}\" can only create pods with a controller owner reference set to itself"));
+    }
+    if owner.get("blockOwnerDeletion").and_then(Value::as_bool) == Some(true) {
+        return Err(format!("node \"{node}\" must not set blockOwnerDeletion on an owner reference"));
+    }
+    if pod.pointer("/spec/serviceAccountName").and_then(Value::as_str).is_some_and(|s| !s.is_empty()) {
+        return Err(format!("node \"{node}\" can not create pods that reference a service account"));
+    }
+    for (resource, kind) in [(&resources::SECRETS, "secrets"), (&resources::CONFIG_MAPS, "configmaps")] {
+        if !references(pod, resource).is_empty() {
+            return Err(format!("node \"{node}\" can not create pods that reference {kind}"));
+        }
+    }
+    Ok(())
 }
 
 /// The names of the secrets (or configmaps) a pod references: image pull secrets, volumes,

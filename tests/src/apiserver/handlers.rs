@@ -265,6 +265,7 @@ fn resource_request(
         "list" => list(state, info, call),
         "watch" => watch_collection(state, info, call),
         "create" if info.subresource == "binding" => bind_pod(state, info, call),
+        "create" if info.subresource == "token" => create_token(state, info, call),
         "create" => create(state, info, call, incoming.unwrap_or(Value::Null)),
         "update" => update(state, info, call),
         "patch" => patch(state, info, call),
@@ -720,4 +721,33 @@ fn bind_pod(state: &ServerState, info: &ResourceRequestInfo, call: &Call) -> Res
         Ok(Write::Put(next))
     })?;
     Ok(Reply::created(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
+}
+
+/// POST serviceaccounts/<name>/token: a TokenRequest (authentication.k8s.io/v1). The token is
+/// an opaque bearer token that this server then authenticates as the service account, valid
+/// for `spec.expirationSeconds` (3600 by default, at least 600 as the API validates it).
+fn create_token(state: &ServerState, info: &ResourceRequestInfo, call: &Call) -> Result<Reply, ApiError> {
+    let mut request = parse_body(info, call)?;
+    if state.store.get(info.resource, &key_of(info, &info.name)).is_none() {
+        return Err(ApiError::not_found(info.resource, &info.name));
+    }
+    let seconds = request.pointer("/spec/expirationSeconds").and_then(Value::as_i64).unwrap_or(3600);
+    if seconds < 600 {
+        let cause =
+            ("spec.expirationSeconds".to_string(), "may not specify a duration less than 10 minutes".to_string());
+        return Err(ApiError::invalid(info.resource, &info.name, &[cause]));
+    }
+    let token = format!("sa.{}.{}", info.name, (0..4).map(|_| strategy::random_suffix()).collect::<String>());
+    let namespace = &info.namespace;
+    state.tokens.add(
+        &token,
+        &format!("system:serviceaccount:{namespace}:{}", info.name),
+        &["system:serviceaccounts".to_string(), format!("system:serviceaccounts:{namespace}")],
+    );
+    request["apiVersion"] = json!("authentication.k8s.io/v1");
+    request["kind"] = json!("TokenRequest");
+    request["metadata"] = json!({"name": info.name, "namespace": namespace, "creationTimestamp": now_timestamp()});
+    request["spec"]["expirationSeconds"] = json!(seconds);
+    request["status"] = json!({"token": token, "expirationTimestamp": strategy::timestamp_in(seconds)});
+    Ok(Reply::created(request))
 }

@@ -227,6 +227,21 @@ pub static CONFIG_MAPS: ResourceType = ResourceType {
     field_labels: &[],
 };
 
+pub static SERVICE_ACCOUNTS: ResourceType = ResourceType {
+    group: "",
+    version: "v1",
+    plural: "serviceaccounts",
+    singular: "serviceaccount",
+    kind: "ServiceAccount",
+    namespaced: true,
+    short_names: &["sa"],
+    categories: &[],
+    // TokenRequest: POST serviceaccounts/<name>/token.
+    subresources: &["token"],
+    storage: "serviceaccounts",
+    field_labels: &[],
+};
+
 /// Every served resource.
 pub static ALL: &[&ResourceType] = &[
     &NAMESPACES,
@@ -239,6 +254,7 @@ pub static ALL: &[&ResourceType] = &[
     &EVENTS_V1,
     &SECRETS,
     &CONFIG_MAPS,
+    &SERVICE_ACCOUNTS,
 ];
 
 /// The resource `plural` of `group`/`version`, if served.

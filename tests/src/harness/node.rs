@@ -26,6 +26,11 @@ impl TestNode {
     /// Starts the peers and `nodelet agent` for node `<test>-<suffix>` with `pod_cidr`, and
     /// waits until the Node is Ready.
     pub async fn start(test: &str, pod_cidr: &str) -> TestNode {
+        TestNode::start_with_args(test, pod_cidr, &[]).await
+    }
+
+    /// As [`TestNode::start`], with `extra_args` added to the agent's.
+    pub async fn start_with_args(test: &str, pod_cidr: &str, extra_args: &[String]) -> TestNode {
         require_root();
         let suffix = unique_suffix();
         let work = tempfile::Builder::new().prefix("nodelet-e2e").tempdir().expect("temp dir");
@@ -35,7 +40,8 @@ impl TestNode {
         let kubeconfig = api.node_kubeconfig(&node_name).expect("node kubeconfig");
         let admin = api.admin_client().await.expect("admin client");
         let cgroup = TestCgroup::create(&format!("nodelet-e2e-{suffix}"));
-        let args = agent_args(&kubeconfig, &node_name, pod_cidr, &cgroup);
+        let mut args = agent_args(&kubeconfig, &node_name, pod_cidr, &cgroup);
+        args.extend_from_slice(extra_args);
         let agent = NodeletProcess::start(work.path(), &format!("nlb{suffix}"), &args);
         let node = TestNode { agent, cgroup, api, registry, admin, node_name, _work: work };
         let nodes: Api<Node> = Api::all(node.admin.clone());

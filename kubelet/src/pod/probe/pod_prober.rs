@@ -73,7 +73,7 @@ impl PodProber {
         let view = self.results.view();
         let mut wanted = BTreeSet::new();
         let mut running = BTreeSet::new();
-        for container in &plan.containers {
+        for container in plan.long_running() {
             let Some(latest) = observed.latest(&container.name) else {
                 continue;
             };

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::api::core::v1::{Container, HTTPGetAction, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::ProbeKind;
@@ -53,6 +53,19 @@ pub struct HttpGet {
     pub port: u16,
     pub path: String,
     pub headers: Vec<(String, String)>,
+}
+
+impl HttpGet {
+    /// An httpGet action (of a probe or a lifecycle hook), its port resolved.
+    pub fn parse(http: &HTTPGetAction, container: &Container) -> Result<HttpGet, String> {
+        Ok(HttpGet {
+            https: http.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("https")),
+            host: http.host.clone().filter(|h| !h.is_empty()),
+            port: resolve_port(&http.port, container)?,
+            path: http.path.clone().unwrap_or_default(),
+            headers: http.http_headers.iter().flatten().map(|h| (h.name.clone(), h.value.clone())).collect(),
+        })
+    }
 }
 
 /// The probes one container declares.
@@ -120,16 +133,7 @@ impl Handler {
             return Handler::Exec { command: exec.command.clone().unwrap_or_default() };
         }
         if let Some(http) = &probe.http_get {
-            return match port(&http.port) {
-                Ok(port) => Handler::Http(HttpGet {
-                    https: http.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("https")),
-                    host: http.host.clone().filter(|h| !h.is_empty()),
-                    port,
-                    path: http.path.clone().unwrap_or_default(),
-                    headers: http.http_headers.iter().flatten().map(|h| (h.name.clone(), h.value.clone())).collect(),
-                }),
-                Err(message) => Handler::Invalid(message),
-            };
+            return HttpGet::parse(http, container).map_or_else(Handler::Invalid, Handler::Http);
         }
         if let Some(tcp) = &probe.tcp_socket {
             return match port(&tcp.port) {
