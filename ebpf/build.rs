@@ -12,12 +12,16 @@ use std::process::Command;
 const CLANG: &str = "clang-19";
 const BPFTOOL: &str = "bpftool";
 const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
-const PROGRAMS: &[&str] = &["sock_lb"];
-/// Variants compiled besides each program: `<program><suffix>.bpf.o` with `-D<define>`.
-/// The pinned variant declares its maps `LIBBPF_PIN_BY_NAME` (see sock_lb.bpf.c).
-const VARIANTS: &[(&str, &str)] = &[("", ""), ("_pinned", "NODELET_PIN_BY_NAME")];
-/// Structs of `bpf/lb.h` whose layout the Rust mirrors are checked against.
-const MIRRORED_STRUCTS: &[&str] = &[
+/// Each program with its variants: `<program><suffix>.bpf.o` compiled with `-D<define>`.
+/// The pinned variant of sock_lb declares its maps `LIBBPF_PIN_BY_NAME` (see sock_lb.bpf.c);
+/// nodeport_lb is not pinned yet.
+const PROGRAMS: &[(&str, &[(&str, &str)])] =
+    &[("sock_lb", &[("", ""), ("_pinned", "NODELET_PIN_BY_NAME")]), ("nodeport_lb", &[("", "")])];
+/// Structs of `bpf/lb.h` whose layout the Rust mirrors are checked against, per object
+/// whose BTF has them.
+const MIRRORED_STRUCTS: &[(&str, &[&str])] =
+    &[("sock_lb.bpf.o", SOCK_LB_STRUCTS), ("nodeport_lb.bpf.o", NODEPORT_STRUCTS)];
+const SOCK_LB_STRUCTS: &[&str] = &[
     "lb4_key",
     "lb4_value",
     "lb4_reverse_key",
@@ -31,12 +35,32 @@ const MIRRORED_STRUCTS: &[&str] = &[
     "lb6_affinity_key",
     "lb6_affinity_value",
 ];
+const NODEPORT_STRUCTS: &[&str] = &["np4_key", "np4_backend", "np4_service", "np4_range", "np4_ct_key", "np4_ct_value"];
 /// Macros of `bpf/lb.h` the Rust side needs (macros are not in BTF), with their Rust type.
-const MIRRORED_DEFINES: &[(&str, &str)] = &[("LB_MAX_BACKENDS", "usize"), ("LB_FLAG_AFFINITY", "u16")];
+const MIRRORED_DEFINES: &[(&str, &str)] = &[
+    ("LB_MAX_BACKENDS", "usize"),
+    ("LB_FLAG_AFFINITY", "u16"),
+    ("LB_MAGLEV_SIZE", "usize"),
+    ("NP_FLAG_SOURCE_RANGES", "u16"),
+    ("NP_BACKEND_REMOTE", "u16"),
+    ("NP_CT_SNAT", "u16"),
+    ("NP_SNAT_PORT_MIN", "u16"),
+    ("NP_SNAT_PORT_MAX", "u16"),
+    ("NP_CT_FORWARD", "u8"),
+    ("NP_CT_REPLY", "u8"),
+];
 /// The layout of `bpf/lb.h` when the C is not compiled (skip mode only).
 const SKIPPED_BUILD_LAYOUT: &str = "\
 pub(crate) const LB_MAX_BACKENDS: usize = 1024;
 pub(crate) const LB_FLAG_AFFINITY: u16 = 0x1;
+pub(crate) const LB_MAGLEV_SIZE: usize = 16381;
+pub(crate) const NP_FLAG_SOURCE_RANGES: u16 = 0x1;
+pub(crate) const NP_BACKEND_REMOTE: u16 = 0x1;
+pub(crate) const NP_CT_SNAT: u16 = 0x1;
+pub(crate) const NP_SNAT_PORT_MIN: u16 = 61000;
+pub(crate) const NP_SNAT_PORT_MAX: u16 = 65535;
+pub(crate) const NP_CT_FORWARD: u8 = 0;
+pub(crate) const NP_CT_REPLY: u8 = 1;
 pub(crate) mod lb4_key { pub const SIZE: usize = 12; pub const ADDRESS: usize = 0; pub const DPORT: usize = 4; pub const PROTO: usize = 6; pub const PAD: usize = 7; pub const SLOT: usize = 8; pub const REV: usize = 10; }
 pub(crate) mod lb4_value { pub const SIZE: usize = 16; pub const ADDRESS: usize = 0; pub const PORT: usize = 4; pub const COUNT: usize = 6; pub const REV: usize = 8; pub const FLAGS: usize = 10; pub const AFFINITY_TIMEOUT: usize = 12; }
 pub(crate) mod lb4_reverse_key { pub const SIZE: usize = 16; pub const COOKIE: usize = 0; pub const ADDRESS: usize = 8; pub const PORT: usize = 12; pub const PAD: usize = 14; }
@@ -49,6 +73,12 @@ pub(crate) mod lb6_reverse_key { pub const SIZE: usize = 32; pub const COOKIE: u
 pub(crate) mod lb6_reverse_value { pub const SIZE: usize = 20; pub const ADDRESS: usize = 0; pub const PORT: usize = 16; pub const PAD: usize = 18; }
 pub(crate) mod lb6_affinity_key { pub const SIZE: usize = 32; pub const CLIENT: usize = 0; pub const ADDRESS: usize = 8; pub const DPORT: usize = 24; pub const PROTO: usize = 26; pub const PAD: usize = 27; }
 pub(crate) mod lb6_affinity_value { pub const SIZE: usize = 32; pub const LAST_USED: usize = 0; pub const ADDRESS: usize = 8; pub const PORT: usize = 24; pub const REV: usize = 26; pub const SLOT: usize = 28; pub const PAD: usize = 30; }
+pub(crate) mod np4_key { pub const SIZE: usize = 8; pub const ADDRESS: usize = 0; pub const DPORT: usize = 4; pub const PROTO: usize = 6; pub const PAD: usize = 7; }
+pub(crate) mod np4_backend { pub const SIZE: usize = 8; pub const ADDRESS: usize = 0; pub const PORT: usize = 4; pub const FLAGS: usize = 6; }
+pub(crate) mod np4_service { pub const SIZE: usize = 40964; pub const COUNT: usize = 0; pub const FLAGS: usize = 2; pub const PAD: usize = 4; pub const BACKENDS: usize = 8; pub const MAGLEV: usize = 8200; pub const PAD2: usize = 40962; }
+pub(crate) mod np4_range { pub const SIZE: usize = 12; pub const FRONTEND: usize = 0; pub const SOURCE: usize = 8; }
+pub(crate) mod np4_ct_key { pub const SIZE: usize = 16; pub const SADDR: usize = 0; pub const DADDR: usize = 4; pub const SPORT: usize = 8; pub const DPORT: usize = 10; pub const PROTO: usize = 12; pub const DIR: usize = 13; pub const PAD: usize = 14; }
+pub(crate) mod np4_ct_value { pub const SIZE: usize = 16; pub const ADDRESS: usize = 0; pub const PORT: usize = 4; pub const FLAGS: usize = 6; pub const NAT_ADDRESS: usize = 8; pub const NAT_PORT: usize = 12; pub const PAD: usize = 14; }
 ";
 const PACKAGES_HINT: &str = "install the Debian packages clang-19, llvm-19, libbpf-dev and bpftool \
      (or set NODELET_SKIP_BPF_BUILD=1 to build without the BPF programs)";
@@ -64,7 +94,7 @@ fn main() {
     let skip = env::var("NODELET_SKIP_BPF_BUILD").is_ok_and(|v| v == "1");
     let layout_rs = out_dir.join("c_layout.rs");
     if skip {
-        for (program, (suffix, _)) in PROGRAMS.iter().flat_map(|p| VARIANTS.iter().map(move |v| (p, v))) {
+        for (program, (suffix, _)) in PROGRAMS.iter().flat_map(|(p, variants)| variants.iter().map(move |v| (p, v))) {
             let object = out_dir.join(format!("{program}{suffix}.bpf.o"));
             fs::write(&object, []).expect("write empty BPF object");
             println!("cargo:warning=NODELET_SKIP_BPF_BUILD=1: {program} not built, loading it will fail");
@@ -73,20 +103,37 @@ fn main() {
         return;
     }
     let vmlinux_h = generate_vmlinux_h(&out_dir);
-    for program in PROGRAMS {
-        for (suffix, define) in VARIANTS {
+    for (program, variants) in PROGRAMS {
+        for (suffix, define) in *variants {
             compile(program, define, &vmlinux_h, &out_dir.join(format!("{program}{suffix}.bpf.o")));
         }
     }
-    let layout = c_layout_from_btf(&out_dir.join("sock_lb.bpf.o"));
+    let layout = c_layout_from_btf(&out_dir);
     fs::write(&layout_rs, layout).expect("write c_layout.rs");
 }
 
 /// Rust constants (size, field offsets in bytes) of the structs in
-/// `MIRRORED_STRUCTS`, read from the BTF clang wrote into the object: the
+/// `MIRRORED_STRUCTS`, read from the BTF clang wrote into the objects: the
 /// layout the C compiler actually used, for the const assertions in
-/// `src/layout.rs`.
-fn c_layout_from_btf(object: &Path) -> String {
+/// `src/layout/` and `src/nodeport/layout.rs`.
+fn c_layout_from_btf(out_dir: &Path) -> String {
+    let mut generated =
+        String::from("// Generated by build.rs from bpf/lb.h and the BTF of the compiled BPF objects.\n");
+    let header = fs::read_to_string("bpf/lb.h").expect("read bpf/lb.h");
+    for (name, rust_type) in MIRRORED_DEFINES {
+        generated.push_str(&define_const(&header, name, rust_type));
+    }
+    for (object, structs) in MIRRORED_STRUCTS {
+        let raw = btf_raw(&out_dir.join(object));
+        for name in *structs {
+            generated.push_str(&struct_layout(&raw, name));
+        }
+    }
+    generated
+}
+
+/// `bpftool btf dump file <object> format raw`.
+fn btf_raw(object: &Path) -> String {
     let output = Command::new(BPFTOOL)
         .args(["btf", "dump", "file"])
         .arg(object)
@@ -100,17 +147,7 @@ fn c_layout_from_btf(object: &Path) -> String {
             String::from_utf8_lossy(&output.stderr)
         ));
     }
-    let raw = String::from_utf8_lossy(&output.stdout);
-    let mut generated =
-        String::from("// Generated by build.rs from bpf/lb.h and the BTF of the compiled BPF object.\n");
-    let header = fs::read_to_string("bpf/lb.h").expect("read bpf/lb.h");
-    for (name, rust_type) in MIRRORED_DEFINES {
-        generated.push_str(&define_const(&header, name, rust_type));
-    }
-    for name in MIRRORED_STRUCTS {
-        generated.push_str(&struct_layout(&raw, name));
-    }
-    generated
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// A `#define NAME <number>` of `bpf/lb.h` (decimal or 0x hex) as a Rust constant.

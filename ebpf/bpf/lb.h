@@ -212,4 +212,116 @@ struct lb6_affinity_value {
 	__u16 pad;               /* always 0 */
 };
 
+/*
+ * Traffic entering the node (nodeport_lb.bpf.c, tc programs): NodePort,
+ * externalIPs and LoadBalancer IPs reached from other hosts. IPv4, TCP and
+ * UDP. Maps:
+ *
+ *   np4_services      (HASH, no prealloc)  frontend -> np4_service
+ *   np4_source_ranges (LPM_TRIE)           (frontend, source prefix) -> 1
+ *   np4_conntrack     (LRU_HASH)           5-tuple + direction -> NAT address
+ *
+ * Why the backends and the Maglev table live in the frontend's value: one
+ * map update replaces a service whole (backends, table and flags), so a
+ * packet sees either the old service or the new one, never a table whose
+ * slots point past a shorter backend list. The value is large (about 41 KiB)
+ * but allocated only for frontends that exist (BPF_F_NO_PREALLOC), and the
+ * old value is freed after an RCU grace period, so a packet still reading it
+ * is safe.
+ *
+ * Maglev (Eisenbud et al., NSDI 2016, as cilium uses it): maglev[] has
+ * LB_MAGLEV_SIZE (a prime) slots, each the index of a backend in
+ * backends[]; the slot of a flow is a hash of its 5-tuple modulo the size.
+ * userspace computes the table (ebpf/src/nodeport/maglev.rs): removing one
+ * of N backends moves only the flows of that backend, about 1/N of all.
+ *
+ * A backend on another node (NP_BACKEND_REMOTE, externalTrafficPolicy:
+ * Cluster) is reached with the node's address as the source (SNAT, the
+ * address the FIB prefers towards the backend) and a port of
+ * NP_SNAT_PORT_MIN..=NP_SNAT_PORT_MAX, above the kernel's default ephemeral
+ * range (32768-60999) so that the node's own connections do not collide with
+ * it; the packet goes straight back out (bpf_fib_lookup + redirect, cilium's
+ * hairpin), as do the backend's replies once translated back.
+ */
+#define LB_MAGLEV_SIZE 16381
+/* np4_service.flags: the frontend has loadBalancerSourceRanges in np4_source_ranges. */
+#define NP_FLAG_SOURCE_RANGES 0x1
+/* np4_backend.flags: the backend is on another node (SNAT). */
+#define NP_BACKEND_REMOTE 0x1
+/* np4_ct_value.flags: the flow is SNATed to nat_address:nat_port. */
+#define NP_CT_SNAT 0x1
+/* Source ports of SNATed flows. */
+#define NP_SNAT_PORT_MIN 61000
+#define NP_SNAT_PORT_MAX 65535
+/* np4_ct_key.dir */
+#define NP_CT_FORWARD 0 /* client -> frontend: value is the backend */
+#define NP_CT_REPLY 1   /* backend -> client: value is the frontend */
+
+struct np4_key {
+	__be32 address; /* frontend IPv4 address: a node address, externalIP or LoadBalancer IP */
+	__be16 dport;   /* frontend port */
+	__u8 proto;     /* IPPROTO_TCP, IPPROTO_UDP */
+	__u8 pad;       /* always 0: keys are compared as bytes */
+};
+
+struct np4_backend {
+	__be32 address; /* backend (pod) IPv4 address */
+	__be16 port;    /* backend port */
+	__u16 flags;    /* NP_BACKEND_* */
+};
+
+struct np4_service {
+	__u16 count;  /* backends in use; 0 = drop the frontend's packets */
+	__u16 flags;  /* NP_FLAG_* */
+	__u32 pad;    /* always 0 */
+	struct np4_backend backends[LB_MAX_BACKENDS];
+	__u16 maglev[LB_MAGLEV_SIZE]; /* Maglev slot -> index in backends[] (< count) */
+	__u16 pad2;   /* always 0: no implicit padding at the end */
+};
+
+/*
+ * A loadBalancerSourceRanges entry: the LPM key is { prefixlen, frontend,
+ * source } with prefixlen = 64 + the range's prefix length, so the frontend
+ * always matches whole and the source by its prefix.
+ */
+struct np4_range {
+	struct np4_key frontend;
+	__be32 source; /* the range's address, host bits 0 */
+};
+
+struct np4_range_key {
+	__u32 prefixlen;
+	struct np4_range data;
+};
+
+/*
+ * Conntrack: two entries per flow, written when its first packet picks a
+ * backend. NP_CT_FORWARD: (client, frontend) -> backend, so the flow keeps
+ * its backend whatever the Maglev table becomes; NP_CT_REPLY: (backend,
+ * client) -> frontend, for the reverse translation of the replies. A SNATed
+ * flow (NP_CT_SNAT) has nat_address:nat_port, its source towards the
+ * backend, in both entries: the forward entry to rewrite the source, and the
+ * reply entry, keyed (backend, nat address, backend port, nat port), gives
+ * the client there. LRU: idle flows make room; userspace deletes the entries
+ * of backends a service lost.
+ */
+struct np4_ct_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 dir;     /* NP_CT_* */
+	__u16 pad;    /* always 0 */
+};
+
+struct np4_ct_value {
+	__be32 address;     /* NP_CT_FORWARD: the backend; NP_CT_REPLY: the frontend */
+	__be16 port;
+	__u16 flags;        /* NP_CT_* */
+	__be32 nat_address; /* NP_CT_SNAT: forward: the source towards the backend; reply: the client */
+	__be16 nat_port;
+	__u16 pad;          /* always 0 */
+};
+
 #endif /* NODELET_LB_H */

@@ -10,12 +10,18 @@
 //! IPv4-mapped address is served by the IPv4 frontend). Frontends may have session
 //! affinity ([`SessionAffinity::ClientIp`]), remembered per client network namespace. Loaded with
 //! [`SockLb::load_pinned`], maps and links are pinned in bpffs and outlive the process.
+//!
+//! [`NodePortLb`] loads the tc programs for traffic entering the node from other hosts
+//! (NodePort, externalIPs, LoadBalancer IPs: IPv4, TCP and UDP), attaches them to the
+//! node's external interfaces and pod bridge ([`TcAttachment`]), and programs each
+//! frontend's backends (local, or remote with SNAT), Maglev table and source ranges.
 
 mod attachment;
 mod error;
 mod layout;
 mod loader;
 mod maps;
+mod nodeport;
 mod object;
 mod pin;
 mod sys;
@@ -28,6 +34,10 @@ pub use attachment::CgroupAttachment;
 pub use error::EbpfError;
 pub use loader::{MapSizes, SockLb};
 pub use maps::LbMaps;
+pub use nodeport::{
+    ConntrackEntry, NodePortError, NodePortLb, NodePortMapSizes, NodePortService, SourceRange, TcAttachment,
+    MAGLEV_TABLE_SIZE, SNAT_PORTS,
+};
 pub use pin::Unpinned;
 pub use types::{
     AffinityEntry, Backend, Frontend, Protocol, ReverseNat, ServiceEntry, ServiceList, SessionAffinity, MAX_BACKENDS,

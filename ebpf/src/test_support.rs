@@ -17,9 +17,14 @@ use crate::object::PROGRAMS;
 use crate::{Backend, Frontend};
 
 mod netns;
+mod nodeport_topology;
 mod sockets;
 
 pub use netns::TestNetns;
+pub use nodeport_topology::{
+    ask, pod_ip, NodePortTopology, PodTcpServer, CLIENT_IP, EXTERNAL_INTERFACE, NODE_IP, NODE_IP_TO_REMOTE,
+    OTHER_CLIENT_IP, POD_BRIDGE, REMOTE_INTERFACE, REMOTE_POD_IP,
+};
 pub use sockets::{SocketClient, UdpEchoBackend};
 
 /// The names of the load-balancer's programs, as `bpftool cgroup show` lists them.
