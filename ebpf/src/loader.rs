@@ -69,19 +69,19 @@ impl Default for MapSizes {
     /// sticky Services. Preallocated, about 100 bytes an entry (16-byte key, 24-byte
     /// value): 6 MiB.
     ///
-    /// The IPv6 maps get as many entries (a dual-stack Service has a frontend in each
-    /// family), as cilium sizes its lb6 maps like its lb4 ones. Their keys and values are
-    /// larger (24 and 28 bytes, 32 and 20, 32 and 32): 30 MiB, 30 MiB and 8 MiB
-    /// (`bpftool map show`: memlock 31,458,400 B, 31,458,176 B and 8,389,504 B), so
-    /// 120 MiB for both families. A node without IPv6 Services can size them down.
+    /// The IPv6 maps get a quarter as many entries: 65,536, 65,536 and 16,384 (about 5,000
+    /// dual-stack Services of 10 endpoints, with their sockets). Their keys and values are
+    /// larger (24 and 28 bytes, 32 and 20, 32 and 32), so at full size they would cost 68 MiB
+    /// more on every node, IPv6 Services or not (cilium creates its lb6 maps only when IPv6
+    /// is on); at these sizes about 17 MiB. A node with many IPv6 Services raises them.
     fn default() -> Self {
         MapSizes {
             services: 262_144,
             reverse_nat: 262_144,
             affinity: 65_536,
-            services6: 262_144,
-            reverse_nat6: 262_144,
-            affinity6: 65_536,
+            services6: 65_536,
+            reverse_nat6: 65_536,
+            affinity6: 16_384,
         }
     }
 }
@@ -260,12 +260,14 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_maps_are_sized_like_the_ipv4_ones_by_default() {
+    fn ipv6_maps_are_a_quarter_of_the_ipv4_ones_by_default() {
         let sizes = MapSizes::default();
         assert_eq!(
-            (sizes.services6, sizes.reverse_nat6, sizes.affinity6),
+            (sizes.services6 * 4, sizes.reverse_nat6 * 4, sizes.affinity6 * 4),
             (sizes.services, sizes.reverse_nat, sizes.affinity)
         );
+        // Room for 5,000 dual-stack Services of 10 endpoints.
+        assert!(MapSizes::services_needed(5_000, 10) <= sizes.services6);
     }
 
     #[test]

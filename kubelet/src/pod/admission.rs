@@ -80,36 +80,53 @@ fn container_requests(container: &Container) -> Requests {
     }
 }
 
+impl Requests {
+    fn plus(self, other: Requests) -> Requests {
+        Requests {
+            cpu_millis: self.cpu_millis + other.cpu_millis,
+            memory_bytes: self.memory_bytes + other.memory_bytes,
+            ephemeral_storage_bytes: self.ephemeral_storage_bytes + other.ephemeral_storage_bytes,
+        }
+    }
+
+    fn max(self, other: Requests) -> Requests {
+        Requests {
+            cpu_millis: self.cpu_millis.max(other.cpu_millis),
+            memory_bytes: self.memory_bytes.max(other.memory_bytes),
+            ephemeral_storage_bytes: self.ephemeral_storage_bytes.max(other.ephemeral_storage_bytes),
+        }
+    }
+}
+
+/// The pod's requests as the scheduler's PodRequests computes them: the app containers plus
+/// every sidecar (they run side by side), or, if larger, the peak of the init phase (each
+/// init container beside the sidecars started before it), plus the pod overhead.
 fn pod_requests(pod: &Pod) -> Requests {
     let Some(spec) = pod.spec.as_ref() else {
         return Requests::default();
     };
-    let mut sum = Requests::default();
-    for container in &spec.containers {
-        let r = container_requests(container);
-        sum.cpu_millis += r.cpu_millis;
-        sum.memory_bytes += r.memory_bytes;
-        sum.ephemeral_storage_bytes += r.ephemeral_storage_bytes;
-    }
+    let apps = spec.containers.iter().map(container_requests).fold(Requests::default(), Requests::plus);
+    let mut sidecars = Requests::default();
+    let mut init_peak = Requests::default();
     for init in spec.init_containers.iter().flatten() {
-        let r = container_requests(init);
-        sum.cpu_millis = sum.cpu_millis.max(r.cpu_millis);
-        sum.memory_bytes = sum.memory_bytes.max(r.memory_bytes);
-        sum.ephemeral_storage_bytes = sum.ephemeral_storage_bytes.max(r.ephemeral_storage_bytes);
+        let requests = container_requests(init);
+        if init.restart_policy.as_deref() == Some("Always") {
+            sidecars = sidecars.plus(requests);
+            init_peak = init_peak.max(sidecars);
+        } else {
+            init_peak = init_peak.max(sidecars.plus(requests));
+        }
     }
-    if let Some(overhead) = spec.overhead.as_ref() {
-        let extra = container_requests(&Container {
+    let overhead = spec.overhead.as_ref().map_or_else(Requests::default, |overhead| {
+        container_requests(&Container {
             resources: Some(k8s_openapi::api::core::v1::ResourceRequirements {
                 requests: Some(overhead.clone()),
                 ..Default::default()
             }),
             ..Default::default()
-        });
-        sum.cpu_millis += extra.cpu_millis;
-        sum.memory_bytes += extra.memory_bytes;
-        sum.ephemeral_storage_bytes += extra.ephemeral_storage_bytes;
-    }
-    sum
+        })
+    });
+    apps.plus(sidecars).max(init_peak).plus(overhead)
 }
 
 /// (protocol, host IP, host port) of every container port with a host port.
@@ -144,11 +161,7 @@ pub fn admit(pod: &Pod, admitted: &[&Pod], allocatable: Option<&Allocatable>) ->
             return Err(Rejection::insufficient("pods", 1, used_pods, node.pods));
         }
         let wanted = pod_requests(pod);
-        let used = admitted.iter().map(|p| pod_requests(p)).fold(Requests::default(), |a, r| Requests {
-            cpu_millis: a.cpu_millis + r.cpu_millis,
-            memory_bytes: a.memory_bytes + r.memory_bytes,
-            ephemeral_storage_bytes: a.ephemeral_storage_bytes + r.ephemeral_storage_bytes,
-        });
+        let used = admitted.iter().map(|p| pod_requests(p)).fold(Requests::default(), Requests::plus);
         let checks = [
             ("cpu", wanted.cpu_millis, used.cpu_millis, node.cpu_millis),
             ("memory", wanted.memory_bytes, used.memory_bytes, node.memory_bytes),
@@ -257,5 +270,17 @@ mod tests {
         p.spec.as_mut().unwrap().init_containers = Some(vec![init]);
         let other = pod(Some("300m"), None, None);
         assert_eq!(admit(&p, &[&other], Some(&node())).expect_err("init too big").reason, "OutOfcpu");
+    }
+
+    #[test]
+    fn sidecars_add_to_the_app_containers() {
+        // app 600m + sidecar 600m = 1200m: beside another 1000m it does not fit 2000m.
+        let mut p = pod(Some("600m"), None, None);
+        let mut sidecar = pod(Some("600m"), None, None).spec.unwrap().containers.remove(0);
+        sidecar.restart_policy = Some("Always".into());
+        p.spec.as_mut().unwrap().init_containers = Some(vec![sidecar]);
+        assert_eq!(pod_requests(&p).cpu_millis, 1200);
+        let other = pod(Some("1000m"), None, None);
+        assert_eq!(admit(&p, &[&other], Some(&node())).expect_err("too big").reason, "OutOfcpu");
     }
 }

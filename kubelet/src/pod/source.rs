@@ -70,12 +70,12 @@ pub async fn watch_api_pods(
                 None
             }
             Event::InitApply(pod) => {
-                initial.push(pod);
+                initial.push(from_api(pod));
                 None
             }
             Event::InitDone => Some(SourceEvent::Snapshot(std::mem::take(&mut initial))),
-            Event::Apply(pod) => Some(SourceEvent::Applied(pod)),
-            Event::Delete(pod) => Some(SourceEvent::Deleted(pod)),
+            Event::Apply(pod) => Some(SourceEvent::Applied(from_api(pod))),
+            Event::Delete(pod) => Some(SourceEvent::Deleted(from_api(pod))),
         };
         if let Some(out) = out {
             if events.send(out).await.is_err() {
@@ -83,6 +83,14 @@ pub async fn watch_api_pods(
             }
         }
     }
+}
+
+/// kubelet stamps every pod with its source: an API pod can never pass for a static one
+/// (whose status goes to a mirror pod and whose deletion is not finished through the API).
+fn from_api(mut pod: Pod) -> Pod {
+    let annotations = pod.metadata.annotations.get_or_insert_with(Default::default);
+    annotations.insert(super::mirror::CONFIG_SOURCE_ANNOTATION.to_string(), "api".to_string());
+    pod
 }
 
 /// All Pod documents of the `*.yaml`/`*.yml`/`*.json` files in `dir`, made static pods of
@@ -158,8 +166,9 @@ fn make_static(mut pod: Pod, raw: &str, path: &Path, node_name: &str) -> Result<
 
 /// Load `dir` now and every `rescan` after, sending a snapshot whenever the set changed.
 /// An unreadable directory ends the watch with its error, unless `unreadable_is_empty` (the
-/// agent's `--pod-manifest-path`, which, as kubelet's, may appear later): then it counts as
-/// empty and is reported once.
+/// agent's `--pod-manifest-path`, which, as kubelet's, may appear later): then a missing
+/// directory counts as empty, and any other read error keeps the last set (empty before the
+/// first read); either is reported once.
 pub async fn watch_static_pods(
     dir: PathBuf,
     node_name: String,
@@ -175,6 +184,20 @@ pub async fn watch_static_pods(
             Ok(loaded) => {
                 reported_unreadable = false;
                 loaded
+            }
+            // As kubelet: a directory that does not exist (yet) holds no pods; any other error
+            // keeps the last set, rather than stopping every static pod.
+            Err(SourceError::ReadDir { source, .. })
+                if unreadable_is_empty && last_uids.is_some() && source.kind() != std::io::ErrorKind::NotFound =>
+            {
+                if !reported_unreadable {
+                    tracing::warn!("static pods: reading {}: {source}; keeping the last set", dir.display());
+                    reported_unreadable = true;
+                }
+                if stopped_while_waiting(&shutdown, rescan).await {
+                    return Ok(());
+                }
+                continue;
             }
             Err(error) if unreadable_is_empty => {
                 if !reported_unreadable {
@@ -195,10 +218,17 @@ pub async fn watch_static_pods(
                 return Ok(());
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(rescan) => {}
+        if stopped_while_waiting(&shutdown, rescan).await {
+            return Ok(());
         }
+    }
+}
+
+/// Wait for the next rescan; true when shutdown came first.
+async fn stopped_while_waiting(shutdown: &CancellationToken, rescan: Duration) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(rescan) => false,
     }
 }
 
