@@ -137,9 +137,15 @@ impl LocalArgs {
             (None, Some(from_file)) => from_file,
             (None, None) => parse_bind_address(serve::DEFAULT_BIND_ADDRESS)?.0,
         };
+        // Resolved once: mounts are found by their path in /proc/self/mountinfo, which is
+        // resolved, so a root under a symlink must be too.
+        std::fs::create_dir_all(&self.root_dir)
+            .with_context(|| format!("creating --root-dir {}", self.root_dir.display()))?;
+        let root_dir = std::fs::canonicalize(&self.root_dir)
+            .with_context(|| format!("resolving --root-dir {}", self.root_dir.display()))?;
         Ok(LocalConfig {
             node_name: node_name.to_string(),
-            root_dir: self.root_dir,
+            root_dir,
             registry_config_dir: self.registry_config_dir,
             cgroup_root: self
                 .cgroup_root
@@ -211,10 +217,13 @@ mod tests {
     #[test]
     fn nodeport_addresses_reach_the_local_config() {
         use clap::Parser;
+        let root = tempfile::tempdir().expect("root dir");
         let cli = super::super::Cli::try_parse_from([
             "nodelet",
             "run",
             "/manifests",
+            "--root-dir",
+            &root.path().display().to_string(),
             "--nodeport-addresses",
             "127.0.0.0/8,fd00::/64",
         ])
@@ -224,6 +233,7 @@ mod tests {
         let expected = NodePortAddresses::Cidrs(vec!["127.0.0.0/8".parse().unwrap(), "fd00::/64".parse().unwrap()]);
         assert_eq!(local.nodeport_addresses, expected);
         assert_eq!(nodelet_kubelet::host_runtime::proxy_config(&local).nodeport_addresses, expected);
+        assert_eq!(local.root_dir, std::fs::canonicalize(root.path()).expect("resolved"));
     }
 
     #[test]
