@@ -140,7 +140,10 @@ fn spec_and_features_documents() {
     assert!(listed("supportedFlags").contains(&Value::from("SECCOMP_FILTER_FLAG_TSYNC")));
     assert!(features["annotations"]["io.github.seccomp.libseccomp.version"].as_str().is_some_and(|v| !v.is_empty()));
     let namespaces = features["linux"]["namespaces"].as_array().expect("namespaces");
-    assert!(namespaces.contains(&Value::from("pid")) && !namespaces.contains(&Value::from("user")));
+    for kind in ["pid", "user", "time"] {
+        assert!(namespaces.contains(&Value::from(kind)), "{kind}: {namespaces:?}");
+    }
+    assert_eq!(features["linux"]["mountExtensions"]["idmap"]["enabled"], true);
 }
 
 #[test]

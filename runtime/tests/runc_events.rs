@@ -98,7 +98,12 @@ fn stats_once_with_runcs_shape() {
         set_limits(&mut spec, 64 << 20, 50);
         write_bundle(&bundle, &spec);
         cli.ok(&["run", "-d", "--bundle", path_str(&bundle), &id]);
-        let text = cli.ok(&["events", "--stats", &id]);
+        // Debian's runc may still count its own init helper for a moment after `run -d`.
+        let mut text = String::new();
+        wait_until(Duration::from_secs(5), || {
+            text = cli.ok(&["events", "--stats", &id]);
+            serde_json::from_str::<Value>(&text).is_ok_and(|e| e["data"]["pids"]["current"] == 1)
+        });
         assert_eq!(text.lines().count(), 1, "one compact line: {text}");
         let event: Value = serde_json::from_str(&text).expect("event JSON");
         assert_eq!(event["type"], "stats", "{}", cli.exe.display());

@@ -185,7 +185,10 @@ fn exec_failures_are_runcs_and_leave_nothing() {
     failed(&["exec", "--cwd", "/no/such/dir", &id, "true"], "/no/such/dir");
     failed(&["exec", "--cwd", "tmp", &id, "true"], "cwd must be an absolute path");
     failed(&["exec", &id], "process args cannot be empty");
-    failed(&["exec", "--tty", &id, "sh"], "not supported");
+    failed(
+        &["exec", "-d", "--tty", &id, "sh"],
+        "cannot allocate tty if runc will detach without setting console socket",
+    );
     let bad = env.dir.path().join("bad-process.json");
     std::fs::write(&bad, r#"{"args": "id", "cwd": "/", "user": {"uid": 0, "gid": 0}}"#).unwrap();
     failed(&["exec", "--process", path_str(&bad), &id], &format!("{}: field args", bad.display()));
@@ -268,4 +271,19 @@ fn same_answers_as_debian_runc() {
     for (a, b) in ours.iter().zip(theirs) {
         assert_eq!(a, b, "nodelet-runc vs runc");
     }
+}
+
+#[test]
+fn a_created_containers_init_hides_the_runtime_binary_from_exec() {
+    // CVE-2019-5736: before `start`, the init is the runtime's binary; a process exec'd into
+    // the container, root with the init's own capabilities, must not reach /proc/1/exe.
+    let env = TestEnv::new();
+    let cli = Cli::new(&env, NODELET_RUNC, "nodelet");
+    let id = unique("dumpable");
+    let bundle = make_bundle(&env, &id, &["sleep", "1000"]);
+    cli.ok(&["create", "--bundle", path_str(&bundle), &id]);
+    let out = cli.run(&["exec", &id, "sh", "-c", "readlink /proc/1/exe || echo refused"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "refused", "/proc/1/exe must stay closed: {}", out.stdout);
+    cli.ok(&["delete", "--force", &id]);
 }

@@ -73,3 +73,118 @@ fn the_process_runs_on_a_pty_sent_over_the_console_socket() {
     cli.wait_status(&id, "stopped");
     cli.ok(&["delete", &id]);
 }
+
+/// A running container for the exec tests (no terminal of its own).
+fn running_container(env: &TestEnv, cli: &Cli) -> String {
+    let id = unique("exec-tty");
+    let bundle = make_bundle(env, &id, &["sleep", "1000"]);
+    cli.ok(&["create", "--bundle", path_str(&bundle), &id]);
+    cli.ok(&["start", &id]);
+    id
+}
+
+#[test]
+fn exec_detached_with_a_tty_sends_the_master_over_the_console_socket() {
+    let env = TestEnv::new();
+    let cli = Cli::new(&env, NODELET_RUNC, "nodelet");
+    let id = running_container(&env, &cli);
+    let socket = env.dir.path().join("exec-console.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let receiver = std::thread::spawn(move || receive_master(&listener));
+    let pid_file = env.dir.path().join("exec.pid");
+    cli.ok(&[
+        "exec",
+        "--detach",
+        "--tty",
+        "--console-socket",
+        path_str(&socket),
+        "--pid-file",
+        path_str(&pid_file),
+        &id,
+        "sh",
+        "-c",
+        "busybox tty; echo from-exec; [ -t 0 ] && echo stdin-is-tty",
+    ]);
+    let (name, master) = receiver.join().expect("receiver");
+    assert_eq!(name, "/dev/ptmx");
+    let text = read_all(&master, Duration::from_secs(10));
+    let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+    // The init has no terminal: the exec's pty is the first of the container's devpts.
+    assert_eq!(lines.first().copied(), Some("/dev/pts/0"), "{text:?}");
+    assert!(lines.contains(&"from-exec"), "{text:?}");
+    assert!(lines.contains(&"stdin-is-tty"), "{text:?}");
+    assert!(std::fs::read_to_string(&pid_file).unwrap().parse::<i32>().unwrap() > 0);
+    cli.ok(&["delete", "--force", &id]);
+}
+
+#[test]
+fn exec_with_a_tty_in_the_foreground_relays_it() {
+    let env = TestEnv::new();
+    let cli = Cli::new(&env, NODELET_RUNC, "nodelet");
+    let id = running_container(&env, &cli);
+    let out = cli.run(&["exec", "-t", &id, "sh", "-c", "busybox tty; echo relayed; exit 3"]);
+    assert_eq!(out.code, 3, "the exit code comes through: {}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().map(str::trim_end).collect();
+    assert!(lines.first().is_some_and(|l| l.starts_with("/dev/pts/")), "{:?}", out.stdout);
+    assert!(lines.contains(&"relayed"), "{:?}", out.stdout);
+    cli.ok(&["delete", "--force", &id]);
+}
+
+#[test]
+fn exec_terminal_flags_follow_runcs_rules() {
+    let env = TestEnv::new();
+    let cli = Cli::new(&env, NODELET_RUNC, "nodelet");
+    let id = running_container(&env, &cli);
+    let socket = env.dir.path().join("unused.sock");
+    let cases: [(&[&str], &str); 3] = [
+        (&["-d", "-t"], "cannot allocate tty if runc will detach without setting console socket"),
+        (&["-t", "--console-socket", path_str(&socket)], "cannot use console socket if runc will not detach"),
+        (&["-d", "--console-socket", path_str(&socket)], "cannot use console socket if runc will not detach"),
+    ];
+    for (flags, message) in cases {
+        let mut args = vec!["exec"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&[&id, "true"]);
+        let out = cli.run(&args);
+        assert_eq!(out.code, 255, "{args:?}");
+        assert!(out.stderr.contains(message), "{args:?}: {}", out.stderr);
+    }
+    // Debian's runc says the same, with the same exit code.
+    if std::path::Path::new(DEBIAN_RUNC).exists() {
+        let runc = Cli::new(&env, DEBIAN_RUNC, "runc");
+        let runc_id = unique("runc-tty");
+        let bundle = make_bundle(&env, &runc_id, &["sleep", "1000"]);
+        runc.ok(&["create", "--bundle", path_str(&bundle), &runc_id]);
+        let out = runc.run(&["exec", "-d", "-t", &runc_id, "true"]);
+        assert_eq!(out.code, 255, "{}", out.stderr);
+        assert!(out.stderr.contains("cannot allocate tty if runc will detach without setting console socket"));
+        runc.ok(&["delete", "--force", &runc_id]);
+    }
+    cli.ok(&["delete", "--force", &id]);
+}
+
+#[test]
+fn run_in_the_foreground_relays_the_terminal() {
+    let env = TestEnv::new();
+    let cli = Cli::new(&env, NODELET_RUNC, "nodelet");
+    let id = unique("run-tty");
+    let (bundle, mut spec) = env.bundle(&id, &["sh", "-c", "busybox tty; echo on-the-pty; exit 7"]);
+    let mut process = spec.process().clone().unwrap();
+    process.set_terminal(Some(true));
+    spec.set_process(Some(process));
+    write_bundle(&bundle, &spec);
+    let out = cli.run(&["run", "--bundle", path_str(&bundle), &id]);
+    assert_eq!(out.code, 7, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().map(str::trim_end).collect();
+    assert_eq!(lines.first().copied(), Some("/dev/pts/0"), "{:?}", out.stdout);
+    assert!(lines.contains(&"on-the-pty"), "{:?}", out.stdout);
+    assert!(!cli.root.join(&id).exists(), "deleted after the run");
+
+    // A console socket is for detached runs only, as runc says.
+    let socket = env.dir.path().join("run.sock");
+    let id = unique("run-sock");
+    let bundle = make_bundle(&env, &id, &["true"]);
+    let out = cli.run(&["run", "--bundle", path_str(&bundle), "--console-socket", path_str(&socket), &id]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("cannot use console socket if runc will not detach or allocate tty"), "{}", out.stderr);
+}

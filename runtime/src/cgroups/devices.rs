@@ -1,10 +1,17 @@
 //! Device access rules (`linux.resources.devices`) as runc applies them: the spec's rules,
 //! then runc's always-allowed devices (null, zero, full, random, urandom, tty, ptmx, pts,
 //! tun, and mknod of anything), then read-write-mknod for each of `linux.devices`. On v1 they
-//! are written to devices.deny / devices.allow in order; cgroup v2 needs a BPF device
-//! filter, which nodelet does not load yet.
+//! are written to devices.deny / devices.allow in order; on cgroup2 (pure v2, and the unified
+//! directory of a hybrid host) they become a BPF_CGROUP_DEVICE program (`device_filter`),
+//! attached to the container's cgroup and detached before it is removed.
 
+use std::fs::File;
+use std::os::fd::AsFd;
 use std::path::Path;
+
+use crate::sys::bpf;
+
+use super::device_filter;
 
 use oci_spec::runtime::{Linux, LinuxDeviceCgroup, LinuxDeviceType};
 
@@ -96,6 +103,56 @@ pub(super) fn apply_v1(dir: &Path, rules: &[DeviceRule]) -> Result<(), CgroupErr
             (false, _) => ("devices.deny", rule.to_v1()),
         };
         write_file(&dir.join(file), &value)?;
+    }
+    Ok(())
+}
+
+/// The program's name, as `bpftool prog` shows it.
+const FILTER_NAME: &str = "nodelet_devices";
+
+/// Load the filter for `rules` and attach it to the cgroup2 directory `dir` (alongside what
+/// the parents hold: every attached program must allow an access).
+pub(super) fn apply_v2(dir: &Path, rules: &[DeviceRule]) -> Result<(), CgroupError> {
+    if rules.is_empty() {
+        return Ok(());
+    }
+    let program =
+        device_filter::build(rules).map_err(|source| CgroupError::DeviceRules { path: dir.to_path_buf(), source })?;
+    let filter_err = |what: &'static str, log: String| {
+        let path = dir.to_path_buf();
+        move |source| CgroupError::DeviceFilter { what, path, log, source }
+    };
+    let prog = bpf::prog_load(bpf::PROG_TYPE_CGROUP_DEVICE, bpf::ATTACH_CGROUP_DEVICE, &program, FILTER_NAME)
+        .map_err(|(errno, log)| filter_err("load", verifier_note(&log))(errno))?;
+    let cgroup = File::open(dir).map_err(|source| CgroupError::Read { path: dir.to_path_buf(), source })?;
+    bpf::prog_attach(cgroup.as_fd(), prog.as_fd(), bpf::ATTACH_CGROUP_DEVICE, bpf::F_ALLOW_MULTI)
+        .map_err(filter_err("attach", String::new()))
+}
+
+fn verifier_note(log: &str) -> String {
+    if log.is_empty() {
+        String::new()
+    } else {
+        format!(" (verifier: {})", log.lines().last().unwrap_or_default())
+    }
+}
+
+/// Detach every device program attached to `dir` itself (none when it is gone).
+pub(super) fn detach_v2(dir: &Path) -> Result<(), CgroupError> {
+    let Ok(cgroup) = File::open(dir) else {
+        return Ok(());
+    };
+    let filter_err = |what: &'static str| {
+        let path = dir.to_path_buf();
+        move |source| CgroupError::DeviceFilter { what, path, log: String::new(), source }
+    };
+    for id in bpf::prog_query(cgroup.as_fd(), bpf::ATTACH_CGROUP_DEVICE).map_err(filter_err("list"))? {
+        match bpf::prog_get_fd_by_id(id) {
+            Ok(prog) => bpf::prog_detach(cgroup.as_fd(), prog.as_fd(), bpf::ATTACH_CGROUP_DEVICE)
+                .map_err(filter_err("detach"))?,
+            Err(nix::Error::ENOENT) => {} // released meanwhile
+            Err(source) => return Err(filter_err("open")(source)),
+        }
     }
     Ok(())
 }

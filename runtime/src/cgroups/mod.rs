@@ -9,6 +9,7 @@
 //! `/sys/fs/cgroup/unified` nor a temporary directory in unit tests.
 
 mod block_io;
+mod device_filter;
 mod devices;
 mod freezer;
 mod limits;
@@ -27,6 +28,7 @@ use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC};
 use nix::unistd::Pid;
 
 pub use block_io::{DeviceLimits, Throttle, ThrottleKind, WeightDevice};
+pub use device_filter::FilterError;
 pub use devices::DeviceRule;
 pub use freezer::FreezerState;
 pub use limits::CgroupLimits;
@@ -76,6 +78,21 @@ pub enum CgroupError {
     FreezerTimeout { path: PathBuf, wanted: FreezerState, state: FreezerState },
     #[error("cgroup {path} has no freezer")]
     NoFreezer { path: String },
+    #[error("invalid device rules for cgroup {path}")]
+    DeviceRules {
+        path: PathBuf,
+        #[source]
+        source: FilterError,
+    },
+    #[error("cannot {what} the device filter of cgroup {path}{log}")]
+    DeviceFilter {
+        what: &'static str,
+        path: PathBuf,
+        /// The verifier's last line, when it refused the program.
+        log: String,
+        #[source]
+        source: nix::Error,
+    },
     #[error("no {controller} controller for cgroup {path}")]
     NoController { controller: &'static str, path: PathBuf },
     #[error("invalid memory limits: {0}")]
@@ -151,10 +168,15 @@ impl ContainerCgroup {
             CgroupMode::V1 => v1::create(&self.path, limits),
             CgroupMode::Hybrid => {
                 v1::create(&self.path, limits)?;
-                // Membership only: the unified hierarchy of a hybrid host has no controllers.
-                v2::create(&self.unified_root(), &self.path, &CgroupLimits::default())
+                // Membership only: the unified hierarchy of a hybrid host has no controllers,
+                // but device programs attach there all the same.
+                v2::create(&self.unified_root(), &self.path, &CgroupLimits::default())?;
+                devices::apply_v2(&self.unified_root().join(&self.path), &limits.devices)
             }
-            CgroupMode::V2 => v2::create(&self.cgroup_root, &self.path, limits),
+            CgroupMode::V2 => {
+                v2::create(&self.cgroup_root, &self.path, limits)?;
+                devices::apply_v2(&self.cgroup_root.join(&self.path), &limits.devices)
+            }
         }
     }
 
@@ -293,6 +315,7 @@ impl ContainerCgroup {
             v1::remove(&self.path)?;
         }
         if let Some(dir) = self.v2_dir() {
+            devices::detach_v2(&dir)?;
             v2::remove(&dir)?;
         }
         Ok(())

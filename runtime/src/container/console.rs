@@ -39,9 +39,11 @@ pub enum ConsoleError {
     Stdio(#[source] nix::Error),
 }
 
-/// Set the pty up and send its master over `socket`. Needs a session leader without a
-/// controlling terminal (after setsid), and the container's root in place.
-pub(super) fn set_up(socket: &OwnedFd, process: &Process) -> Result<(), ConsoleError> {
+/// Set the pty up and send its master over `socket`, with the pty at /dev/console for a
+/// container's init (`as_console`), not for an exec'd process (runc mounts it once). Needs a
+/// session leader without a controlling terminal (after setsid), and the container's root in
+/// place.
+pub(crate) fn set_up(socket: &OwnedFd, process: &Process, as_console: bool) -> Result<(), ConsoleError> {
     let size = process.console_size().as_ref().map(|b| Winsize {
         ws_row: u16::try_from(b.height()).unwrap_or(u16::MAX),
         ws_col: u16::try_from(b.width()).unwrap_or(u16::MAX),
@@ -54,8 +56,10 @@ pub(super) fn set_up(socket: &OwnedFd, process: &Process) -> Result<(), ConsoleE
     let slave = open(&path, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(|source| ConsoleError::OpenSlave { path: path.clone(), source })?;
     drop(pty.slave);
-    let options = MountOptions { flags: MsFlags::MS_BIND, ..Default::default() };
-    mount_bind(&path, Path::new("/dev/console"), &options).map_err(|e| ConsoleError::Console(Box::new(e)))?;
+    if as_console {
+        let options = MountOptions { flags: MsFlags::MS_BIND, ..Default::default() };
+        mount_bind(&path, Path::new("/dev/console"), &options).map_err(|e| ConsoleError::Console(Box::new(e)))?;
+    }
     send_master(socket, &pty.master)?;
     drop(pty.master);
     nix::unistd::dup2_stdin(slave.as_fd()).map_err(ConsoleError::Stdio)?;

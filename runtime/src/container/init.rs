@@ -12,16 +12,20 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use super::caps::{self, CapsError};
 use super::console::{self, ConsoleError};
-use super::devices::{create_default_devices, DeviceError};
+use super::devices::{create_default_devices, create_spec_devices, DeviceError};
 use super::hooks::{self, HookError, HookKind, HookState};
+use super::lsm::{self, LsmError};
 use super::mounts::{mount_all, MountError};
 use super::namespaces::{self, NamespaceError};
 use super::personality::{self, PersonalityError};
 use super::process::{self, Command, ProcessError};
 use super::rootfs::{self, RootfsError};
+use super::sched::{self, SchedError};
 use super::seccomp::{self, SeccompError};
 use super::sysctl::{self, SysctlError};
-use super::{InitSpec, Stdio};
+use super::timens::{self, TimensError};
+use super::userns::{self, UsernsError};
+use super::{InitSpec, Prepared, Stdio};
 use crate::sys;
 
 /// What the child writes on the sync socket when it is ready; anything else is an error text.
@@ -29,6 +33,8 @@ pub(super) const SETUP_OK: &str = "ok";
 /// What the child sends, before pivot_root, for the runtime side to run the prestart and
 /// createRuntime hooks; the answer is the child's pid on the host.
 pub(super) const RUN_HOOKS: &str = "hooks";
+/// What the runtime side sends once it wrote a new user namespace's id maps.
+pub(super) const IDS_MAPPED: &str = "mapped";
 
 /// Exit code of a container whose exec failed after `start` (as shells report it).
 const EXEC_FAILED: i32 = 127;
@@ -37,6 +43,8 @@ const EXEC_FAILED: i32 = 127;
 pub enum InitError {
     #[error("cannot reset signal handling")]
     Signals(#[source] nix::Error),
+    #[error("cannot make the init non-dumpable")]
+    Dumpable(#[source] nix::Error),
     #[error("cannot close inherited file descriptors")]
     CloseFds(#[source] nix::Error),
     #[error("cannot join cgroup {path}")]
@@ -47,6 +55,18 @@ pub enum InitError {
     },
     #[error("cannot enter namespaces")]
     Namespaces(#[source] NamespaceError),
+    #[error("cannot wait for the user namespace's id maps")]
+    IdMaps(#[source] std::io::Error),
+    #[error("unexpected message {0:?} instead of the id maps")]
+    IdMapsMessage(String),
+    #[error("cannot set up the user namespace")]
+    Userns(#[source] UsernsError),
+    #[error("cannot set up the time namespace")]
+    Timens(#[source] TimensError),
+    #[error("cannot set the scheduling of the user process")]
+    Sched(#[source] SchedError),
+    #[error("cannot set the security labels of the user process")]
+    Lsm(#[source] LsmError),
     #[error("cannot start a new session")]
     Setsid(#[source] nix::Error),
     #[error("cannot open exec fifo {path}")]
@@ -107,17 +127,17 @@ pub enum InitError {
 
 /// The child's whole life: never returns. Runs in a copy of the single-threaded monitor, so
 /// allocation is fine; a panic must not unwind back into the monitor's code.
-pub(super) fn run_child(init: InitSpec, sync: OwnedFd) -> ! {
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| child_main(init, sync)));
+pub(super) fn run_child(init: InitSpec, sync: OwnedFd, prepared: Prepared) -> ! {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| child_main(init, sync, prepared)));
     match outcome {
         Ok(code) => sys::exit_immediately(code),
         Err(_) => sys::exit_immediately(EXEC_FAILED),
     }
 }
 
-fn child_main(init: InitSpec, sync: OwnedFd) -> i32 {
+fn child_main(init: InitSpec, sync: OwnedFd, prepared: Prepared) -> i32 {
     let mut sync = std::fs::File::from(sync);
-    let ready = match set_up(&init, &sync) {
+    let ready = match set_up(&init, &sync, &prepared) {
         Ok(ready) => ready,
         Err(e) => {
             let _ = sync.write_all(error_chain(&e).as_bytes());
@@ -172,10 +192,14 @@ struct Ready {
 }
 
 /// Every step before the pause, in order.
-fn set_up(init: &InitSpec, sync: &std::fs::File) -> Result<Ready, InitError> {
+fn set_up(init: &InitSpec, sync: &std::fs::File, prepared: &Prepared) -> Result<Ready, InitError> {
     let process =
         init.spec.process().as_ref().ok_or(InitError::Process(ProcessError::NotFound { program: String::new() }))?;
     sys::reset_signals().map_err(InitError::Signals)?;
+    // Until execve (which makes the user program dumpable again) no process of the container
+    // may open our /proc files: /proc/<pid>/exe is the runtime's binary (CVE-2019-5736), as
+    // runc's nsexec does.
+    nix::sys::prctl::set_dumpable(false).map_err(InitError::Dumpable)?;
     // Keep 0-2 open (they are replaced by set_stdio) so that no fd opened during setup
     // lands on a stdio number and is then silently closed by the dup2.
     let mut own = vec![sync.as_raw_fd()];
@@ -183,20 +207,32 @@ fn set_up(init: &InitSpec, sync: &std::fs::File) -> Result<Ready, InitError> {
         Stdio::Log(fd) | Stdio::Terminal(fd) => own.push(fd.as_raw_fd()),
         Stdio::Inherit => {}
     }
+    own.extend(prepared.idmapped.iter().map(|m| m.raw_fd()));
     sys::close_fds_except(&kept_fds(init, &own)).map_err(InitError::CloseFds)?;
     // Checks first, so that a bad spec fails before anything has changed.
     sysctl::validate(&init.spec, sysctl::is_host_netns).map_err(InitError::InvalidSysctl)?;
     let filter = seccomp::compile(&init.spec).map_err(|e| InitError::Seccomp(Box::new(e)))?;
+    if namespaces::creates(&init.spec, LinuxNamespaceType::User) {
+        wait_for_id_maps(sync)?;
+    }
+    // Until become_root below, our credentials are still the host's root, which owns the
+    // cgroup files, the FIFOs and the state directory.
     join_cgroups(&init.cgroup_procs)?;
     process::set_oom_score_adj(process).map_err(InitError::Process)?;
-    namespaces::join_by_path(&init.spec).map_err(InitError::Namespaces)?;
+    if !prepared.joined {
+        namespaces::join_by_path(&init.spec).map_err(InitError::Namespaces)?;
+    }
     namespaces::unshare_cgroup(&init.spec).map_err(InitError::Namespaces)?;
     nix::unistd::setsid().map_err(InitError::Setsid)?;
     let fifo = open_exec_fifo(init)?;
     let start_report = open_start_fifo(init)?;
-    let host_pid = build_root(init, sync)?;
+    if userns::has_user_namespace(&init.spec) {
+        userns::become_root().map_err(InitError::Userns)?;
+    }
+    timens::enter_new(&init.spec).map_err(InitError::Timens)?;
+    let host_pid = build_root(init, sync, prepared)?;
     if let Stdio::Terminal(socket) = &init.stdio {
-        console::set_up(socket, process).map_err(InitError::Console)?;
+        console::set_up(socket, process, true).map_err(InitError::Console)?;
     }
     set_hostname(&init.spec)?;
     // Before /proc/sys becomes read-only with the spec's read-only paths.
@@ -208,6 +244,8 @@ fn set_up(init: &InitSpec, sync: &std::fs::File) -> Result<Ready, InitError> {
         process::set_stdio(log).map_err(InitError::Process)?;
     }
     process::set_rlimits(process).map_err(InitError::Process)?;
+    sched::apply(process).map_err(InitError::Sched)?;
+    lsm::apply_on_exec(process).map_err(InitError::Lsm)?;
     let seccomp = load_seccomp_if_privileged(filter, process)?;
     let spec_caps = process.capabilities().as_ref();
     caps::limit_bounding_set(spec_caps).map_err(InitError::Caps)?;
@@ -251,6 +289,17 @@ fn join_cgroups(procs_files: &[PathBuf]) -> Result<(), InitError> {
     Ok(())
 }
 
+/// The runtime side's go-ahead once it wrote our id maps: until then we are nobody.
+fn wait_for_id_maps(sync: &std::fs::File) -> Result<(), InitError> {
+    let mut buf = [0u8; 16];
+    let n = (&*sync).read(&mut buf).map_err(InitError::IdMaps)?;
+    let message = String::from_utf8_lossy(&buf[..n]);
+    if message != IDS_MAPPED {
+        return Err(InitError::IdMapsMessage(message.into_owned()));
+    }
+    Ok(())
+}
+
 /// Opened read-write so the open never blocks; the later read blocks until `start` writes.
 fn open_exec_fifo(init: &InitSpec) -> Result<std::fs::File, InitError> {
     open(&init.exec_fifo, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
@@ -271,14 +320,17 @@ fn open_start_fifo(init: &InitSpec) -> Result<Option<std::fs::File>, InitError> 
 
 /// The new root: mounts, devices, the create-time hooks, pivot_root (or chroot). Returns our
 /// host pid when hooks needed the runtime side.
-fn build_root(init: &InitSpec, sync: &std::fs::File) -> Result<Option<i32>, InitError> {
+fn build_root(init: &InitSpec, sync: &std::fs::File, prepared: &Prepared) -> Result<Option<i32>, InitError> {
     let rootfs_err = |source| InitError::Rootfs { path: init.rootfs.clone(), source: Box::new(source) };
     let spec = &init.spec;
     let linux = spec.linux().as_ref();
     rootfs::prepare(&init.rootfs).map_err(rootfs_err)?;
-    mount_all(&init.rootfs, spec.mounts().as_deref().unwrap_or(&[]), &init.cgroup_views)
+    mount_all(&init.rootfs, spec.mounts().as_deref().unwrap_or(&[]), &init.cgroup_views, &prepared.idmapped)
         .map_err(|e| InitError::Mounts(Box::new(e)))?;
     create_default_devices(&init.rootfs).map_err(|e| InitError::Devices(Box::new(e)))?;
+    let spec_devices = linux.and_then(|l| l.devices().as_deref()).unwrap_or(&[]);
+    create_spec_devices(&init.rootfs, spec_devices, userns::has_user_namespace(spec))
+        .map_err(|e| InitError::Devices(Box::new(e)))?;
     // As runc: after the mounts, before pivot_root, so hooks still see the host's paths.
     let host_pid = run_create_hooks(init, sync)?;
     if init.no_pivot {

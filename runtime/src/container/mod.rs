@@ -3,19 +3,25 @@
 //! until the monitor starts it.
 
 pub(crate) mod caps;
-mod console;
+pub(crate) mod console;
 mod devices;
 pub mod hooks;
+mod idmap;
 mod init;
+pub(crate) mod lsm;
 mod mounts;
 mod namespaces;
 mod paths;
 mod personality;
 pub(crate) mod process;
 mod rootfs;
+pub(crate) mod sched;
 pub(crate) mod seccomp;
 mod spec;
+mod stage;
 mod sysctl;
+mod timens;
+mod userns;
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -23,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sched::CloneFlags;
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
@@ -32,9 +39,15 @@ use crate::sys::{self, CloneResult};
 use hooks::{HookError, HookKind, HookState};
 
 pub use console::ConsoleError;
+pub use idmap::IdmapError;
 pub use init::InitError;
+pub use lsm::LsmError;
+pub(crate) use mounts::recursive_option_names as recursive_mount_options;
+pub use sched::SchedError;
 pub use seccomp::{supported as seccomp_support, Supported as SeccompSupport};
 pub use spec::{load_bundle, SpecError};
+pub use timens::TimensError;
+pub use userns::UsernsError;
 
 /// How long the monitor waits for a child to finish its setup.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -72,6 +85,27 @@ pub enum ContainerError {
         pid: i32,
         #[source]
         source: std::io::Error,
+    },
+    #[error("invalid user namespace configuration")]
+    UserNamespace(#[source] UsernsError),
+    #[error("invalid time namespace configuration")]
+    TimeNamespace(#[source] TimensError),
+    #[error("invalid process")]
+    Lsm(#[source] LsmError),
+    #[error("invalid process")]
+    Sched(#[source] SchedError),
+    #[error("cannot prepare the id-mapped mounts of container {id}")]
+    Idmap {
+        id: String,
+        #[source]
+        source: IdmapError,
+    },
+    #[error("cannot set up the user namespace of container {id} (pid {pid})")]
+    IdMaps {
+        id: String,
+        pid: i32,
+        #[source]
+        source: UsernsError,
     },
     #[error("container {id}")]
     Hook {
@@ -125,33 +159,101 @@ pub enum Stdio {
 /// Returns its host pid. The caller (single-threaded monitor) becomes its parent.
 pub fn spawn(init: InitSpec) -> Result<Pid, ContainerError> {
     let flags = namespaces::clone_flags(&init.spec)?;
+    userns::validate(&init.spec).map_err(ContainerError::UserNamespace)?;
+    timens::validate(&init.spec).map_err(ContainerError::TimeNamespace)?;
+    if let Some(process) = init.spec.process() {
+        lsm::validate(process).map_err(ContainerError::Lsm)?;
+        sched::validate(process).map_err(ContainerError::Sched)?;
+    }
+    let idmap_err = |source| ContainerError::Idmap { id: init.id.clone(), source };
+    let mount_maps = idmap::MountMaps::read(&init.bundle).map_err(idmap_err)?;
+    idmap::validate(&init.spec, &mount_maps).map_err(idmap_err)?;
+    let idmapped = idmap::prepare(&init.spec, &mount_maps).map_err(idmap_err)?;
+    let staged = namespaces::needs_staging(&init.spec);
     // Datagrams, so each message (a hook request, the pid, the report) arrives whole.
     let (parent_end, child_end) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
         .map_err(|source| ContainerError::Pipe { id: init.id.clone(), source })?;
     let id = init.id.clone();
-    match sys::clone_process(flags).map_err(|source| ContainerError::Clone { id: id.clone(), source })? {
+    let first_flags = if staged { CloneFlags::empty() } else { flags };
+    match sys::clone_process(first_flags).map_err(|source| ContainerError::Clone { id: id.clone(), source })? {
         CloneResult::Child => {
             drop(parent_end);
-            init::run_child(init, child_end)
+            if staged {
+                stage::run(init, child_end, flags, idmapped)
+            } else {
+                init::run_child(init, child_end, Prepared { joined: false, idmapped })
+            }
         }
         CloneResult::Parent { child } => {
             drop(child_end);
-            let hooks = RuntimeHooks {
-                hooks: init.spec.hooks().clone(),
-                state: HookState::of_spec(&init.spec, &id, &init.bundle),
+            drop(idmapped); // the child holds its copies
+            let setup = ParentSetup {
+                hooks: RuntimeHooks {
+                    hooks: init.spec.hooks().clone(),
+                    state: HookState::of_spec(&init.spec, &id, &init.bundle),
+                },
+                new_userns: flags.contains(CloneFlags::CLONE_NEWUSER),
+                spec: init.spec,
+                staged,
             };
-            drop(init);
-            match wait_for_setup(&id, child, parent_end, &hooks) {
-                Ok(()) => Ok(child),
-                Err(e) => {
-                    // The child exits on its own after reporting a failure; kill it in case it
-                    // hangs, then reap it so no zombie is left behind.
-                    let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
-                    let _ = waitpid(child, None);
-                    Err(e)
+            let mut sync = std::fs::File::from(parent_end);
+            setup.drive(&id, child, &mut sync).map_err(|(pid, e)| {
+                // The child exits on its own after reporting a failure; kill it in case it
+                // hangs, then reap it so no zombie is left behind.
+                if let Some(pid) = pid {
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                    let _ = waitpid(pid, None);
                 }
-            }
+                e
+            })
         }
+    }
+}
+
+/// What the runtime side made for the init before the clone.
+pub(super) struct Prepared {
+    /// An intermediate process already joined the spec's namespaces by path.
+    joined: bool,
+    idmapped: Vec<idmap::IdmappedMount>,
+}
+
+/// The runtime side of a container's setup.
+struct ParentSetup {
+    hooks: RuntimeHooks,
+    spec: Spec,
+    new_userns: bool,
+    staged: bool,
+}
+
+impl ParentSetup {
+    /// The init's pid (the child itself, or the one the intermediate cloned) once it is set
+    /// up; on failure, the init to kill (none when the intermediate failed).
+    fn drive(&self, id: &str, child: Pid, sync: &mut std::fs::File) -> Result<Pid, (Option<Pid>, ContainerError)> {
+        let pid = if self.staged { stage::receive_pid(id, child, sync).map_err(|e| (None, e))? } else { child };
+        self.map_ids(id, pid, sync)
+            .and_then(|()| wait_for_setup(id, pid, sync, &self.hooks))
+            .map_err(|e| (Some(pid), e))?;
+        Ok(pid)
+    }
+
+    /// A new user namespace: write its id maps (and the oom score, which the init cannot
+    /// lower from inside it), then let the init go on.
+    fn map_ids(&self, id: &str, pid: Pid, sync: &mut std::fs::File) -> Result<(), ContainerError> {
+        if !self.new_userns {
+            return Ok(());
+        }
+        let map_err = |source| ContainerError::IdMaps { id: id.to_string(), pid: pid.as_raw(), source };
+        userns::write_id_maps(pid, &self.spec).map_err(map_err)?;
+        if let Some(score) = self.spec.process().as_ref().and_then(|p| p.oom_score_adj()) {
+            let path = PathBuf::from(format!("/proc/{pid}/oom_score_adj"));
+            std::fs::write(&path, score.to_string())
+                .map_err(|source| map_err(UsernsError::WriteMap { path, source }))?;
+        }
+        sync.write_all(init::IDS_MAPPED.as_bytes()).map_err(|source| ContainerError::SyncWrite {
+            id: id.to_string(),
+            pid: pid.as_raw(),
+            source,
+        })
     }
 }
 
@@ -163,9 +265,8 @@ struct RuntimeHooks {
 
 /// Read the child's messages: a request to run the runtime-side hooks (answered with the
 /// child's host pid once they passed), then "ok" or an error message.
-fn wait_for_setup(id: &str, pid: Pid, sync: OwnedFd, hooks: &RuntimeHooks) -> Result<(), ContainerError> {
-    let mut sync = std::fs::File::from(sync);
-    let mut report = receive(id, pid, &sync, SETUP_TIMEOUT)?;
+fn wait_for_setup(id: &str, pid: Pid, sync: &mut std::fs::File, hooks: &RuntimeHooks) -> Result<(), ContainerError> {
+    let mut report = receive(id, pid, sync, SETUP_TIMEOUT)?;
     if report == init::RUN_HOOKS {
         let state = hooks.state.with("creating", Some(pid.as_raw()));
         let hook_err = |e| ContainerError::Hook { id: id.to_string(), source: Box::new(e) };
@@ -179,7 +280,7 @@ fn wait_for_setup(id: &str, pid: Pid, sync: OwnedFd, hooks: &RuntimeHooks) -> Re
         })?;
         // The child now runs the createContainer hooks: their timeouts come on top.
         let extra = hooks::total_timeout(HookKind::CreateContainer, hooks.hooks.as_ref()).unwrap_or_default();
-        report = receive(id, pid, &sync, SETUP_TIMEOUT + extra)?;
+        report = receive(id, pid, sync, SETUP_TIMEOUT + extra)?;
     }
     match report.as_str() {
         init::SETUP_OK => Ok(()),
@@ -192,7 +293,7 @@ fn wait_for_setup(id: &str, pid: Pid, sync: OwnedFd, hooks: &RuntimeHooks) -> Re
 }
 
 /// One message from the child ("" once it closed its end), waiting at most `timeout`.
-fn receive(id: &str, pid: Pid, sync: &std::fs::File, timeout: Duration) -> Result<String, ContainerError> {
+pub(super) fn receive(id: &str, pid: Pid, sync: &std::fs::File, timeout: Duration) -> Result<String, ContainerError> {
     let read_err = |source| ContainerError::SyncRead { id: id.to_string(), pid: pid.as_raw(), source };
     let mut fds = [PollFd::new(sync.as_fd(), PollFlags::POLLIN)];
     let ready =

@@ -91,7 +91,13 @@ fn run(
     cancel: Option<OwnedFd>,
 ) -> Result<ExecOutput, ExecError> {
     let deadline = Instant::now() + timeout;
-    let options = ExecOptions { stdin: Stdio::null(), stdout: Stdio::piped(), stderr: Stdio::piped(), preserve_fds: 0 };
+    let options = ExecOptions {
+        stdin: Stdio::null(),
+        stdout: Stdio::piped(),
+        stderr: Stdio::piped(),
+        preserve_fds: 0,
+        console: None,
+    };
     let mut exec = launch::start(helper, target, process, options, false, Some(timeout))?;
     let mut stdout = Capture::new(exec.stdout.take().map(OwnedFd::from), limit);
     let mut stderr = Capture::new(exec.stderr.take().map(OwnedFd::from), limit);

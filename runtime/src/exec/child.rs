@@ -14,7 +14,10 @@ use oci_spec::runtime::Process;
 use super::join::Init;
 use super::wire::Request;
 use crate::container::caps::{self, CapsError};
+use crate::container::console::{self, ConsoleError};
+use crate::container::lsm::{self, LsmError};
 use crate::container::process::{self, Command, ProcessError};
+use crate::container::sched::{self, SchedError};
 use crate::container::seccomp::{Filter, SeccompError};
 use crate::{error_chain, sys};
 
@@ -25,6 +28,8 @@ const SETUP_FAILED: i32 = 255;
 pub(super) enum ChildError {
     #[error("cannot reset signal handling")]
     Signals(#[source] nix::Error),
+    #[error("cannot make the process non-dumpable")]
+    Dumpable(#[source] nix::Error),
     #[error("cannot join cgroup {path}")]
     JoinCgroup {
         path: PathBuf,
@@ -49,6 +54,12 @@ pub(super) enum ChildError {
     DeathSignal(#[source] nix::Error),
     #[error("cannot close inherited file descriptors")]
     CloseFds(#[source] nix::Error),
+    #[error("cannot set up the terminal")]
+    Console(#[source] ConsoleError),
+    #[error("cannot set the scheduling of the process")]
+    Sched(#[source] SchedError),
+    #[error("cannot set the security labels of the process")]
+    Lsm(#[source] LsmError),
 }
 
 /// What the helper hands over to its child.
@@ -59,6 +70,8 @@ pub(super) struct ChildSetup<'a> {
     /// Whether the init has a cgroup namespace of its own to join.
     pub cgroup_ns: bool,
     pub seccomp: Option<&'a Filter>,
+    /// The console socket for a terminal.
+    pub console: Option<&'a OwnedFd>,
 }
 
 /// The child's whole life: exec, or report why not and exit. Never returns into the helper.
@@ -83,9 +96,17 @@ fn exec(setup: &ChildSetup<'_>, report: OwnedFd) -> i32 {
 fn prepare(setup: &ChildSetup<'_>, report: RawFd) -> Result<Command, ChildError> {
     let process = &setup.request.process;
     sys::reset_signals().map_err(ChildError::Signals)?;
+    // In the container's pid namespace with the runtime's binary as /proc/<pid>/exe until
+    // execve: closed to the container's processes (CVE-2019-5736), as runc does.
+    nix::sys::prctl::set_dumpable(false).map_err(ChildError::Dumpable)?;
     join_cgroups(setup)?;
     nix::unistd::setsid().map_err(ChildError::Setsid)?;
+    if let Some(socket) = setup.console {
+        console::set_up(socket, process, false).map_err(ChildError::Console)?;
+    }
     process::set_rlimits(process)?;
+    sched::apply(process).map_err(ChildError::Sched)?;
+    lsm::apply_on_exec(process).map_err(ChildError::Lsm)?;
     let late_filter = load_filter_if_privileged(setup.seccomp, process)?;
     let caps = process.capabilities().as_ref();
     caps::limit_bounding_set(caps).map_err(ChildError::Caps)?;

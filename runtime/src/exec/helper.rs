@@ -109,6 +109,10 @@ fn serve(control: &mut Channel) -> i32 {
 /// Everything up to the exec of the process; its pid and the signals to supervise it with.
 fn launch(request: &Request, control: &Channel) -> Result<(Pid, SignalFd), HelperError> {
     check_single_threaded()?;
+    let console = request
+        .console_fd
+        .map(|fd| sys::take_inherited_fd(fd).map_err(sys_err("take the console socket")))
+        .transpose()?;
     // Our own session: a terminal's signals reach only the caller, which passes them on once.
     nix::unistd::setsid().map_err(HelperError::Setsid)?;
     let init = join::open_init(request.init_pid, request.init_start_time, &request.cgroup_procs)?;
@@ -131,11 +135,13 @@ fn launch(request: &Request, control: &Channel) -> Result<(Pid, SignalFd), Helpe
                 cgroups: &cgroups,
                 cgroup_ns: namespaces.contains(CloneFlags::CLONE_NEWCGROUP),
                 seccomp: filter.as_ref(),
+                console: console.as_ref(),
             };
             child::run(setup, report_write)
         }
         CloneResult::Parent { child } => {
             drop(report_write);
+            drop(console);
             wait_for_exec(child, report_read, control)?;
             let signals = SignalFd::new(&signals).map_err(sys_err("create a signalfd"))?;
             Ok((child, signals))

@@ -2,7 +2,7 @@
 //! it the request, read its reports, and never leave it or its process behind.
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -52,12 +52,21 @@ pub struct ExecOptions {
     pub stdout: Stdio,
     pub stderr: Stdio,
     pub preserve_fds: u32,
+    /// For a process with `terminal`: a connected Unix socket the pty's master is sent to
+    /// (SCM_RIGHTS, as runc's `--console-socket`); the pty's slave becomes its stdio.
+    pub console: Option<OwnedFd>,
 }
 
 impl Default for ExecOptions {
     /// The caller's own stdio, as `runc exec` without a terminal.
     fn default() -> Self {
-        ExecOptions { stdin: Stdio::inherit(), stdout: Stdio::inherit(), stderr: Stdio::inherit(), preserve_fds: 0 }
+        ExecOptions {
+            stdin: Stdio::inherit(),
+            stdout: Stdio::inherit(),
+            stderr: Stdio::inherit(),
+            preserve_fds: 0,
+            console: None,
+        }
     }
 }
 
@@ -111,19 +120,29 @@ pub(super) fn start(
 ) -> Result<ExecProcess, ExecError> {
     let deadline = timeout.map(|timeout| Instant::now() + timeout);
     let id = target.id.clone();
+    let process = target.effective_process(process)?;
+    match (process.terminal().unwrap_or(false), options.console.is_some()) {
+        (true, false) => return Err(ExecError::Terminal { id }),
+        (false, true) => {
+            return Err(ExecError::InvalidProcess { id, reason: "a console socket needs process.terminal" })
+        }
+        _ => {}
+    }
     let request = Request {
         id: id.clone(),
         init_pid: target.init_pid.as_raw(),
         init_start_time: target.init_start_time,
         cgroup_procs: target.cgroup_procs.clone(),
-        process: target.effective_process(process)?,
+        process,
         seccomp: target.spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
         preserve_fds: options.preserve_fds,
         detach,
+        console_fd: options.console.as_ref().map(|fd| fd.as_raw_fd()),
     };
     let (ours, theirs) = UnixStream::pair().map_err(|source| ExecError::Socket { id: id.clone(), source })?;
     let control = Channel::new(ours).map_err(|source| ExecError::Socket { id: id.clone(), source })?;
-    let mut helper_child = spawn_helper(helper, &target.id, &theirs, options)?;
+    let console = options.console.as_ref().map(|fd| fd.as_raw_fd());
+    let mut helper_child = spawn_helper(helper, &target.id, &theirs, console, options)?;
     drop(theirs);
     let mut exec = ExecProcess {
         id,
@@ -150,7 +169,15 @@ pub(super) fn start(
     }
 }
 
-fn spawn_helper(helper: &ExecHelper, id: &str, theirs: &UnixStream, options: ExecOptions) -> Result<Child, ExecError> {
+/// The helper inherits our end of the control socket and the console socket (if any) at
+/// their numbers; both are closed here once it runs.
+fn spawn_helper(
+    helper: &ExecHelper,
+    id: &str,
+    theirs: &UnixStream,
+    console: Option<RawFd>,
+    options: ExecOptions,
+) -> Result<Child, ExecError> {
     let mut command = Command::new(&helper.program);
     command
         .arg0(format!("{HELPER_ARG0}:{id}")) // what ps shows: which container it serves
@@ -160,6 +187,9 @@ fn spawn_helper(helper: &ExecHelper, id: &str, theirs: &UnixStream, options: Exe
         .stdout(options.stdout)
         .stderr(options.stderr);
     crate::sys::inherit_fd(&mut command, theirs.as_raw_fd());
+    if let Some(fd) = console {
+        crate::sys::inherit_fd(&mut command, fd);
+    }
     command.spawn().map_err(|source| ExecError::SpawnHelper { program: helper.program.clone(), source })
 }
 

@@ -58,7 +58,7 @@ pub const HELPER_COMMAND: &str = "exec-helper";
 pub enum ExecError {
     #[error("invalid process for exec in container {id}: {reason}")]
     InvalidProcess { id: String, reason: &'static str },
-    #[error("cannot exec in container {id}: terminals are not supported yet")]
+    #[error("cannot exec in container {id}: process.terminal needs a console socket to send the pty to")]
     Terminal { id: String },
     #[error("container {id} is {status}: cannot exec in it")]
     NotRunning { id: String, status: ContainerStatus },

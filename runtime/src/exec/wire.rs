@@ -29,6 +29,10 @@ pub(super) struct Request {
     pub preserve_fds: u32,
     /// Report the pid and exit, leaving the process to the caller's subreaper.
     pub detach: bool,
+    /// With `process.terminal`: the number of the inherited, connected console socket to
+    /// send the pty's master to.
+    #[serde(default)]
+    pub console_fd: Option<i32>,
 }
 
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]

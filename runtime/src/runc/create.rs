@@ -3,6 +3,7 @@
 //! caller's subreaper, as with runc.
 
 use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use nix::sys::stat::Mode;
@@ -41,10 +42,20 @@ pub struct CreateArgs {
 
 /// Create the container; returns its init's pid (we are its parent until we exit).
 pub(super) fn create(root: &Path, args: &CreateArgs) -> Result<Pid, RuncError> {
+    create_with(root, args, None)
+}
+
+/// Create the container, its terminal's master sent over `console` (one end of a socket pair
+/// whose other end the caller relays) rather than to a --console-socket.
+pub(super) fn create_with(root: &Path, args: &CreateArgs, console: Option<OwnedFd>) -> Result<Pid, RuncError> {
     container::validate_id(&args.id)?;
     let bundle = args.bundle.canonicalize().map_err(io_err("cannot open bundle", &args.bundle))?;
     let spec = crate::container::load_bundle(&bundle).map_err(RuncError::Spec)?;
-    check_spec(&spec, args)?;
+    check_spec(&spec, args.console_socket.is_some() || console.is_some())?;
+    let stdio = match console {
+        Some(fd) => Stdio::Terminal(fd),
+        None => stdio(args)?,
+    };
     let rootfs = crate::container::rootfs_path(&bundle, &spec);
     let rootfs = rootfs.canonicalize().map_err(|source| RuncError::Rootfs { path: rootfs.clone(), source })?;
 
@@ -58,7 +69,7 @@ pub(super) fn create(root: &Path, args: &CreateArgs) -> Result<Pid, RuncError> {
         Err(e) => return Err(io_err("cannot create state dir", &dir)(e)),
     }
     let mut undo = Undo { dir: dir.clone(), cgroup: None, pid: None, poststop: None };
-    let rec = create_in(&mut undo, args, bundle, rootfs, spec)?;
+    let rec = create_in(&mut undo, args, bundle, rootfs, spec, stdio)?;
     if let Some(pid_file) = &args.pid_file {
         write_pid_file(pid_file, rec.record.state.pid.unwrap_or(0))?;
     }
@@ -72,6 +83,7 @@ fn create_in(
     bundle: PathBuf,
     rootfs: PathBuf,
     spec: Spec,
+    stdio: Stdio,
 ) -> Result<RuncRecord, RuncError> {
     let exec_fifo = undo.dir.join(EXEC_FIFO);
     nix::unistd::mkfifo(&exec_fifo, Mode::S_IRUSR | Mode::S_IWUSR)
@@ -103,7 +115,7 @@ fn create_in(
         rootfs: rootfs.clone(),
         cgroup_procs: cgroup.procs_files(),
         cgroup_views: cgroup.hierarchy_dirs(),
-        stdio: stdio(args)?,
+        stdio,
         exec_fifo,
         start_fifo: Some(start_fifo),
         preserve_fds: args.preserve_fds,
@@ -123,14 +135,17 @@ fn create_in(
 }
 
 /// What the container code cannot do yet, refused before anything is made.
-fn check_spec(spec: &Spec, args: &CreateArgs) -> Result<(), RuncError> {
-    let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
-    match (terminal, &args.console_socket) {
-        (true, None) => return Err(RuncError::Terminal),
-        (false, Some(_)) => return Err(RuncError::ConsoleWithoutTerminal),
+fn check_spec(spec: &Spec, console: bool) -> Result<(), RuncError> {
+    match (wants_terminal(spec), console) {
+        (true, false) => return Err(RuncError::Terminal),
+        (false, true) => return Err(RuncError::ConsoleWithoutTerminal),
         _ => {}
     }
     hooks::validate(spec.hooks().as_ref()).map_err(|e| RuncError::Hook(Box::new(e)))
+}
+
+pub(super) fn wants_terminal(spec: &Spec) -> bool {
+    spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false)
 }
 
 /// The caller's stdio, or with a terminal the console socket, connected now (the init can

@@ -3,7 +3,8 @@
 //! passing signals on, and exit with its exit code (128+N when killed by signal N). Every
 //! failure exits 255 with "exec failed: ...", as runc's.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -13,6 +14,7 @@ use oci_spec::runtime::{Capability, Process};
 
 use super::container::{Container, RuncStatus};
 use super::create::write_pid_file;
+use super::tty_relay::TtyRelay;
 use super::RuncError;
 use crate::exec::{exec_detached, exec_in_container, ExecHelper, ExecOptions, ExecOverrides, ExecProcess, ExecTarget};
 use crate::sys::FORWARDED_SIGNALS;
@@ -49,17 +51,18 @@ pub struct ExecArgs {
     /// Pass on N extra fds (3..3+N) to the process.
     #[arg(long = "preserve-fds", default_value_t = 0)]
     pub preserve_fds: u32,
-    /// Allocate a pseudo-TTY (not supported yet).
+    /// Allocate a pseudo-TTY (from the container's devpts): its master goes to
+    /// --console-socket with --detach, else we relay it to our stdio.
     #[arg(short, long)]
     pub tty: bool,
-    /// Unix socket to send the terminal's master fd to (not supported yet).
+    /// Unix socket to send the terminal's master fd to (with --tty and --detach).
     #[arg(long = "console-socket")]
     pub console_socket: Option<PathBuf>,
-    /// AppArmor profile (not supported).
-    #[arg(long, hide = true)]
+    /// AppArmor profile to run the process under (an error where AppArmor is off).
+    #[arg(long)]
     pub apparmor: Option<String>,
-    /// SELinux label (not supported).
-    #[arg(long = "process-label", hide = true)]
+    /// SELinux label to run the process with (an error where SELinux is off).
+    #[arg(long = "process-label")]
     pub process_label: Option<String>,
     /// Sub-cgroup to run in (not supported).
     #[arg(long, hide = true)]
@@ -93,12 +96,22 @@ pub(super) fn exec(root: &Path, args: &ExecArgs) -> Result<i32, RuncError> {
         cgroup_procs: c.cgroup()?.map(|cg| cg.procs_files()).unwrap_or_default(),
         spec,
     };
-    let process = match &args.process {
+    let mut process = match &args.process {
         Some(path) => read_process(path)?,
         None => overrides(args)?.apply(target.container_process().unwrap_or(&Process::default())),
     };
+    if args.tty {
+        process.set_terminal(Some(true));
+    }
+    if let Some(profile) = args.apparmor.as_ref().filter(|p| !p.is_empty()) {
+        process.set_apparmor_profile(Some(profile.clone()));
+    }
+    if let Some(label) = args.process_label.as_ref().filter(|l| !l.is_empty()) {
+        process.set_selinux_label(Some(label.clone()));
+    }
     let helper = ExecHelper::this_binary();
-    let options = ExecOptions { preserve_fds: args.preserve_fds, ..ExecOptions::default() };
+    let (console, relay_end) = console_for(args, process.terminal().unwrap_or(false))?;
+    let options = ExecOptions { preserve_fds: args.preserve_fds, console, ..ExecOptions::default() };
     if args.detach {
         let pid = exec_detached(&helper, &target, &process, options).map_err(exec_err)?;
         if let Some(pid_file) = &args.pid_file {
@@ -112,23 +125,43 @@ pub(super) fn exec(root: &Path, args: &ExecArgs) -> Result<i32, RuncError> {
     if let Some(pid_file) = &args.pid_file {
         write_pid_file(pid_file, exec.pid().as_raw())?; // on error, dropping `exec` kills it
     }
-    let code = wait_forwarding(exec, &mask);
+    // The master was sent before the process exec'd, so it is waiting on the socket.
+    let relay = match relay_end {
+        Some(socket) => {
+            let (_, master) = crate::sys::receive_fd(socket.as_fd())
+                .map_err(|source| RuncError::Sys { what: "cannot receive the terminal's master", source })?;
+            Some(TtyRelay::new(master))
+        }
+        None => None,
+    };
+    let code = wait_forwarding(exec, &mask, relay);
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&mask), None);
     code
+}
+
+/// The console socket for the helper, and our end of it when we relay the terminal
+/// ourselves; runc's rules on which combinations make sense.
+fn console_for(args: &ExecArgs, terminal: bool) -> Result<(Option<OwnedFd>, Option<UnixStream>), RuncError> {
+    match (&args.console_socket, terminal, args.detach) {
+        (None, false, _) => Ok((None, None)),
+        (None, true, true) => Err(RuncError::Terminal),
+        (None, true, false) => {
+            use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+            let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
+                .map_err(|source| RuncError::Sys { what: "cannot create the terminal's socket pair", source })?;
+            Ok((Some(theirs), Some(UnixStream::from(ours))))
+        }
+        (Some(_), false, _) | (Some(_), true, false) => Err(RuncError::ConsoleWithoutTerminal),
+        (Some(path), true, true) => {
+            let socket = UnixStream::connect(path).map_err(super::io_err("cannot connect to console socket", path))?;
+            Ok((Some(socket.into()), None))
+        }
+    }
 }
 
 /// Flags runc has and this runtime cannot honour: refused before anything runs.
 fn refuse_unsupported(args: &ExecArgs) -> Result<(), RuncError> {
     let unsupported = |what: &str| Err(RuncError::BadConfig(format!("{what} is not supported")));
-    if args.tty || args.console_socket.is_some() {
-        return unsupported("--tty (terminals, --console-socket)");
-    }
-    if args.apparmor.is_some() {
-        return unsupported("--apparmor");
-    }
-    if args.process_label.is_some() {
-        return unsupported("--process-label (SELinux)");
-    }
     if !args.cgroup.is_empty() {
         return unsupported("--cgroup (sub-cgroups)");
     }
@@ -206,23 +239,40 @@ fn forwarded_signals() -> SigSet {
     mask
 }
 
-/// Wait for the process, passing the signals we get on to it (through its helper).
-fn wait_forwarding(mut exec: ExecProcess, mask: &SigSet) -> Result<i32, RuncError> {
+/// Wait for the process, passing the signals we get on to it (through its helper), and
+/// relaying its terminal when we hold the master (a window change then resizes the pty, whose
+/// kernel signals the process itself).
+fn wait_forwarding(mut exec: ExecProcess, mask: &SigSet, mut relay: Option<TtyRelay>) -> Result<i32, RuncError> {
     let signals = SignalFd::new(mask).map_err(|source| RuncError::Sys { what: "cannot create signalfd", source })?;
     loop {
         if let Some(code) = exec.try_wait().map_err(exec_err)? {
+            if let Some(relay) = relay.as_mut() {
+                relay.drain();
+            }
             return Ok(code);
         }
-        let mut fds = [PollFd::new(exec.as_fd(), PollFlags::POLLIN), PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        let mut fds =
+            vec![PollFd::new(exec.as_fd(), PollFlags::POLLIN), PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        if let Some(relay) = &relay {
+            fds.extend(relay.poll_fds());
+        }
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(source) => return Err(RuncError::Sys { what: "cannot wait for the process", source }),
         }
-        if fds[1].any().unwrap_or(false) {
+        let signalled = fds[1].any().unwrap_or(false);
+        let ready = relay.as_ref().map(|r| r.ready(&fds[2..]));
+        drop(fds);
+        if let (Some(relay), Some(ready)) = (relay.as_mut(), ready) {
+            relay.pump(&ready);
+        }
+        if signalled {
             let info =
                 signals.read_signal().map_err(|source| RuncError::Sys { what: "cannot read signals", source })?;
-            if let Some(signal) = info.and_then(|i| Signal::try_from(i.ssi_signo as i32).ok()) {
-                exec.signal(signal);
+            match (info.and_then(|i| Signal::try_from(i.ssi_signo as i32).ok()), &relay) {
+                (Some(Signal::SIGWINCH), Some(relay)) => relay.resize(),
+                (Some(signal), _) => exec.signal(signal),
+                (None, _) => {}
             }
         }
     }

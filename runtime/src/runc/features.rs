@@ -1,5 +1,5 @@
 //! `features`: the runtime-spec features document, stating only what this implementation
-//! really does (no seccomp notify, AppArmor, SELinux, user or time namespaces yet).
+//! really does (no seccomp notify, AppArmor or SELinux yet).
 
 use super::{print_json, RuncError};
 
@@ -14,12 +14,14 @@ const MOUNT_OPTIONS: &[&str] = &[
     "diratime",
     "dirsync",
     "exec",
+    "idmap",
     "mand",
     "noatime",
     "nodev",
     "nodiratime",
     "noexec",
     "nomand",
+    "nosymfollow",
     "norelatime",
     "nostrictatime",
     "nosuid",
@@ -27,6 +29,7 @@ const MOUNT_OPTIONS: &[&str] = &[
     "rbind",
     "relatime",
     "remount",
+    "ridmap",
     "ro",
     "rprivate",
     "rshared",
@@ -37,9 +40,18 @@ const MOUNT_OPTIONS: &[&str] = &[
     "slave",
     "strictatime",
     "suid",
+    "symfollow",
     "sync",
     "unbindable",
 ];
+
+/// The plain options and the recursive ones ("rro", ...), sorted.
+fn mount_options() -> Vec<&'static str> {
+    let mut options: Vec<&str> =
+        MOUNT_OPTIONS.iter().copied().chain(crate::container::recursive_mount_options()).collect();
+    options.sort_unstable();
+    options
+}
 
 pub(super) fn print_features() -> Result<(), RuncError> {
     let mut caps: Vec<String> = caps::all().iter().map(|c| c.to_string()).collect();
@@ -49,9 +61,9 @@ pub(super) fn print_features() -> Result<(), RuncError> {
         "ociVersionMin": "1.0.0",
         "ociVersionMax": "1.2.0",
         "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
-        "mountOptions": MOUNT_OPTIONS,
+        "mountOptions": mount_options(),
         "linux": {
-            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "uts"],
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"],
             "capabilities": caps,
             "cgroup": { "v1": true, "v2": true, "systemd": false, "systemdUser": false },
             "seccomp": {
@@ -63,6 +75,7 @@ pub(super) fn print_features() -> Result<(), RuncError> {
                 "supportedFlags": seccomp.flags.iter().filter(|(_, ok)| *ok).map(|(flag, _)| flag).collect::<Vec<_>>(),
             },
             "apparmor": { "enabled": false },
+            "mountExtensions": { "idmap": { "enabled": true } },
             "selinux": { "enabled": false },
         },
         "annotations": {

@@ -20,6 +20,7 @@ mod run;
 mod spec;
 mod start;
 mod state;
+mod tty_relay;
 mod update;
 
 use std::path::PathBuf;

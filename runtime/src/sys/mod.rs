@@ -1,6 +1,9 @@
 //! The product's only `unsafe`: thin wrappers over syscalls that nix does not wrap safely.
 //! Each wrapper documents what the caller must guarantee; each block says why it is sound.
 
+pub mod bpf;
+pub mod mount_api;
+
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -192,4 +195,68 @@ pub fn receive_fd(socket: std::os::fd::BorrowedFd<'_>) -> Result<(Vec<u8>, Owned
     drop(owned); // more than one fd: keep the last, close the others
     text.truncate(len);
     Ok((text, fd))
+}
+
+/// The window size of the terminal `fd` (TIOCGWINSZ).
+pub fn window_size(fd: std::os::fd::BorrowedFd<'_>) -> Result<nix::pty::Winsize, Errno> {
+    use std::os::fd::AsRawFd;
+    let mut size = nix::pty::Winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCGWINSZ writes one struct winsize (nix's Winsize is that struct, repr(C)) to
+    // the pointer, which points to a live local; the fd is borrowed and open.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut size as *mut nix::pty::Winsize) };
+    if ret < 0 {
+        return Err(Errno::last());
+    }
+    Ok(size)
+}
+
+/// Set the window size of the terminal `fd` (TIOCSWINSZ): the pty's foreground process group
+/// gets SIGWINCH.
+pub fn set_window_size(fd: std::os::fd::BorrowedFd<'_>, size: &nix::pty::Winsize) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: TIOCSWINSZ reads one struct winsize from the pointer, a live reference for the
+    // whole call; the fd is borrowed and open.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, size as *const nix::pty::Winsize) };
+    if ret < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// `ioprio_set(IOPRIO_WHO_PROCESS, 0, value)`: this process's I/O class and priority
+/// (`class << 13 | priority`).
+pub fn set_io_priority(value: i32) -> Result<(), Errno> {
+    const IOPRIO_WHO_PROCESS: libc::c_int = 1;
+    // SAFETY: ioprio_set takes three integers and touches no memory of ours.
+    let ret = unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, value) };
+    if ret < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// The kernel's `struct sched_attr` (SCHED_ATTR_SIZE_VER0, 48 bytes).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SchedAttr {
+    pub size: u32,
+    pub policy: u32,
+    pub flags: u64,
+    pub nice: i32,
+    pub priority: u32,
+    pub runtime: u64,
+    pub deadline: u64,
+    pub period: u64,
+}
+
+/// `sched_setattr(0, attr, 0)`: this thread's scheduling policy and parameters.
+pub fn set_scheduler(attr: &SchedAttr) -> Result<(), Errno> {
+    let attr = SchedAttr { size: std::mem::size_of::<SchedAttr>() as u32, ..*attr };
+    // SAFETY: the pointer is to a live, initialised sched_attr whose size field says how many
+    // bytes the kernel may read; the kernel does not keep it.
+    let ret = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
+    if ret < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
 }
