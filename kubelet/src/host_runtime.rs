@@ -152,6 +152,8 @@ pub fn proxy_config(cfg: &LocalConfig) -> nodelet_proxy::ProxyConfig {
         pin_dir: cfg.proxy_pin_dir.clone(),
         node_name: Some(cfg.node_name.clone()),
         nodeport_addresses: cfg.nodeport_addresses.clone(),
+        nodeport_devices: cfg.nodeport_devices.clone(),
+        pod_bridge: cfg.bridge.clone(),
         ..defaults
     }
 }

@@ -36,6 +36,10 @@ pub struct LocalConfig {
     /// kube-proxy's `--nodeport-addresses`: the CIDRs (IPv4 and IPv6) NodePorts are served
     /// in, or `primary`; no CIDR = all the Node's addresses and 127.0.0.1.
     pub nodeport_addresses: nodelet_proxy::NodePortAddresses,
+    /// The external interfaces the Service proxy's tc datapath attaches to, for NodePort,
+    /// externalIP and LoadBalancer traffic entering the node (cilium's `--devices`); empty
+    /// = that datapath is off.
+    pub nodeport_devices: Vec<String>,
     /// This executable, re-run as `nodelet monitor` for the container monitor.
     pub self_exe: PathBuf,
     /// Where /healthz and /metrics are served; `None` = not at all.
@@ -60,6 +64,8 @@ pub enum LocalConfigError {
     StaticPodPath(PathBuf),
     #[error("--cluster-domain {0:?} must be a DNS domain like cluster.local")]
     ClusterDomain(String),
+    #[error("invalid --nodeport-devices")]
+    NodePortDevices(#[source] nodelet_proxy::ProxyError),
 }
 
 impl LocalConfig {
@@ -76,6 +82,7 @@ impl LocalConfig {
         if self.bridge.is_empty() || self.bridge.len() > 15 {
             return Err(LocalConfigError::Bridge(self.bridge.clone()));
         }
+        crate::host_runtime::proxy_config(self).validate_devices().map_err(LocalConfigError::NodePortDevices)?;
         if let Some(domain) = &self.dns.cluster_domain {
             if !is_dns_subdomain(domain) {
                 return Err(LocalConfigError::ClusterDomain(domain.clone()));
@@ -142,6 +149,7 @@ mod tests {
             proxy_attach_cgroup: None,
             proxy_pin_dir: None,
             nodeport_addresses: nodelet_proxy::NodePortAddresses::default(),
+            nodeport_devices: Vec::new(),
             self_exe: "/usr/bin/nodelet".into(),
             healthz_bind_address: None,
             dns: DnsSettings::default(),

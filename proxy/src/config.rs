@@ -11,6 +11,11 @@ use crate::table::NodePortAddresses;
 /// The pin directory of `nodelet agent` and `nodelet proxy` (cilium pins under /sys/fs/bpf too).
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/nodelet";
 
+/// The pod bridge of `nodelet agent` and `nodelet run` (`--bridge`).
+pub const DEFAULT_POD_BRIDGE: &str = "nodelet0";
+/// The longest interface name Linux takes (IFNAMSIZ less the NUL).
+const MAX_INTERFACE_NAME: usize = 15;
+
 /// The default cgroup mount point.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// Where systemd mounts cgroup2 on hybrid hosts (v1 controllers beside it).
@@ -46,6 +51,16 @@ pub struct ProxyConfig {
     /// `externalTrafficPolicy: Local` listen on, each on its `healthCheckNodePort`
     /// (kube-proxy: all addresses).
     pub health_check_bind_address: IpAddr,
+    /// The node's external interfaces (cilium's `--devices`): traffic entering through them
+    /// to a NodePort on the node's addresses, an externalIP or a LoadBalancer IP (IPv4, TCP
+    /// and UDP) is load-balanced by the tc datapath, to this node's pods with the client's
+    /// address kept, or to other nodes' pods behind the node's address
+    /// (`externalTrafficPolicy: Cluster`). Empty (the default): the ingress datapath is off,
+    /// since attaching to the node's interfaces must be an explicit choice.
+    pub nodeport_devices: Vec<String>,
+    /// The pods' bridge (`--bridge`): their replies to load-balanced traffic are translated
+    /// back there. Used only with `nodeport_devices`.
+    pub pod_bridge: String,
 }
 
 impl Default for ProxyConfig {
@@ -59,6 +74,8 @@ impl Default for ProxyConfig {
             node_name: None,
             nodeport_addresses: NodePortAddresses::default(),
             health_check_bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            nodeport_devices: Vec::new(),
+            pod_bridge: String::from(DEFAULT_POD_BRIDGE),
         }
     }
 }
@@ -78,6 +95,34 @@ impl ProxyConfig {
         }
         Ok(())
     }
+}
+
+impl ProxyConfig {
+    /// Check that `nodeport_devices` and `pod_bridge` are interface names, the bridge not
+    /// among the devices.
+    pub fn validate_devices(&self) -> Result<(), ProxyError> {
+        for device in &self.nodeport_devices {
+            check_interface_name(device, "--nodeport-devices entry")?;
+        }
+        check_interface_name(&self.pod_bridge, "pod bridge")?;
+        if self.nodeport_devices.contains(&self.pod_bridge) {
+            let (what, reason) = ("--nodeport-devices entry", "the pod bridge is not an external device");
+            return Err(ProxyError::Device { what, device: self.pod_bridge.clone(), reason });
+        }
+        Ok(())
+    }
+}
+
+/// What Linux accepts as an interface name (`dev_valid_name`); `what` names it in the error.
+fn check_interface_name(name: &str, what: &'static str) -> Result<(), ProxyError> {
+    let invalid = |reason| Err(ProxyError::Device { what, device: name.to_owned(), reason });
+    if name.is_empty() || name.len() > MAX_INTERFACE_NAME {
+        return invalid("an interface name is 1 to 15 bytes");
+    }
+    if name == "." || name == ".." || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+        return invalid("not an interface name");
+    }
+    Ok(())
 }
 
 /// The cgroup2 root under a cgroup mount point: the mount point itself when it
@@ -113,6 +158,24 @@ mod tests {
         let sizes = ProxyConfig::default().map_sizes;
         assert_eq!(sizes, MapSizes::default());
         assert!(sizes.services >= MapSizes::services_needed(10_000, 10), "{sizes:?}");
+    }
+
+    #[test]
+    fn devices_must_be_interface_names_other_than_the_bridge() {
+        let with = |devices: &[&str]| ProxyConfig {
+            nodeport_devices: devices.iter().map(|d| d.to_string()).collect(),
+            ..ProxyConfig::default()
+        };
+        with(&["eth0", "ens3.100"]).validate_devices().expect("valid");
+        for (devices, reason) in [
+            (&["eth0", ""][..], "1 to 15 bytes"),
+            (&["a-very-long-interface"][..], "1 to 15 bytes"),
+            (&["eth 0"][..], "not an interface name"),
+            (&["nodelet0"][..], "the pod bridge is not an external device"),
+        ] {
+            let error = with(devices).validate_devices().expect_err("invalid").to_string();
+            assert!(error.contains(reason), "{devices:?}: {error}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use nodelet_ebpf::{EbpfError, Frontend};
+use nodelet_ebpf::{EbpfError, Frontend, NodePortError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -26,6 +26,27 @@ pub enum ProxyError {
     },
     #[error("read the programmed services back from the datapath")]
     ReadBack(#[source] EbpfError),
+    #[error("invalid {what} {device:?}: {reason}")]
+    Device { what: &'static str, device: String, reason: &'static str },
+    #[error("load the ingress (tc) load-balancer")]
+    LoadIngress(#[source] NodePortError),
+    #[error("attach the ingress load-balancer to devices {devices} and pod bridge {bridge}")]
+    AttachIngress {
+        devices: String,
+        bridge: String,
+        #[source]
+        source: NodePortError,
+    },
+    #[error("program {frontend} into the ingress datapath ({failed} of {attempted} changes failed)")]
+    ProgramIngress {
+        frontend: Frontend,
+        failed: usize,
+        attempted: usize,
+        #[source]
+        source: NodePortError,
+    },
+    #[error("read the programmed services back from the ingress datapath")]
+    ReadBackIngress(#[source] NodePortError),
     #[error("datapath refused the update: {reason}")]
     DatapathRefused { reason: String },
     #[error("parse manifest {origin}")]

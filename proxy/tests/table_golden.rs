@@ -19,7 +19,9 @@ fn golden_dir() -> PathBuf {
 
 /// One line per frontend: `ip:port/proto -> backend backend...`, with its kind in
 /// parentheses when it is not a ClusterIP and `[ClientIP <timeout>s]` when it has session
-/// affinity; then one line per health check: `health check: <namespace>/<name> on
+/// affinity; then one line per frontend of traffic entering the node: `entering
+/// ip:port/proto -> local <backends> remote <backends>`, with `from <ranges>` when
+/// loadBalancerSourceRanges restrict it; then one line per health check: `health check: <namespace>/<name> on
 /// :<port>, <n> local endpoints`; then one line per problem: `problem: <Kind>
 /// <namespace>/<name>: <what, and what was done>`.
 fn render(built: &BuiltTable) -> String {
@@ -40,11 +42,21 @@ fn render(built: &BuiltTable) -> String {
         };
         format!("{frontend}{kind}{affinity} -> {backends}\n")
     });
+    let list = |items: Vec<String>| if items.is_empty() { String::from("(none)") } else { items.join(" ") };
+    let entering = built.ingress.iter().map(|(frontend, service)| {
+        let local = list(service.backends.iter().map(ToString::to_string).collect());
+        let remote = list(service.remote_backends.iter().map(ToString::to_string).collect());
+        let ranges = match service.source_ranges.as_slice() {
+            [] => String::new(),
+            ranges => format!(" from {}", list(ranges.iter().map(ToString::to_string).collect())),
+        };
+        format!("entering {frontend} -> local {local} remote {remote}{ranges}\n")
+    });
     let health = built.health_checks.iter().map(|(service, check)| {
         format!("health check: {service} on :{}, {} local endpoints\n", check.node_port, check.local_endpoints)
     });
     let problems = built.problems.iter().map(|problem| format!("problem: {problem}\n"));
-    frontends.chain(health).chain(problems).collect()
+    frontends.chain(entering).chain(health).chain(problems).collect()
 }
 
 /// The node of the case: its `kind: Node` document, if any, with the NodePort address

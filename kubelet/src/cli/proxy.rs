@@ -8,7 +8,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use nodelet_kubelet::agent::proxy_only::{ProxyOnlyConfig, DEFAULT_PROXY_BIND_ADDRESS};
-use nodelet_proxy::{Frontend, NodePortAddresses, ProxyConfig, ServiceEntry, SessionAffinity, SockLb, DEFAULT_PIN_DIR};
+use nodelet_proxy::{
+    Frontend, NodePortAddresses, ProxyConfig, ServiceEntry, SessionAffinity, SockLb, DEFAULT_PIN_DIR,
+    DEFAULT_POD_BRIDGE,
+};
 
 use super::run::{parse_bind_address, parse_path_allowing_empty, resolve_pin_dir, BindAddress, PinPolicy};
 
@@ -41,6 +44,17 @@ pub struct ProxyArgs {
     /// ExternalIP addresses and 127.0.0.1).
     #[arg(long, value_name = "CIDR,...|primary")]
     nodeport_addresses: Option<NodePortAddresses>,
+    /// The node's external interfaces, comma-separated (cilium's --devices): NodePort,
+    /// externalIP and LoadBalancer traffic entering through them (IPv4, TCP and UDP) is
+    /// load-balanced by a tc program. Default: none, that datapath off (attaching to the
+    /// node's interfaces is an explicit choice). Not pinned: after a restart its connection
+    /// tracking starts empty.
+    #[arg(long, value_delimiter = ',', value_name = "IFACE,...")]
+    nodeport_devices: Vec<String>,
+    /// The pods' bridge (the agent's --bridge): replies of pods to traffic entering through
+    /// --nodeport-devices are translated back there.
+    #[arg(long, default_value = DEFAULT_POD_BRIDGE)]
+    bridge: String,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -78,9 +92,12 @@ fn serve(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         pin_dir: resolve_pin_dir(args.proxy_pin_dir, PinPolicy::PinByDefault)?,
         node_name: Some(node_name),
         nodeport_addresses: args.nodeport_addresses.unwrap_or_default(),
+        nodeport_devices: args.nodeport_devices,
+        pod_bridge: args.bridge,
         ..defaults
     };
     proxy.validate()?;
+    proxy.validate_devices()?;
     let config = ProxyOnlyConfig { kubeconfig, proxy, healthz_bind_address: args.healthz_bind_address.0 };
     let runtime = super::tokio_runtime()?;
     runtime.block_on(async {
@@ -185,6 +202,15 @@ mod tests {
         assert_eq!(primary.nodeport_addresses, Some(NodePortAddresses::Primary));
         let error = parse(&["--nodeport-addresses", "192.168.0.0/16,10.1.2.3"]).expect_err("not a CIDR");
         assert!(error.to_string().contains("\"10.1.2.3\" is not a CIDR"), "{error}");
+    }
+
+    #[test]
+    fn nodeport_devices_are_off_unless_listed() {
+        let args = parse(&[]).expect("no flag");
+        assert!(args.nodeport_devices.is_empty(), "no device by default: the ingress datapath is off");
+        assert_eq!(args.bridge, "nodelet0");
+        let args = parse(&["--nodeport-devices", "eth0,eth1", "--bridge", "cni0"]).expect("devices");
+        assert_eq!((args.nodeport_devices, args.bridge), (vec!["eth0".to_owned(), "eth1".to_owned()], "cni0".into()));
     }
 
     #[test]

@@ -50,6 +50,14 @@ pub struct LocalArgs {
     /// 127.0.0.1). `run` has no Node: 127.0.0.1 at most.
     #[arg(long, value_name = "CIDR,...|primary")]
     nodeport_addresses: Option<NodePortAddresses>,
+    /// The node's external interfaces, comma-separated (cilium's --devices): NodePort,
+    /// externalIP and LoadBalancer traffic entering through them (IPv4, TCP and UDP) is
+    /// load-balanced by a tc program, to this node's pods with the client's address kept
+    /// and, for externalTrafficPolicy Cluster, to other nodes' pods behind the node's
+    /// address. Default: none, that datapath off (attaching to the node's interfaces is an
+    /// explicit choice). Not pinned: after a restart its connection tracking starts empty.
+    #[arg(long, value_delimiter = ',', value_name = "IFACE,...")]
+    nodeport_devices: Vec<String>,
     /// Masquerade pod traffic that leaves the cluster behind the node's address and turn IPv4
     /// forwarding on, as the bridge CNI plugin's ipMasq does (false: leave the host's
     /// firewall and forwarding alone; pods then reach only the node and each other).
@@ -159,6 +167,7 @@ impl LocalArgs {
             proxy_attach_cgroup: self.proxy_attach_cgroup,
             proxy_pin_dir: resolve_pin_dir(self.proxy_pin_dir, pin)?,
             nodeport_addresses: self.nodeport_addresses.unwrap_or_default(),
+            nodeport_devices: self.nodeport_devices,
             self_exe,
             healthz_bind_address,
             dns: DnsSettings {
@@ -213,6 +222,29 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nodeport_devices_and_the_bridge_reach_the_proxy_config() {
+        use clap::Parser;
+        let root = tempfile::tempdir().expect("root dir");
+        let root = root.path().display().to_string();
+        let parse = |extra: &[&str]| {
+            let cli =
+                super::super::Cli::try_parse_from([&["nodelet", "run", "/m", "--root-dir", &root], extra].concat())
+                    .expect("parse");
+            let super::super::Command::Run(args) = cli.command else { panic!("not run: {:?}", cli.command) };
+            args.local.into_config("node-a", PinPolicy::NeverPin, None)
+        };
+        let proxy = nodelet_kubelet::host_runtime::proxy_config(&parse(&[]).expect("config"));
+        assert!(proxy.nodeport_devices.is_empty(), "off by default");
+        let local = parse(&["--nodeport-devices", "eth0,eth1", "--bridge", "br-pods"]).expect("config");
+        local.validate().expect("valid");
+        let proxy = nodelet_kubelet::host_runtime::proxy_config(&local);
+        assert_eq!((proxy.nodeport_devices, proxy.pod_bridge), (vec!["eth0".into(), "eth1".into()], "br-pods".into()));
+        let bad = parse(&["--nodeport-devices", "eth0,nodelet0"]).expect("config");
+        let error = format!("{:#}", anyhow::Error::from(bad.validate().expect_err("the bridge is no device")));
+        assert!(error.contains("the pod bridge is not an external device"), "{error}");
+    }
 
     #[test]
     fn nodeport_addresses_reach_the_local_config() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use nodelet_proxy::datapath::EbpfDatapath;
+use nodelet_proxy::datapath::{EbpfDatapath, EbpfIngress};
 use nodelet_proxy::{parse_service_objects, NodeTopology, Reconciler, ServiceObjects};
 use tokio_util::sync::CancellationToken;
 
@@ -31,7 +31,14 @@ pub async fn run(dir: &Path, cfg: &LocalConfig, statuses: Arc<MemoryStatusSink>,
             return;
         }
     };
-    let mut reconciler = Reconciler::new(datapath);
+    let mut reconciler = match EbpfIngress::from_config(&proxy_config) {
+        Ok(Some(ingress)) => Reconciler::new(datapath).with_ingress(ingress),
+        Ok(None) => Reconciler::new(datapath),
+        Err(err) => {
+            tracing::error!(error = %nodelet_runtime::error_chain(&err), "the Service proxy cannot start; Services are not load-balanced");
+            return;
+        }
+    };
     let mut applied: Option<(Vec<Service>, Vec<EndpointSlice>)> = None;
     loop {
         let desired = desired_objects(dir, &cfg.node_name, &statuses);

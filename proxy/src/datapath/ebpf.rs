@@ -1,6 +1,6 @@
 //! The real datapath: the nodelet-ebpf socket load-balancer.
 
-use nodelet_ebpf::{CgroupAttachment, EbpfError, Frontend, SockLb};
+use nodelet_ebpf::{CgroupAttachment, EbpfError, Frontend, ServiceEntry, SockLb};
 
 use super::plan::{plan, plan_delta, Plan};
 use super::{Datapath, SyncStats};
@@ -62,7 +62,7 @@ impl Datapath for EbpfDatapath {
 
 impl EbpfDatapath {
     /// Write the plan to the maps, recording what was written.
-    fn write(&mut self, plan: Plan<'_>) -> Result<SyncStats, ProxyError> {
+    fn write(&mut self, plan: Plan<'_, ServiceEntry>) -> Result<SyncStats, ProxyError> {
         let attempted = plan.upserts.len() + plan.removals.len();
         let mut failures: Vec<(Frontend, EbpfError)> = Vec::new();
         let mut maps = self.lb.maps();

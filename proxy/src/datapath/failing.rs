@@ -3,11 +3,12 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::{Datapath, SyncStats};
+use super::{Datapath, IngressDatapath, SyncStats};
 use crate::error::ProxyError;
-use crate::table::{ServiceTable, TableDelta};
+use crate::table::{IngressDelta, IngressTable, ServiceTable, TableDelta};
 
-/// Fails every `apply` and `apply_delta`; clones share the attempt counter.
+/// Fails every `apply` and `apply_delta`, as a [`Datapath`] and as an
+/// [`IngressDatapath`]; clones share the attempt counter.
 #[derive(Clone, Debug, Default)]
 pub struct FailingDatapath {
     attempts: Arc<AtomicUsize>,
@@ -30,6 +31,16 @@ impl Datapath for FailingDatapath {
     }
 
     fn apply_delta(&mut self, _delta: &TableDelta) -> Result<SyncStats, ProxyError> {
+        self.refuse()
+    }
+}
+
+impl IngressDatapath for FailingDatapath {
+    fn apply(&mut self, _desired: &IngressTable) -> Result<SyncStats, ProxyError> {
+        self.refuse()
+    }
+
+    fn apply_delta(&mut self, _delta: &IngressDelta) -> Result<SyncStats, ProxyError> {
         self.refuse()
     }
 }

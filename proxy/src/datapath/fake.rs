@@ -6,6 +6,7 @@ use super::plan::{plan, plan_delta, Plan};
 use super::{Datapath, SyncStats};
 use crate::error::ProxyError;
 use crate::table::{ServiceTable, TableDelta};
+use nodelet_ebpf::ServiceEntry;
 
 /// Clones share one state, so a test keeps a handle while the reconciler owns
 /// the datapath.
@@ -71,7 +72,7 @@ impl Datapath for FakeDatapath {
 }
 
 impl FakeState {
-    fn write(&mut self, plan: Plan<'_>) -> SyncStats {
+    fn write(&mut self, plan: Plan<'_, ServiceEntry>) -> SyncStats {
         let stats = SyncStats { upserted: plan.upserts.len(), removed: plan.removals.len(), unchanged: plan.unchanged };
         for frontend in &plan.removals {
             self.table.remove(frontend);

@@ -1,17 +1,23 @@
 //! The difference between what a datapath programmed and what is desired.
 
-use nodelet_ebpf::{Frontend, ServiceEntry};
+use std::collections::BTreeMap;
 
-use crate::table::{ServiceTable, TableDelta};
+use nodelet_ebpf::Frontend;
 
-/// Writes needed to go from `programmed` to `desired`.
-pub(crate) struct Plan<'a> {
-    pub upserts: Vec<(Frontend, &'a ServiceEntry)>,
+use crate::table::Delta;
+
+/// Writes needed to go from `programmed` to `desired`, for either table (the socket
+/// load-balancer's entries, the ingress datapath's services).
+pub(crate) struct Plan<'a, V> {
+    pub upserts: Vec<(Frontend, &'a V)>,
     pub removals: Vec<Frontend>,
     pub unchanged: usize,
 }
 
-pub(crate) fn plan<'a>(programmed: &ServiceTable, desired: &'a ServiceTable) -> Plan<'a> {
+pub(crate) fn plan<'a, V: PartialEq>(
+    programmed: &BTreeMap<Frontend, V>,
+    desired: &'a BTreeMap<Frontend, V>,
+) -> Plan<'a, V> {
     let mut upserts = Vec::new();
     let mut unchanged = 0;
     for (frontend, entry) in desired {
@@ -27,7 +33,7 @@ pub(crate) fn plan<'a>(programmed: &ServiceTable, desired: &'a ServiceTable) -> 
 
 /// Writes needed to apply `delta` over `programmed`: its frontends that already hold
 /// their entry, and removals of frontends never programmed, are left alone.
-pub(crate) fn plan_delta<'a>(programmed: &ServiceTable, delta: &'a TableDelta) -> Plan<'a> {
+pub(crate) fn plan_delta<'a, V: PartialEq>(programmed: &BTreeMap<Frontend, V>, delta: &'a Delta<V>) -> Plan<'a, V> {
     let mut upserts = Vec::new();
     let mut unchanged = 0;
     for (frontend, entry) in &delta.upserts {
@@ -44,7 +50,8 @@ pub(crate) fn plan_delta<'a>(programmed: &ServiceTable, delta: &'a TableDelta) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nodelet_ebpf::{Backend, Protocol, SessionAffinity};
+    use crate::table::{ServiceTable, TableDelta};
+    use nodelet_ebpf::{Backend, Protocol, ServiceEntry, SessionAffinity};
     use std::net::{IpAddr, Ipv4Addr};
 
     fn frontend(last: u8) -> Frontend {

@@ -1,7 +1,7 @@
 //! Partial syncs must leave exactly what a full rebuild gives: random sequences of Service
 //! and EndpointSlice adds, updates and deletes, applied as changes, checked after every
 //! step against `build_table` of the objects at that point (table, frontend kinds, health
-//! checks, problems, and what the fake datapath holds). The objects are drawn from small
+//! checks, problems, the ingress table, and what the fake datapaths hold). The objects are drawn from small
 //! pools, so that Services contend for frontends (cluster IPs, externalIPs, LoadBalancer
 //! IPs and NodePorts on the node's addresses alike, of both IP families), IPv4, IPv6 and
 //! dual-stack Services come and go with IPv4, IPv6 and FQDN slices, slices move between
@@ -23,7 +23,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use super::Reconciler;
-use crate::datapath::{FailingDatapath, FakeDatapath, SyncStats};
+use crate::datapath::{FailingDatapath, FakeDatapath, FakeIngress, SyncStats};
 use crate::table::{build_table, Changes, IpFamily, NodeTopology, Problem, SERVICE_NAME_LABEL};
 
 const NAMESPACES: [&str; 2] = ["a", "b"];
@@ -148,12 +148,22 @@ fn random_service(rng: &mut StdRng, namespace: &str, name: &str) -> Service {
                 .map(Into::into),
             health_check_node_port: rng.gen_ratio(1, 2).then(|| *pick(rng, &[32000, 32001, 0, -1])),
             allocate_load_balancer_node_ports: rng.gen_ratio(1, 5).then(|| rng.gen()),
-            load_balancer_source_ranges: rng.gen_ratio(1, 10).then(|| vec!["203.0.113.0/24".into()]),
+            load_balancer_source_ranges: rng.gen_ratio(1, 6).then(|| random_source_ranges(rng)),
             publish_not_ready_addresses: rng.gen_ratio(1, 6).then_some(true),
             ..ServiceSpec::default()
         }),
         status: random_ingress(rng),
     }
+}
+
+/// `loadBalancerSourceRanges`: IPv4 and IPv6 ones, now and then one that is no CIDR.
+fn random_source_ranges(rng: &mut StdRng) -> Vec<String> {
+    let pool = ["203.0.113.0/24", "198.51.100.7/32", "fd00::/8"];
+    let ranges = (0..rng.gen_range(0..=2)).map(|_| {
+        let range = if rng.gen_ratio(1, 20) { "not-a-cidr" } else { *pick(rng, &pool) };
+        range.to_owned()
+    });
+    ranges.collect()
 }
 
 fn random_slice(rng: &mut StdRng, namespace: &str, name: &str) -> EndpointSlice {
@@ -251,10 +261,12 @@ fn partial_syncs_equal_a_full_rebuild() {
     let mut kinds_seen = BTreeSet::new();
     let mut families_seen = BTreeSet::new();
     let mut health_checks_seen = 0;
+    let mut ingress_seen = IngressSeen::default();
     for seed in 0..300 {
         let mut rng = StdRng::seed_from_u64(seed);
         let fake = FakeDatapath::new();
-        let mut reconciler = Reconciler::new(fake.clone());
+        let ingress = FakeIngress::new();
+        let mut reconciler = Reconciler::new(fake.clone()).with_ingress(ingress.clone());
         let mut world = World::default();
         reconciler.sync(world.services.values(), world.slices.values(), &node()).expect("first sync");
         for step in 0..40 {
@@ -270,6 +282,9 @@ fn partial_syncs_equal_a_full_rebuild() {
             assert_eq!(fake.table(), expected.table, "{context}: what the datapath holds");
             assert_eq!(reconciler.kinds(), &expected.kinds, "{context}: frontend kinds");
             assert_eq!(reconciler.health_checks(), expected.health_checks, "{context}: health checks");
+            assert_eq!(reconciler.ingress_table(), &expected.ingress, "{context}: ingress table");
+            assert_eq!(ingress.table(), expected.ingress, "{context}: what the ingress datapath holds");
+            ingress_seen.note(&expected.ingress);
             kinds_seen.extend(expected.kinds.iter().map(|(frontend, kind)| (IpFamily::of(frontend.ip), *kind)));
             families_seen.extend(expected.table.iter().flat_map(|(frontend, entry)| {
                 entry.backends.iter().map(|backend| (IpFamily::of(frontend.ip), IpFamily::of(backend.ip)))
@@ -280,7 +295,9 @@ fn partial_syncs_equal_a_full_rebuild() {
             conflicts_seen |= problems.iter().any(|p| p.message.contains("already belongs to"));
         }
         assert_eq!(fake.applies(), 1, "seed {seed}: only the first sync applies the whole table");
+        assert_eq!(ingress.applies(), 1, "seed {seed}: the ingress table too");
     }
+    assert!(ingress_seen.local && ingress_seen.remote && ingress_seen.ranges, "{ingress_seen:?}");
     assert!(conflicts_seen, "the pools make Services contend for frontends");
     assert_eq!(kinds_seen.len(), 8, "every kind of frontend was built, of both families: {kinds_seen:?}");
     let same_family = BTreeSet::from([(IpFamily::V4, IpFamily::V4), (IpFamily::V6, IpFamily::V6)]);
@@ -288,11 +305,30 @@ fn partial_syncs_equal_a_full_rebuild() {
     assert!(health_checks_seen > 0, "health checks were built");
 }
 
+/// What the ingress tables of a run held at some point.
+#[derive(Debug, Default)]
+struct IngressSeen {
+    local: bool,
+    remote: bool,
+    ranges: bool,
+}
+
+impl IngressSeen {
+    fn note(&mut self, table: &crate::table::IngressTable) {
+        for service in table.values() {
+            self.local |= !service.backends.is_empty();
+            self.remote |= !service.remote_backends.is_empty();
+            self.ranges |= !service.source_ranges.is_empty();
+        }
+    }
+}
+
 #[test]
 fn a_full_sync_after_partial_ones_changes_nothing() {
     let mut rng = StdRng::seed_from_u64(7);
     let fake = FakeDatapath::new();
-    let mut reconciler = Reconciler::new(fake.clone());
+    let ingress = FakeIngress::new();
+    let mut reconciler = Reconciler::new(fake.clone()).with_ingress(ingress.clone());
     let mut world = World::default();
     reconciler.sync(world.services.values(), world.slices.values(), &node()).expect("first sync");
     for _ in 0..100 {
@@ -300,10 +336,79 @@ fn a_full_sync_after_partial_ones_changes_nothing() {
         world.step(&mut rng, &mut changes);
         reconciler.apply_changes(changes).expect("partial sync");
     }
-    let writes = fake.writes();
+    let (writes, ingress_writes) = (fake.writes(), ingress.writes());
     let stats = reconciler.sync(world.services.values(), world.slices.values(), &node()).expect("resync");
     assert_eq!((stats.upserted, stats.removed), (0, 0), "{stats:?}");
-    assert_eq!(fake.writes(), writes);
+    assert_eq!((fake.writes(), ingress.writes()), (writes, ingress_writes));
+}
+
+#[test]
+fn one_endpoint_change_writes_one_ingress_frontend() {
+    let service = |name: &str, ip: &str, node_port: i32| Service {
+        metadata: meta("a", name),
+        spec: Some(ServiceSpec {
+            type_: Some("NodePort".into()),
+            cluster_ip: Some(ip.into()),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                node_port: Some(node_port),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    };
+    let services = [service("s0", "10.96.1.0", 30000), service("s1", "10.96.1.1", 30001)];
+    let slice = |node: &str| EndpointSlice {
+        metadata: ObjectMeta {
+            labels: Some(BTreeMap::from([(SERVICE_NAME_LABEL.to_owned(), "s0".to_owned())])),
+            ..meta("a", "s0-x")
+        },
+        address_type: "IPv4".into(),
+        endpoints: vec![Endpoint {
+            addresses: vec!["10.244.0.1".into()],
+            node_name: Some(node.into()),
+            ..Endpoint::default()
+        }],
+        ports: Some(vec![EndpointPort { name: Some("http".into()), port: Some(8080), ..EndpointPort::default() }]),
+    };
+    let ingress = FakeIngress::new();
+    let mut reconciler = Reconciler::new(FakeDatapath::new()).with_ingress(ingress.clone());
+    reconciler.sync(&services, &[slice("node-b")], &node()).expect("first sync");
+    let at = |table: &crate::table::IngressTable| {
+        let frontend = table.keys().find(|f| f.port == 30000 && f.ip.to_string() == "192.168.0.1").copied();
+        table[&frontend.expect("the NodePort on the node address")].clone()
+    };
+    assert_eq!((at(&ingress.table()).backends.len(), at(&ingress.table()).remote_backends.len()), (0, 1));
+    let writes = ingress.writes();
+
+    // The endpoint moves to this node: local now; the socket entry (same backend) is unchanged.
+    let mut changes = Changes::new();
+    changes.slice_applied(Arc::new(slice("node-a")));
+    let stats = reconciler.apply_changes(changes).expect("partial sync");
+    assert_eq!(stats, SyncStats { upserted: 1, removed: 0, unchanged: 0 }, "one ingress frontend, nothing else");
+    assert_eq!((ingress.applies(), ingress.deltas(), ingress.writes() - writes), (1, 1, 1));
+    assert_eq!((at(&ingress.table()).backends.len(), at(&ingress.table()).remote_backends.len()), (1, 0));
+}
+
+#[test]
+fn a_failed_ingress_write_fails_the_sync_and_is_retried_whole() {
+    let failing = FailingDatapath::new();
+    let fake = FakeDatapath::new();
+    let mut reconciler = Reconciler::new(fake.clone()).with_ingress(failing.clone());
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut world = World::default();
+    let mut changes = Changes::new();
+    for _ in 0..10 {
+        world.step(&mut rng, &mut changes);
+    }
+    let error = reconciler.sync(world.services.values(), world.slices.values(), &node()).expect_err("ingress refused");
+    assert!(error.to_string().contains("refused"), "{error}");
+    assert_eq!(fake.table(), reconciler.table().clone(), "the socket datapath is programmed regardless");
+    reconciler.apply_changes(changes).expect_err("refused again");
+    assert_eq!((fake.applies(), fake.deltas()), (1, 1), "the socket side went on with partial syncs");
+    assert_eq!(failing.attempts(), 2, "the ingress side was tried again, whole");
 }
 
 #[test]

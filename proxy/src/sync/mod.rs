@@ -16,11 +16,14 @@ use std::time::Instant;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::datapath::{Datapath, SyncStats};
+use crate::datapath::{Datapath, IngressDatapath, SyncStats};
 use crate::error::ProxyError;
 use crate::metrics::{SyncKind, METRICS};
 use crate::service_health::HealthServers;
-use crate::table::{Changes, FrontendKind, HealthChecks, IncrementalTable, NodeTopology, Problem, ServiceTable};
+use crate::table::{
+    Changes, FrontendKind, HealthChecks, IncrementalTable, IngressDelta, IngressTable, NodeTopology, Problem,
+    ServiceTable,
+};
 use nodelet_ebpf::Frontend;
 use std::collections::BTreeMap;
 
@@ -34,6 +37,10 @@ pub(crate) use tracker::ChangeTracker;
 /// [`sync`](Reconciler::sync) rebuilds the table from all objects and applies it whole;
 /// [`apply_changes`](Reconciler::apply_changes) rebuilds only the Services that changed and
 /// hands the datapath only the frontends that changed. Both leave the same table.
+///
+/// With an ingress datapath ([`with_ingress`](Reconciler::with_ingress)), the ingress table
+/// is written to it the same way, beside the socket one: each datapath has its own
+/// failures and retries, and a sync fails when either does.
 pub struct Reconciler<D> {
     datapath: D,
     table: IncrementalTable,
@@ -43,6 +50,9 @@ pub struct Reconciler<D> {
     needs_full_apply: bool,
     /// The health check servers, kept in line with the table when set.
     health_servers: Option<HealthServers>,
+    ingress: Option<Box<dyn IngressDatapath>>,
+    /// As `needs_full_apply`, for the ingress datapath.
+    ingress_needs_full_apply: bool,
 }
 
 impl<D: Datapath> Reconciler<D> {
@@ -53,7 +63,16 @@ impl<D: Datapath> Reconciler<D> {
             problems: BTreeSet::new(),
             needs_full_apply: true,
             health_servers: None,
+            ingress: None,
+            ingress_needs_full_apply: true,
         }
+    }
+
+    /// Also write the ingress table to `ingress`, from the next sync on (a whole apply).
+    pub fn with_ingress(mut self, ingress: impl IngressDatapath + 'static) -> Reconciler<D> {
+        self.ingress = Some(Box::new(ingress));
+        self.ingress_needs_full_apply = true;
+        self
     }
 
     /// Also serve the health checks of the table's Services (`healthCheckNodePort`), from
@@ -102,22 +121,45 @@ impl<D: Datapath> Reconciler<D> {
         if self.needs_full_apply {
             return self.apply_whole(started);
         }
-        let result = self.datapath.apply_delta(&update.delta);
-        self.finish(SyncKind::Partial, started, result)
+        let socket = self.datapath.apply_delta(&update.delta);
+        let ingress = self.write_ingress(Some(&update.ingress));
+        self.finish(SyncKind::Partial, started, socket, ingress)
     }
 
     fn apply_whole(&mut self, started: Instant) -> Result<SyncStats, ProxyError> {
-        let result = self.datapath.apply(self.table.table());
-        self.finish(SyncKind::Full, started, result)
+        let socket = self.datapath.apply(self.table.table());
+        let ingress = self.write_ingress(None);
+        self.finish(SyncKind::Full, started, socket, ingress)
     }
 
+    /// Write the ingress table: `delta` when given and the ingress datapath holds the
+    /// table before it, else whole.
+    fn write_ingress(&mut self, delta: Option<&IngressDelta>) -> Result<SyncStats, ProxyError> {
+        let Some(ingress) = self.ingress.as_mut() else {
+            return Ok(SyncStats::default());
+        };
+        let result = match delta {
+            Some(delta) if !self.ingress_needs_full_apply => ingress.apply_delta(delta),
+            _ => ingress.apply(self.table.ingress()),
+        };
+        self.ingress_needs_full_apply = result.is_err();
+        result
+    }
+
+    /// Record the outcome of both writes: the socket datapath's error first, else the
+    /// ingress one's, else their counts together.
     fn finish(
         &mut self,
         kind: SyncKind,
         started: Instant,
-        result: Result<SyncStats, ProxyError>,
+        socket: Result<SyncStats, ProxyError>,
+        ingress: Result<SyncStats, ProxyError>,
     ) -> Result<SyncStats, ProxyError> {
-        self.needs_full_apply = result.is_err();
+        self.needs_full_apply = socket.is_err();
+        let result = match (socket, ingress) {
+            (Ok(socket), Ok(ingress)) => Ok(socket.add(ingress)),
+            (Err(error), _) | (Ok(_), Err(error)) => Err(error),
+        };
         match &result {
             Ok(_) => METRICS.observe_success(kind, started.elapsed(), self.table.table().len()),
             Err(_) => METRICS.observe_failure(kind, started.elapsed()),
@@ -128,6 +170,11 @@ impl<D: Datapath> Reconciler<D> {
     /// The desired table, as of the last sync (what the datapath holds when it succeeded).
     pub fn table(&self) -> &ServiceTable {
         self.table.table()
+    }
+
+    /// The desired ingress table, as of the last sync.
+    pub fn ingress_table(&self) -> &IngressTable {
+        self.table.ingress()
     }
 
     /// The kind of each frontend of the table.

@@ -39,6 +39,11 @@ pub(super) struct ServiceFrontend {
     pub frontend: Frontend,
     pub kind: FrontendKind,
     pub port: usize,
+    /// Served by the socket load-balancer too: all but the LoadBalancer IPs of a Service
+    /// with `loadBalancerSourceRanges` (a socket hook runs before the socket has a source
+    /// address to check, so such connections go to the load-balancer, which enforces
+    /// them); those are served to traffic entering the node only.
+    pub socket: bool,
 }
 
 /// The frontends of `service` on a node whose NodePorts are served on `node_addresses`
@@ -48,10 +53,12 @@ pub(super) struct ServiceFrontend {
 pub(super) fn of(service: &ProxiedService<'_>, node_addresses: &[IpAddr]) -> Vec<ServiceFrontend> {
     let ports = || service.ports.iter().enumerate();
     let on = |ip: IpAddr, kind: FrontendKind| {
+        let socket = kind != FrontendKind::LoadBalancer || service.load_balancer_source_ranges.is_none();
         ports().map(move |(index, port)| ServiceFrontend {
             frontend: Frontend { ip, port: port.port, protocol: port.protocol },
             kind,
             port: index,
+            socket,
         })
     };
     let cluster = service.cluster_ips.iter().flat_map(|ip| on(*ip, FrontendKind::ClusterIp));
@@ -63,7 +70,7 @@ pub(super) fn of(service: &ProxiedService<'_>, node_addresses: &[IpAddr]) -> Vec
         ports().filter_map(move |(index, port)| {
             let node_port = port.node_port?;
             let frontend = Frontend { ip: *ip, port: node_port, protocol: port.protocol };
-            Some(ServiceFrontend { frontend, kind: FrontendKind::NodePort, port: index })
+            Some(ServiceFrontend { frontend, kind: FrontendKind::NodePort, port: index, socket: true })
         })
     });
     let mut seen = HashSet::new();

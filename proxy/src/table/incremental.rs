@@ -13,24 +13,35 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use nodelet_ebpf::{Frontend, ServiceEntry};
+use nodelet_ebpf::{Frontend, NodePortService, ServiceEntry};
 
 use super::changes::{Changes, ObjectKey};
 use super::{
-    build_service, claimed_frontends, slices, FrontendKind, HealthCheck, NodeTopology, ObjectRef, Problem,
-    ServiceBuild, ServiceTable,
+    build_service, claimed_frontends, slices, FrontendKind, HealthCheck, IngressTable, NodeTopology, ObjectRef,
+    Problem, ServiceBuild, ServiceTable,
 };
 
 /// The frontends to write and remove to go from the previous table to the current one.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TableDelta {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delta<V> {
     /// New frontends, and frontends whose entry changed, with their entry now.
-    pub upserts: Vec<(Frontend, ServiceEntry)>,
+    pub upserts: Vec<(Frontend, V)>,
     /// Frontends no longer in the table.
     pub removals: Vec<Frontend>,
 }
 
-impl TableDelta {
+/// The changes of the socket load-balancer's table.
+pub type TableDelta = Delta<ServiceEntry>;
+/// The changes of the ingress table.
+pub type IngressDelta = Delta<NodePortService>;
+
+impl<V> Default for Delta<V> {
+    fn default() -> Self {
+        Delta { upserts: Vec::new(), removals: Vec::new() }
+    }
+}
+
+impl<V> Delta<V> {
     pub fn is_empty(&self) -> bool {
         self.upserts.is_empty() && self.removals.is_empty()
     }
@@ -40,6 +51,8 @@ impl TableDelta {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TableUpdate {
     pub delta: TableDelta,
+    /// The ingress table's changes.
+    pub ingress: IngressDelta,
     /// Problems of the objects that appeared with this change, and those that went away.
     pub new_problems: Vec<Problem>,
     pub resolved_problems: Vec<Problem>,
@@ -81,6 +94,7 @@ pub struct IncrementalTable {
     table: ServiceTable,
     /// The kind of each frontend of the table.
     kinds: BTreeMap<Frontend, FrontendKind>,
+    ingress: IngressTable,
 }
 
 impl IncrementalTable {
@@ -116,6 +130,11 @@ impl IncrementalTable {
         &self.kinds
     }
 
+    /// The desired ingress table now.
+    pub fn ingress(&self) -> &IngressTable {
+        &self.ingress
+    }
+
     /// The health checks of the programmed Services, by Service.
     pub fn health_checks(&self) -> impl Iterator<Item = (ObjectRef, HealthCheck)> + '_ {
         self.services.iter().filter_map(|(key, state)| {
@@ -142,9 +161,9 @@ impl IncrementalTable {
         }
         let group = self.conflict_group(dirty);
         let rebuilt_services = group.len();
-        let delta = self.rebuild(&group, &mut problems);
+        let (delta, ingress) = self.rebuild(&group, &mut problems);
         let (new_problems, resolved_problems) = problems.difference();
-        TableUpdate { delta, new_problems, resolved_problems, rebuilt_services }
+        TableUpdate { delta, ingress, new_problems, resolved_problems, rebuilt_services }
     }
 
     /// File the slice `key` (or its deletion) under the Service its label names, marking
@@ -219,9 +238,10 @@ impl IncrementalTable {
         group
     }
 
-    /// Take the group's frontends out of the table and build them again, in key order.
-    fn rebuild(&mut self, group: &BTreeSet<ObjectKey>, problems: &mut ProblemSwap) -> TableDelta {
-        let mut before: BTreeMap<Frontend, ServiceEntry> = BTreeMap::new();
+    /// Take the group's frontends out of the tables and build them again, in key order.
+    fn rebuild(&mut self, group: &BTreeSet<ObjectKey>, problems: &mut ProblemSwap) -> (TableDelta, IngressDelta) {
+        let mut before: ServiceTable = BTreeMap::new();
+        let mut ingress_before = IngressTable::new();
         for key in group {
             let Some(state) = self.services.get_mut(key) else {
                 continue;
@@ -230,23 +250,27 @@ impl IncrementalTable {
                 self.owners.remove(&frontend);
                 self.kinds.remove(&frontend);
                 before.extend(self.table.remove(&frontend).map(|entry| (frontend, entry)));
+                ingress_before.extend(self.ingress.remove(&frontend).map(|service| (frontend, service)));
             }
             problems.before.append(&mut state.problems);
         }
-        let mut touched: BTreeSet<Frontend> = before.keys().copied().collect();
+        let mut touched: BTreeSet<Frontend> = before.keys().chain(ingress_before.keys()).copied().collect();
         for key in group {
             let Some(state) = self.services.get(key) else {
                 continue;
             };
             let (built, built_problems) = build_one(key, state, &self.node, &self.owners);
             let object = ObjectRef::service(&key.namespace, &key.name);
-            let programmed: Vec<Frontend> = built.entries.keys().copied().collect();
+            let programmed = built.frontends();
+            for frontend in &programmed {
+                self.owners.insert(*frontend, object.clone());
+                touched.insert(*frontend);
+            }
             for (frontend, (kind, entry)) in built.entries {
-                self.owners.insert(frontend, object.clone());
                 self.kinds.insert(frontend, kind);
                 self.table.insert(frontend, entry);
-                touched.insert(frontend);
             }
+            self.ingress.extend(built.ingress);
             problems.after.extend(built_problems.iter().cloned());
             if let Some(state) = self.services.get_mut(key) {
                 state.programmed = programmed;
@@ -257,14 +281,18 @@ impl IncrementalTable {
                 }
             }
         }
-        delta(&before, &self.table, touched)
+        (delta(&before, &self.table, &touched), delta(&ingress_before, &self.ingress, &touched))
     }
 }
 
 /// The writes from `before` (the old entries of the `touched` frontends) to `table`.
-fn delta(before: &BTreeMap<Frontend, ServiceEntry>, table: &ServiceTable, touched: BTreeSet<Frontend>) -> TableDelta {
-    let mut delta = TableDelta::default();
-    for frontend in touched {
+fn delta<V: Clone + PartialEq>(
+    before: &BTreeMap<Frontend, V>,
+    table: &BTreeMap<Frontend, V>,
+    touched: &BTreeSet<Frontend>,
+) -> Delta<V> {
+    let mut delta = Delta::default();
+    for frontend in touched.iter().copied() {
         match (before.get(&frontend), table.get(&frontend)) {
             (old, Some(new)) if old != Some(new) => delta.upserts.push((frontend, new.clone())),
             (Some(_), None) => delta.removals.push(frontend),

@@ -20,6 +20,10 @@
 //! Bad input never stops the rest: each problem is reported against its object
 //! ([`Problem`]), and a Service with one is left out whole rather than programmed in part.
 //!
+//! Beside it, the ingress table (`ingress`): what the tc datapath serves to traffic entering
+//! the node, per IPv4 NodePort, externalIP and LoadBalancer frontend (this node's and other
+//! nodes' endpoints apart, by `externalTrafficPolicy`; `loadBalancerSourceRanges`).
+//!
 //! [`build_table`] builds the whole table at once; [`IncrementalTable`] keeps it up to date
 //! from [`Changes`], rebuilding only the Services they touch, with the same per-Service code
 //! (`build_service`).
@@ -28,6 +32,7 @@ mod changes;
 mod family;
 mod frontends;
 mod incremental;
+mod ingress;
 mod node;
 mod nodeport_addresses;
 mod problem;
@@ -44,7 +49,8 @@ use nodelet_ebpf::{Backend, Frontend, ServiceEntry, MAX_BACKENDS};
 pub use changes::Changes;
 pub use family::IpFamily;
 pub use frontends::FrontendKind;
-pub use incremental::{IncrementalTable, TableDelta, TableUpdate};
+pub use incremental::{Delta, IncrementalTable, IngressDelta, TableDelta, TableUpdate};
+pub use ingress::IngressTable;
 pub use node::{node_port_addresses, NodeTopology, ZONE_LABEL};
 pub use nodeport_addresses::{NodePortAddresses, NodePortAddressesError};
 pub use problem::{ObjectRef, Problem};
@@ -87,6 +93,8 @@ pub struct BuiltTable {
     /// Sorted, one per object and problem.
     pub problems: Vec<Problem>,
     pub health_checks: HealthChecks,
+    /// What traffic entering the node is sent to, per frontend.
+    pub ingress: IngressTable,
 }
 
 /// Compute the desired table from the current objects, for the node `node`.
@@ -115,6 +123,10 @@ where
             built.kinds.insert(frontend, kind);
             built.table.insert(frontend, entry);
         }
+        for (frontend, service) in one.ingress {
+            owners.insert(frontend, object.clone());
+            built.ingress.insert(frontend, service);
+        }
         built.health_checks.extend(one.health_check.map(|check| (object, check)));
     }
     built.problems = problems.into_iter().collect();
@@ -133,11 +145,21 @@ fn claimed_frontends(service: &Service, node: &NodeTopology) -> Vec<Frontend> {
     }
 }
 
-/// What one Service contributes: its frontends (with their kind) and its health check.
+/// What one Service contributes: its frontends (with their kind), its ingress frontends and
+/// its health check.
 #[derive(Debug, Default)]
 struct ServiceBuild {
     entries: BTreeMap<Frontend, (FrontendKind, ServiceEntry)>,
+    ingress: IngressTable,
     health_check: Option<HealthCheck>,
+}
+
+impl ServiceBuild {
+    /// Every frontend it owns, in either table.
+    fn frontends(&self) -> Vec<Frontend> {
+        let all: BTreeSet<Frontend> = self.entries.keys().chain(self.ingress.keys()).copied().collect();
+        all.into_iter().collect()
+    }
 }
 
 /// The frontends of one Service (`object`) from its EndpointSlices (those labelled for it,
@@ -182,7 +204,8 @@ fn build_service<'o>(
         .health_check_node_port
         .map(|node_port| HealthCheck { node_port, local_endpoints: local_ready_endpoints(&proxied, &endpoints) });
     let entries = service_entries(&proxied, &frontends, &endpoints, node, object, problems);
-    ServiceBuild { entries, health_check }
+    let ingress = ingress::entries(&proxied, &frontends, &endpoints, node, object, problems);
+    ServiceBuild { entries, ingress, health_check }
 }
 
 /// The endpoints of a Service, by port index and IP family.
@@ -212,7 +235,7 @@ fn service_entries(
     // Frontends of one port, family and policy share their backends (and their problem).
     let mut chosen: HashMap<(usize, IpFamily, TrafficPolicy), Vec<Backend>> = HashMap::new();
     let mut entries = BTreeMap::new();
-    for f in frontends {
+    for f in frontends.iter().filter(|f| f.socket) {
         let policy = match f.kind {
             FrontendKind::ClusterIp => service.traffic_policy,
             _ => service.external_policy(),
@@ -318,5 +341,21 @@ mod tests {
         let built = build_table([&bad], &[slice(0, 3)], &NodeTopology::default());
         assert!(built.table.is_empty(), "not even the valid port: {:?}", built.table);
         assert_eq!(built.problems.len(), 1);
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_read_as_ipv4() {
+        let mut mapped = service();
+        if let Some(spec) = mapped.spec.as_mut() {
+            spec.external_ips = Some(vec!["::ffff:192.0.2.7".into()]);
+        }
+        let mut endpoints = slice(0, 1);
+        endpoints.endpoints[0].addresses = vec!["::ffff:10.1.0.9".into()];
+        let built = build_table([&mapped], &[endpoints], &NodeTopology::default());
+        assert!(built.problems.is_empty(), "{:?}", built.problems);
+        let frontends: Vec<String> = built.table.keys().map(|f| f.ip.to_string()).collect();
+        assert_eq!(frontends, ["10.96.9.1", "192.0.2.7"]);
+        let backends = &built.table.values().next().expect("frontend").backends;
+        assert_eq!(backends[0].ip.to_string(), "10.1.0.9");
     }
 }

@@ -63,7 +63,7 @@ fn status_addresses(node: &Node) -> Vec<IpAddr> {
     let addresses = node.status.as_ref().and_then(|status| status.addresses.as_ref());
     let of_type = |wanted: &'static str| {
         let typed = addresses.into_iter().flatten().filter(move |address| address.type_ == wanted);
-        typed.filter_map(|address| address.address.parse().ok())
+        typed.filter_map(|address| address.address.parse().ok().map(super::service::canonical))
     };
     of_type("InternalIP").chain(of_type("ExternalIP")).collect()
 }

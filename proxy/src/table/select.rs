@@ -45,7 +45,18 @@ impl EndpointInfo {
 ///   none at all when the node has neither (connections are then refused: kube-proxy drops
 ///   them, a socket-level load-balancer can only fail the connect).
 pub(super) fn usable(endpoints: &[EndpointInfo], policy: TrafficPolicy, zone: Option<&str>) -> Vec<Backend> {
-    let chosen: Vec<&EndpointInfo> = match policy {
+    let backends: BTreeSet<Backend> = chosen(endpoints, policy, zone).into_iter().map(|e| e.backend).collect();
+    backends.into_iter().collect()
+}
+
+/// The endpoints [`usable`] takes the backends of, with what else is known of them (for
+/// traffic entering the node: which are on this node).
+pub(super) fn chosen<'e>(
+    endpoints: &'e [EndpointInfo],
+    policy: TrafficPolicy,
+    zone: Option<&str>,
+) -> Vec<&'e EndpointInfo> {
+    match policy {
         TrafficPolicy::Cluster => {
             let zone = zone.filter(|zone| zone_hints_apply(endpoints, zone));
             let in_zone =
@@ -65,9 +76,7 @@ pub(super) fn usable(endpoints: &[EndpointInfo], policy: TrafficPolicy, zone: Op
                 local().filter(|e| e.serving_terminating()).collect()
             }
         }
-    };
-    let backends: BTreeSet<Backend> = chosen.into_iter().map(|e| e.backend).collect();
-    backends.into_iter().collect()
+    }
 }
 
 /// Topology-aware routing (`trafficDistribution: PreferClose`, or the older

@@ -6,8 +6,9 @@
 
 use std::net::IpAddr;
 
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
-use nodelet_ebpf::{Protocol, SessionAffinity};
+use nodelet_ebpf::{Protocol, SessionAffinity, SourceRange};
 
 use super::family::IpFamily;
 use super::select::TrafficPolicy;
@@ -30,8 +31,12 @@ pub(super) struct ProxiedService<'a> {
     /// not served).
     pub external_ips: Vec<IpAddr>,
     /// `status.loadBalancer.ingress[].ip` of a LoadBalancer Service (of the Service's
-    /// families, not `ipMode: Proxy`); none when `loadBalancerSourceRanges` restricts them.
+    /// families, not `ipMode: Proxy`).
     pub load_balancer_ips: Vec<IpAddr>,
+    /// `loadBalancerSourceRanges` of a LoadBalancer Service that lists any: its IPv4 ones
+    /// (kube-proxy's IPv4 proxier sees only those; none of them leaves the IPv4 frontends
+    /// open, as there). `Some` keeps the ingress IPs out of the socket load-balancer.
+    pub load_balancer_source_ranges: Option<Vec<SourceRange>>,
     pub affinity: SessionAffinity,
     /// `internalTrafficPolicy`: the endpoints of the ClusterIP frontends.
     pub traffic_policy: TrafficPolicy,
@@ -116,10 +121,13 @@ pub(super) fn parse(service: &Service) -> Result<ServiceKind<'_>, String> {
         };
         Ok(PortSpec { name, port: number, protocol, node_port })
     });
-    let external_traffic_local = external_traffic_local(spec)?;
+    // kube-proxy's ExternalPolicyLocal: only NodePort and LoadBalancer Services have one
+    // (a ClusterIP Service's externalIPs use its cluster endpoints, whatever it says).
+    let external_traffic_local = external_traffic_local(spec)? && has_node_ports;
     let is_load_balancer = service_type == LOAD_BALANCER;
     let external_ips = ips(spec.external_ips.iter().flatten().map(String::as_str), "externalIP")?;
     let load_balancer_ips = if is_load_balancer { load_balancer_ips(service)? } else { Vec::new() };
+    let load_balancer_source_ranges = if is_load_balancer { source_ranges(spec)? } else { None };
     let (external_ips, load_balancer_ips) =
         (of_families(external_ips, &cluster_ips), of_families(load_balancer_ips, &cluster_ips));
     Ok(ServiceKind::Proxied(ProxiedService {
@@ -127,6 +135,7 @@ pub(super) fn parse(service: &Service) -> Result<ServiceKind<'_>, String> {
         ports: ports.collect::<Result<_, String>>()?,
         external_ips,
         load_balancer_ips,
+        load_balancer_source_ranges,
         affinity: affinity(spec)?,
         traffic_policy: traffic_policy(spec)?,
         external_traffic_local,
@@ -154,19 +163,19 @@ fn ips<'a>(ips: impl IntoIterator<Item = &'a str>, what: &str) -> Result<Vec<IpA
 }
 
 fn parse_ip(ip: &str, what: &str) -> Result<IpAddr, String> {
-    ip.parse::<IpAddr>().map_err(|_| format!("{what} {ip:?} is not an IP address: skipped"))
+    ip.parse::<IpAddr>().map(canonical).map_err(|_| format!("{what} {ip:?} is not an IP address: skipped"))
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as the IPv4 address it is, as Go's net
+/// package (and so kube-proxy) reads it; the datapath refuses mapped addresses.
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
 }
 
 /// The ingress IPs of a LoadBalancer Service's status that traffic reaches with their own
 /// address as destination: `ipMode: Proxy` ones are not (the load-balancer proxies to the
-/// nodes, so dialling the IP must reach it, as kube-proxy leaves them). With
-/// `loadBalancerSourceRanges` none is taken: a socket hook runs before the socket has a
-/// source address to check, so connections go to the load-balancer, which enforces them.
+/// nodes, so dialling the IP must reach it, as kube-proxy leaves them).
 fn load_balancer_ips(service: &Service) -> Result<Vec<IpAddr>, String> {
-    let spec = service.spec.as_ref();
-    if spec.and_then(|spec| spec.load_balancer_source_ranges.as_ref()).is_some_and(|ranges| !ranges.is_empty()) {
-        return Ok(Vec::new());
-    }
     let ingress = service.status.as_ref().and_then(|status| status.load_balancer.as_ref());
     let ips = ingress
         .and_then(|lb| lb.ingress.as_ref())
@@ -175,6 +184,30 @@ fn load_balancer_ips(service: &Service) -> Result<Vec<IpAddr>, String> {
         .filter(|ingress| ingress.ip_mode.as_deref() != Some("Proxy"))
         .filter_map(|ingress| ingress.ip.as_deref().filter(|ip| !ip.is_empty()));
     self::ips(ips, "status.loadBalancer.ingress ip")
+}
+
+/// `loadBalancerSourceRanges`, `None` when it lists none; else its IPv4 prefixes (host bits
+/// cleared), the IPv6 ones checked and left to the IPv6 side, which has no ingress datapath.
+fn source_ranges(spec: &ServiceSpec) -> Result<Option<Vec<SourceRange>>, String> {
+    let listed = spec.load_balancer_source_ranges.as_deref().unwrap_or_default();
+    if listed.is_empty() {
+        return Ok(None);
+    }
+    let mut ranges = Vec::new();
+    for text in listed {
+        let net: IpNet = text
+            .trim()
+            .parse()
+            .map_err(|_| format!("loadBalancerSourceRanges entry {text:?} is not a CIDR: skipped"))?;
+        if let IpNet::V4(net) = net {
+            let range = SourceRange::new(net.addr(), net.prefix_len())
+                .map_err(|_| format!("loadBalancerSourceRanges entry {text:?} is not a CIDR: skipped"))?;
+            ranges.push(range);
+        }
+    }
+    ranges.sort();
+    ranges.dedup();
+    Ok(Some(ranges))
 }
 
 /// `externalTrafficPolicy` is Local.

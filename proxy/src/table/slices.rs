@@ -116,7 +116,7 @@ fn check(slice: &EndpointSlice, family: IpFamily, object: &ObjectRef, problems: 
 /// The endpoint's address: its first, as kube-proxy takes (the others are the same pod's),
 /// when it is of the slice's `family`.
 fn address_of(endpoint: &Endpoint, family: IpFamily) -> Option<IpAddr> {
-    let ip = endpoint.addresses.first()?.parse::<IpAddr>().ok()?;
+    let ip = super::service::canonical(endpoint.addresses.first()?.parse::<IpAddr>().ok()?);
     (IpFamily::of(ip) == family).then_some(ip)
 }
 
