@@ -40,6 +40,8 @@ const NODEPORT_STRUCTS: &[&str] = &["np4_key", "np4_backend", "np4_service", "np
 const MIRRORED_DEFINES: &[(&str, &str)] = &[
     ("LB_MAX_BACKENDS", "usize"),
     ("LB_FLAG_AFFINITY", "u16"),
+    ("LB_KIND_SHIFT", "u16"),
+    ("LB_KIND_MASK", "u16"),
     ("LB_MAGLEV_SIZE", "usize"),
     ("NP_FLAG_SOURCE_RANGES", "u16"),
     ("NP_BACKEND_REMOTE", "u16"),
@@ -53,6 +55,8 @@ const MIRRORED_DEFINES: &[(&str, &str)] = &[
 const SKIPPED_BUILD_LAYOUT: &str = "\
 pub(crate) const LB_MAX_BACKENDS: usize = 1024;
 pub(crate) const LB_FLAG_AFFINITY: u16 = 0x1;
+pub(crate) const LB_KIND_SHIFT: u16 = 8;
+pub(crate) const LB_KIND_MASK: u16 = 0x700;
 pub(crate) const LB_MAGLEV_SIZE: usize = 16381;
 pub(crate) const NP_FLAG_SOURCE_RANGES: u16 = 0x1;
 pub(crate) const NP_BACKEND_REMOTE: u16 = 0x1;

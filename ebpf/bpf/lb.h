@@ -59,6 +59,12 @@ struct lb4_key {
 
 /* Flags of a master entry. LB_FLAG_AFFINITY: sessionAffinity: ClientIP (lb4_affinity below). */
 #define LB_FLAG_AFFINITY 0x1
+/*
+ * Bits 8-10 of a master's flags: the frontend's kind (LB_KIND_*), for `nodelet proxy list`
+ * only, as cilium keeps its service types in its service value; the programs ignore them.
+ */
+#define LB_KIND_SHIFT 8
+#define LB_KIND_MASK 0x700
 
 /*
  * Value of both kinds of entries (like cilium's lb4_service): a master uses

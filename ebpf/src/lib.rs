@@ -40,5 +40,6 @@ pub use nodeport::{
 };
 pub use pin::Unpinned;
 pub use types::{
-    AffinityEntry, Backend, Frontend, Protocol, ReverseNat, ServiceEntry, ServiceList, SessionAffinity, MAX_BACKENDS,
+    AffinityEntry, Backend, Frontend, FrontendKind, Protocol, ReverseNat, ServiceEntry, ServiceList, SessionAffinity,
+    MAX_BACKENDS,
 };

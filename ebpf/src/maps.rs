@@ -128,7 +128,7 @@ impl<'a, K: ServiceKey> ServicesMap<'a, K> {
             self.remove_slots(&frontend, master_key, rev, count);
             return Err(error);
         }
-        self.insert(&frontend, &master_key, &K::Value::master(count, rev, entry.affinity), "flip master")?;
+        self.insert(&frontend, &master_key, &K::Value::master(count, rev, entry.affinity, entry.kind), "flip master")?;
         if let Some(old) = old {
             self.remove_slots(&frontend, master_key, old.rev, old.count);
         }
@@ -168,7 +168,7 @@ impl<'a, K: ServiceKey> ServicesMap<'a, K> {
                         .map_err(|source| map_error(K::MAP, "read backend slot", &frontend, source))
                 })
                 .collect::<Result<Vec<Backend>, EbpfError>>()?;
-            services.push((frontend, ServiceEntry::with_affinity(backends, master.affinity())));
+            services.push((frontend, ServiceEntry::with_affinity(backends, master.affinity()).of_kind(master.kind())));
         }
         Ok(services)
     }

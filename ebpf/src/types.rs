@@ -98,23 +98,71 @@ impl fmt::Display for SessionAffinity {
     }
 }
 
-/// What one frontend load-balances to: its backends, in slot order, and how a client's
-/// connections are spread over them.
+/// What makes a frontend, as `cilium service list` names the types.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FrontendKind {
+    #[default]
+    ClusterIp,
+    ExternalIp,
+    LoadBalancer,
+    NodePort,
+}
+
+impl FrontendKind {
+    /// Its number in a master's flags (`LB_KIND_*` of lb.h).
+    pub(crate) fn number(self) -> u16 {
+        match self {
+            FrontendKind::ClusterIp => 0,
+            FrontendKind::ExternalIp => 1,
+            FrontendKind::LoadBalancer => 2,
+            FrontendKind::NodePort => 3,
+        }
+    }
+
+    pub(crate) fn from_number(number: u16) -> FrontendKind {
+        match number {
+            1 => FrontendKind::ExternalIp,
+            2 => FrontendKind::LoadBalancer,
+            3 => FrontendKind::NodePort,
+            _ => FrontendKind::ClusterIp,
+        }
+    }
+}
+
+impl fmt::Display for FrontendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FrontendKind::ClusterIp => "ClusterIP",
+            FrontendKind::ExternalIp => "ExternalIP",
+            FrontendKind::LoadBalancer => "LoadBalancer",
+            FrontendKind::NodePort => "NodePort",
+        })
+    }
+}
+
+/// What one frontend load-balances to: its backends, in slot order, how a client's
+/// connections are spread over them, and the kind of frontend it is (shown, not acted on).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceEntry {
     pub backends: Vec<Backend>,
     pub affinity: SessionAffinity,
+    pub kind: FrontendKind,
 }
 
 impl ServiceEntry {
-    /// `backends` without session affinity.
+    /// `backends` of a ClusterIP without session affinity.
     pub fn new(backends: Vec<Backend>) -> ServiceEntry {
-        ServiceEntry { backends, affinity: SessionAffinity::None }
+        ServiceEntry { backends, affinity: SessionAffinity::None, kind: FrontendKind::ClusterIp }
     }
 
-    /// `backends` with `affinity`.
+    /// `backends` of a ClusterIP with `affinity`.
     pub fn with_affinity(backends: Vec<Backend>, affinity: SessionAffinity) -> ServiceEntry {
-        ServiceEntry { backends, affinity }
+        ServiceEntry { backends, affinity, kind: FrontendKind::ClusterIp }
+    }
+
+    /// The same, for a frontend of `kind`.
+    pub fn of_kind(self, kind: FrontendKind) -> ServiceEntry {
+        ServiceEntry { kind, ..self }
     }
 }
 

@@ -13,7 +13,7 @@ pub(crate) use v4::{Lb4AffinityKey, Lb4AffinityValue, Lb4Key, Lb4ReverseKey, Lb4
 pub(crate) use v6::{Lb6AffinityKey, Lb6AffinityValue, Lb6Key, Lb6ReverseKey, Lb6ReverseValue, Lb6Value};
 
 use crate::error::EbpfError;
-use crate::types::{Backend, Frontend, Protocol, SessionAffinity};
+use crate::types::{Backend, Frontend, FrontendKind, Protocol, SessionAffinity};
 
 /// The C layout: `c::lb4_key::SIZE`, `c::lb4_key::ADDRESS` (byte offset), ...
 pub(crate) mod c {
@@ -43,7 +43,7 @@ pub(crate) trait ServiceKey: aya::Pod {
 
 /// A value of one family's services map: a master or a backend slot.
 pub(crate) trait ServiceValue: aya::Pod {
-    fn master(count: u16, rev: u16, affinity: SessionAffinity) -> Self;
+    fn master(count: u16, rev: u16, affinity: SessionAffinity, kind: FrontendKind) -> Self;
     /// The slot of `backend`; `None` when its address is of the other family.
     fn slot(backend: &Backend) -> Option<Self>;
     /// Master: its number of backend slots.
@@ -52,16 +52,24 @@ pub(crate) trait ServiceValue: aya::Pod {
     fn rev(&self) -> u16;
     /// Master: the session affinity it asks for.
     fn affinity(&self) -> SessionAffinity;
+    /// Master: the kind of frontend it is.
+    fn kind(&self) -> FrontendKind;
     /// Slot: the backend it holds.
     fn backend(&self) -> Backend;
 }
 
-/// The master fields (`flags`, `affinity_timeout`) of a session affinity.
-fn affinity_fields(affinity: SessionAffinity) -> (u16, u32) {
+/// The master fields (`flags`, `affinity_timeout`) of a session affinity and a frontend kind.
+fn master_fields(affinity: SessionAffinity, kind: FrontendKind) -> (u16, u32) {
+    let kind_bits = (kind.number() << c::LB_KIND_SHIFT) & c::LB_KIND_MASK;
     match affinity {
-        SessionAffinity::None => (0, 0),
-        SessionAffinity::ClientIp { timeout_seconds } => (FLAG_AFFINITY, timeout_seconds),
+        SessionAffinity::None => (kind_bits, 0),
+        SessionAffinity::ClientIp { timeout_seconds } => (FLAG_AFFINITY | kind_bits, timeout_seconds),
     }
+}
+
+/// The frontend kind of a master's `flags`.
+fn kind_of(flags: u16) -> FrontendKind {
+    FrontendKind::from_number((flags & c::LB_KIND_MASK) >> c::LB_KIND_SHIFT)
 }
 
 /// The session affinity of a master's `flags` and `affinity_timeout`.
@@ -99,10 +107,14 @@ mod tests {
     #[test]
     fn affinity_round_trips_through_the_master_fields() {
         let sticky = SessionAffinity::ClientIp { timeout_seconds: 10_800 };
-        assert_eq!(affinity_fields(sticky), (FLAG_AFFINITY, 10_800));
+        assert_eq!(master_fields(sticky, FrontendKind::ClusterIp), (FLAG_AFFINITY, 10_800));
         assert_eq!(affinity_of(FLAG_AFFINITY, 10_800), sticky);
-        assert_eq!(affinity_fields(SessionAffinity::None), (0, 0));
+        assert_eq!(master_fields(SessionAffinity::None, FrontendKind::ClusterIp), (0, 0));
         // A master written before the affinity fields existed reads as no affinity.
         assert_eq!(affinity_of(0, 0), SessionAffinity::None);
+        // The kind bits leave the affinity alone, and back.
+        let (flags, _) = master_fields(sticky, FrontendKind::NodePort);
+        assert_eq!((affinity_of(flags, 10_800), kind_of(flags)), (sticky, FrontendKind::NodePort));
+        assert_eq!(kind_of(0), FrontendKind::ClusterIp, "masters written before kinds were kept");
     }
 }

@@ -3,10 +3,10 @@
 use std::mem::{offset_of, size_of};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use super::{affinity_fields, affinity_of, c, ipv4, protocol_of, ServiceKey, ServiceValue, MASTER_SLOT};
+use super::{affinity_of, c, ipv4, kind_of, master_fields, protocol_of, ServiceKey, ServiceValue, MASTER_SLOT};
 use crate::error::EbpfError;
 use crate::object::{AFFINITY_MAP, SERVICES_MAP};
-use crate::types::{AffinityEntry, Backend, Frontend, ReverseNat, SessionAffinity};
+use crate::types::{AffinityEntry, Backend, Frontend, FrontendKind, ReverseNat, SessionAffinity};
 
 /// `struct lb4_key`. Address and port in network byte order, slot and rev in
 /// host order.
@@ -191,8 +191,8 @@ impl ServiceKey for Lb4Key {
 }
 
 impl ServiceValue for Lb4Value {
-    fn master(count: u16, rev: u16, affinity: SessionAffinity) -> Lb4Value {
-        let (flags, affinity_timeout) = affinity_fields(affinity);
+    fn master(count: u16, rev: u16, affinity: SessionAffinity, kind: FrontendKind) -> Lb4Value {
+        let (flags, affinity_timeout) = master_fields(affinity, kind);
         Lb4Value { count, rev, flags, affinity_timeout, ..Lb4Value::default() }
     }
 
@@ -211,6 +211,10 @@ impl ServiceValue for Lb4Value {
 
     fn affinity(&self) -> SessionAffinity {
         affinity_of(self.flags, self.affinity_timeout)
+    }
+
+    fn kind(&self) -> FrontendKind {
+        kind_of(self.flags)
     }
 
     fn backend(&self) -> Backend {
@@ -262,10 +266,13 @@ mod tests {
     #[test]
     fn masters_carry_their_affinity() {
         let sticky = SessionAffinity::ClientIp { timeout_seconds: 10_800 };
-        let master = Lb4Value::master(3, 7, sticky);
+        let master = Lb4Value::master(3, 7, sticky, FrontendKind::ClusterIp);
         assert_eq!((master.count, master.rev, master.flags, master.affinity_timeout), (3, 7, FLAG_AFFINITY, 10_800));
         assert_eq!(master.affinity(), sticky);
-        assert_eq!(Lb4Value::master(3, 7, SessionAffinity::None).affinity(), SessionAffinity::None);
+        let node_port = Lb4Value::master(3, 7, SessionAffinity::None, FrontendKind::NodePort);
+        assert_eq!((node_port.affinity(), node_port.kind()), (SessionAffinity::None, FrontendKind::NodePort));
+        let sticky_lb = Lb4Value::master(1, 1, sticky, FrontendKind::LoadBalancer);
+        assert_eq!((sticky_lb.affinity(), sticky_lb.kind()), (sticky, FrontendKind::LoadBalancer));
         // A master written before the affinity fields existed reads as no affinity.
         assert_eq!(Lb4Value { count: 1, rev: 1, ..Lb4Value::default() }.affinity(), SessionAffinity::None);
     }

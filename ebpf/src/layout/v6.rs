@@ -5,10 +5,10 @@
 use std::mem::{offset_of, size_of};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use super::{affinity_fields, affinity_of, c, ipv6, protocol_of, ServiceKey, ServiceValue, MASTER_SLOT};
+use super::{affinity_of, c, ipv6, kind_of, master_fields, protocol_of, ServiceKey, ServiceValue, MASTER_SLOT};
 use crate::error::EbpfError;
 use crate::object::{AFFINITY6_MAP, SERVICES6_MAP};
-use crate::types::{AffinityEntry, Backend, Frontend, ReverseNat, SessionAffinity};
+use crate::types::{AffinityEntry, Backend, Frontend, FrontendKind, ReverseNat, SessionAffinity};
 
 /// `struct lb6_key`. Address and port in network byte order, slot and rev in
 /// host order.
@@ -194,8 +194,8 @@ impl ServiceKey for Lb6Key {
 }
 
 impl ServiceValue for Lb6Value {
-    fn master(count: u16, rev: u16, affinity: SessionAffinity) -> Lb6Value {
-        let (flags, affinity_timeout) = affinity_fields(affinity);
+    fn master(count: u16, rev: u16, affinity: SessionAffinity, kind: FrontendKind) -> Lb6Value {
+        let (flags, affinity_timeout) = master_fields(affinity, kind);
         Lb6Value { count, rev, flags, affinity_timeout, ..Lb6Value::default() }
     }
 
@@ -214,6 +214,10 @@ impl ServiceValue for Lb6Value {
 
     fn affinity(&self) -> SessionAffinity {
         affinity_of(self.flags, self.affinity_timeout)
+    }
+
+    fn kind(&self) -> FrontendKind {
+        kind_of(self.flags)
     }
 
     fn backend(&self) -> Backend {
@@ -267,10 +271,11 @@ mod tests {
     #[test]
     fn masters_carry_their_affinity() {
         let sticky = SessionAffinity::ClientIp { timeout_seconds: 60 };
-        let master = Lb6Value::master(2, 9, sticky);
+        let master = Lb6Value::master(2, 9, sticky, FrontendKind::ClusterIp);
         assert_eq!((master.count, master.rev, master.flags, master.affinity_timeout), (2, 9, FLAG_AFFINITY, 60));
         assert_eq!(master.affinity(), sticky);
-        assert_eq!(Lb6Value::master(2, 9, SessionAffinity::None).affinity(), SessionAffinity::None);
+        let external = Lb6Value::master(2, 9, SessionAffinity::None, FrontendKind::ExternalIp);
+        assert_eq!((external.affinity(), external.kind()), (SessionAffinity::None, FrontendKind::ExternalIp));
     }
 
     #[test]

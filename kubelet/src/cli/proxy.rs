@@ -133,12 +133,11 @@ fn cleanup(pin_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `cilium service list`'s layout: one row per frontend, one line per backend. IDs number
-/// the frontends in order (the maps keep no service ids). Only ClusterIP frontends are
-/// programmed by this datapath so far; a frontend with session affinity says so after its
-/// backends.
+/// `cilium service list`'s layout: one row per frontend (with its kind, kept in the maps),
+/// one line per backend. IDs number the frontends in order (the maps keep no service ids).
+/// A frontend with session affinity says so after its backends.
 fn service_table(services: &[(Frontend, ServiceEntry)]) -> String {
-    let rows: Vec<(String, String, Vec<String>)> = services
+    let rows: Vec<(String, String, String, Vec<String>)> = services
         .iter()
         .enumerate()
         .map(|(index, (frontend, entry))| {
@@ -158,19 +157,19 @@ fn service_table(services: &[(Frontend, ServiceEntry)]) -> String {
             }
             // The protocol in capitals, as cilium; IPv6 addresses stay in lower case.
             let address = std::net::SocketAddr::new(frontend.ip, frontend.port);
-            ((index + 1).to_string(), format!("{address}/{protocol}"), lines)
+            ((index + 1).to_string(), format!("{address}/{protocol}"), entry.kind.to_string(), lines)
         })
         .collect();
     let id_width = rows.iter().map(|r| r.0.len()).chain(["ID".len()]).max().unwrap_or(2);
     let frontend_width = rows.iter().map(|r| r.1.len()).chain(["Frontend".len()]).max().unwrap_or(8);
-    let type_width = "Service Type".len();
+    let type_width = rows.iter().map(|r| r.2.len()).chain(["Service Type".len()]).max().unwrap_or(12);
     let mut out = String::new();
     let _ =
         writeln!(out, "{:id_width$}   {:frontend_width$}   {:type_width$}   Backend", "ID", "Frontend", "Service Type");
-    for (id, frontend, lines) in rows {
+    for (id, frontend, kind, lines) in rows {
         for (n, line) in lines.iter().enumerate() {
             let (id, frontend, kind) =
-                if n == 0 { (id.as_str(), frontend.as_str(), "ClusterIP") } else { ("", "", "") };
+                if n == 0 { (id.as_str(), frontend.as_str(), kind.as_str()) } else { ("", "", "") };
             let _ = writeln!(out, "{id:id_width$}   {frontend:frontend_width$}   {kind:type_width$}   {line}");
         }
     }
@@ -180,7 +179,7 @@ fn service_table(services: &[(Frontend, ServiceEntry)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nodelet_proxy::{Backend, Protocol};
+    use nodelet_proxy::{Backend, FrontendKind, Protocol};
     use std::net::{IpAddr, Ipv4Addr};
 
     fn parse(args: &[&str]) -> Result<ProxyArgs, clap::Error> {
@@ -220,7 +219,7 @@ mod tests {
         let sticky = SessionAffinity::ClientIp { timeout_seconds: 10_800 };
         let table = service_table(&[
             (frontend(10, Protocol::Udp), ServiceEntry::new(vec![backend(2), backend(3)])),
-            (frontend(11, Protocol::Tcp), ServiceEntry::new(vec![])),
+            (frontend(11, Protocol::Tcp), ServiceEntry::new(vec![]).of_kind(FrontendKind::NodePort)),
             (frontend(12, Protocol::Tcp), ServiceEntry::with_affinity(vec![backend(4)], sticky)),
             (
                 Frontend { ip: "fd00:96::a".parse().unwrap(), port: 80, protocol: Protocol::Tcp },
@@ -231,7 +230,7 @@ mod tests {
             "ID   Frontend              Service Type   Backend",
             "1    10.96.0.10:53/UDP     ClusterIP      1 => 10.244.0.2:5353/UDP (active)",
             "                                          2 => 10.244.0.3:5353/UDP (active)",
-            "2    10.96.0.11:53/TCP     ClusterIP      (none: connections refused)",
+            "2    10.96.0.11:53/TCP     NodePort       (none: connections refused)",
             "3    10.96.0.12:53/TCP     ClusterIP      1 => 10.244.0.4:5353/TCP (active)",
             "                                          (session affinity: ClientIP, 10800s)",
             "4    [fd00:96::a]:80/TCP   ClusterIP      1 => [fd00:244::1]:8080/TCP (active)",

@@ -4,7 +4,6 @@
 //! IP family: a Service gets frontends of the families it has a cluster IP of only.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::net::IpAddr;
 
 use nodelet_ebpf::Frontend;
@@ -12,25 +11,8 @@ use nodelet_ebpf::Frontend;
 use super::family::IpFamily;
 use super::service::ProxiedService;
 
-/// What makes a frontend, as `cilium service list` names the types.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum FrontendKind {
-    ClusterIp,
-    ExternalIp,
-    LoadBalancer,
-    NodePort,
-}
-
-impl fmt::Display for FrontendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            FrontendKind::ClusterIp => "ClusterIP",
-            FrontendKind::ExternalIp => "ExternalIP",
-            FrontendKind::LoadBalancer => "LoadBalancer",
-            FrontendKind::NodePort => "NodePort",
-        })
-    }
-}
+/// What makes a frontend, kept with it in the datapath for `nodelet proxy list`.
+pub use nodelet_ebpf::FrontendKind;
 
 /// One frontend of a Service: the address, its kind, and the index of the Service port it
 /// serves.

@@ -246,7 +246,10 @@ fn service_entries(
             let usable = select::usable(of_port, policy, node.zone.as_deref());
             capped(usable, f.frontend, node, object, problems)
         });
-        entries.insert(f.frontend, (f.kind, ServiceEntry::with_affinity(backends.clone(), service.affinity)));
+        entries.insert(
+            f.frontend,
+            (f.kind, ServiceEntry::with_affinity(backends.clone(), service.affinity).of_kind(f.kind)),
+        );
     }
     entries
 }
