@@ -323,9 +323,11 @@ fn stop_alive(
     let others_alive = alive.iter().any(|(_, name)| !is_sidecar(name));
     for (attempt, name) in &alive {
         let term_sent = memory.container(name).term_sent == Some(attempt.attempt);
-        if !term_sent && !(others_alive && is_sidecar(name)) {
-            decision.actions.push(signal(attempt, name, Signal::Term));
+        let waits_for_the_others = others_alive && is_sidecar(name);
+        if term_sent || waits_for_the_others {
+            continue;
         }
+        decision.actions.push(signal(attempt, name, Signal::Term));
     }
     Some(decision)
 }
