@@ -60,7 +60,7 @@ async fn init_containers_run_first_and_sidecars_keep_running() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_start_and_pre_stop_hooks_run_around_the_container() {
-    let mut node = TestNode::start("hooks", "10.245.16.0/24").await;
+    let node = TestNode::start("hooks", "10.245.16.0/24").await;
     let pods = node.pods();
     let image = node.registry.image("busybox:1");
     let host_dir = tempfile::Builder::new().prefix("nodelet-hooks").tempdir().expect("host dir");
