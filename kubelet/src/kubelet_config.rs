@@ -13,6 +13,8 @@ use ipnet::Ipv4Net;
 use nodelet_runtime::go_duration::parse_go_duration;
 use serde_json::Value;
 
+use crate::events::EventLimits;
+use crate::image_gc::ImageGcPolicy;
 use crate::node::{NodeConfig, ResourceReservation};
 
 pub const API_VERSION: &str = "kubelet.config.k8s.io/v1beta1";
@@ -54,6 +56,13 @@ pub struct KubeletConfigFile {
     /// `""` (no host resolver for pods) is kept as an empty path.
     pub resolv_conf: Option<PathBuf>,
     pub static_pod_path: Option<PathBuf>,
+    /// RuntimeDefault seccomp for containers that set no profile.
+    pub seccomp_default: Option<bool>,
+    pub image_gc_high_threshold_percent: Option<u8>,
+    pub image_gc_low_threshold_percent: Option<u8>,
+    pub image_minimum_gc_age: Option<Duration>,
+    pub event_record_qps: Option<f64>,
+    pub event_burst: Option<u32>,
 }
 
 /// The fields of kubelet's KubeletConfiguration that nodelet does not implement: named as
@@ -79,16 +88,11 @@ const KNOWN_UNSUPPORTED: &[&str] = &[
     "authorization",
     "registryPullQPS",
     "registryBurst",
-    "eventRecordQPS",
-    "eventBurst",
     "enableDebuggingHandlers",
     "enableContentionProfiling",
     "oomScoreAdj",
     "streamingConnectionIdleTimeout",
-    "imageMinimumGCAge",
     "imageMaximumGCAge",
-    "imageGCHighThresholdPercent",
-    "imageGCLowThresholdPercent",
     "volumeStatsAggPeriod",
     "kubeletCgroups",
     "systemCgroups",
@@ -154,7 +158,6 @@ const KNOWN_UNSUPPORTED: &[&str] = &[
     "reservedMemory",
     "enableProfilingHandler",
     "enableDebugFlagsHandler",
-    "seccompDefault",
     "memoryThrottlingFactor",
     "registerWithTaints",
     "registerNode",
@@ -239,6 +242,26 @@ pub fn parse(text: &str, path: &Path) -> Result<KubeletConfigFile, KubeletConfig
                 Some(domain) => file.cluster_domain = Some(domain.trim_end_matches('.').to_string()),
                 None => problem(format!("{value} is not a domain")),
             },
+            "imageGCHighThresholdPercent" | "imageGCLowThresholdPercent" => {
+                match value.as_u64().and_then(|n| u8::try_from(n).ok()).filter(|n| *n <= 100) {
+                    Some(n) if name == "imageGCHighThresholdPercent" => file.image_gc_high_threshold_percent = Some(n),
+                    Some(n) => file.image_gc_low_threshold_percent = Some(n),
+                    None => problem(format!("{value} is not a percentage from 0 to 100")),
+                }
+            }
+            "imageMinimumGCAge" => match value.as_str().map(parse_go_duration) {
+                Some(Ok(age)) => file.image_minimum_gc_age = Some(age),
+                Some(Err(text)) => problem(text),
+                None => problem(format!("{value} is not a duration")),
+            },
+            "eventRecordQPS" => match value.as_f64().filter(|qps| *qps >= 0.0 && qps.is_finite()) {
+                Some(qps) => file.event_record_qps = Some(qps),
+                None => problem(format!("{value} is not a number of events per second (0: no limit)")),
+            },
+            "eventBurst" => match value.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                Some(n) => file.event_burst = Some(n),
+                None => problem(format!("{value} is not a number of events")),
+            },
             "staticPodPath" => match value.as_str() {
                 Some(path) if path.starts_with('/') => file.static_pod_path = Some(PathBuf::from(path)),
                 _ => problem(format!("{value} is not an absolute path")),
@@ -246,6 +269,10 @@ pub fn parse(text: &str, path: &Path) -> Result<KubeletConfigFile, KubeletConfig
             "resolvConf" => match value.as_str() {
                 Some(path) if path.is_empty() || path.starts_with('/') => file.resolv_conf = Some(PathBuf::from(path)),
                 _ => problem(format!("{value} is not an absolute path or \"\"")),
+            },
+            "seccompDefault" => match value.as_bool() {
+                Some(on) => file.seccomp_default = Some(on),
+                None => problem(format!("{value} is not a boolean")),
             },
             known if KNOWN_UNSUPPORTED.contains(&known) => problem("not supported by nodelet".to_string()),
             _ => problem("unknown field".to_string()),
@@ -261,6 +288,13 @@ pub fn parse(text: &str, path: &Path) -> Result<KubeletConfigFile, KubeletConfig
         file.healthz_bind_address =
             Some((port != 0).then(|| SocketAddr::new(healthz_address.unwrap_or(DEFAULT_HEALTHZ_ADDRESS), port)));
     }
+    let policy = file.image_gc_policy();
+    if policy.low_threshold_percent > policy.high_threshold_percent {
+        problems.push(format!(
+            "imageGCLowThresholdPercent ({}) must not be above imageGCHighThresholdPercent ({})",
+            policy.low_threshold_percent, policy.high_threshold_percent
+        ));
+    }
     if problems.is_empty() {
         Ok(file)
     } else {
@@ -269,6 +303,26 @@ pub fn parse(text: &str, path: &Path) -> Result<KubeletConfigFile, KubeletConfig
 }
 
 impl KubeletConfigFile {
+    /// The image garbage collection policy: kubelet's defaults where the file sets nothing.
+    pub fn image_gc_policy(&self) -> ImageGcPolicy {
+        let defaults = ImageGcPolicy::default();
+        ImageGcPolicy {
+            high_threshold_percent: self.image_gc_high_threshold_percent.unwrap_or(defaults.high_threshold_percent),
+            low_threshold_percent: self.image_gc_low_threshold_percent.unwrap_or(defaults.low_threshold_percent),
+            minimum_age: self.image_minimum_gc_age.unwrap_or(defaults.minimum_age),
+            ..defaults
+        }
+    }
+
+    /// How fast events may be written: kubelet's defaults where the file sets nothing.
+    pub fn event_limits(&self) -> EventLimits {
+        let defaults = EventLimits::default();
+        EventLimits {
+            qps: self.event_record_qps.unwrap_or(defaults.qps),
+            burst: self.event_burst.unwrap_or(defaults.burst),
+        }
+    }
+
     /// Set what the file gives on the node's settings.
     pub fn apply_to_node(&self, cfg: &mut NodeConfig) {
         if let Some(max_pods) = self.max_pods {
@@ -325,13 +379,28 @@ mod tests {
              cgroupRoot: /kubepods\nhealthzPort: 10249\nmaxPods: 50\nsystemReserved: {cpu: 500m, memory: 1Gi}\n\
              nodeStatusUpdateFrequency: 20s\nnodeStatusReportFrequency: 1m30s\nnodeLeaseDurationSeconds: 60\n\
              clusterDNS: [10.96.0.10]\nclusterDomain: cluster.local\nresolvConf: /run/systemd/resolve/resolv.conf\n\
-             staticPodPath: /etc/kubernetes/manifests\n",
+             staticPodPath: /etc/kubernetes/manifests\nseccompDefault: true\n",
         )
         .expect("valid");
+        assert_eq!(file.seccomp_default, Some(true));
         assert_eq!(file.cluster_dns, Some(vec!["10.96.0.10".parse().unwrap()]));
         assert_eq!(file.cluster_domain.as_deref(), Some("cluster.local"));
         assert_eq!(file.resolv_conf, Some(PathBuf::from("/run/systemd/resolve/resolv.conf")));
         assert_eq!(file.static_pod_path, Some(PathBuf::from("/etc/kubernetes/manifests")));
+        let gc = parse_text(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nimageGCHighThresholdPercent: 90\n\
+             imageGCLowThresholdPercent: 70\nimageMinimumGCAge: 5m\neventRecordQPS: 0\neventBurst: 10\n",
+        )
+        .expect("valid");
+        let policy = gc.image_gc_policy();
+        assert_eq!((policy.high_threshold_percent, policy.low_threshold_percent), (90, 70));
+        assert_eq!(policy.minimum_age, Duration::from_secs(300));
+        assert_eq!(gc.event_limits(), EventLimits { qps: 0.0, burst: 10 });
+        let inverted = parse_text(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nimageGCLowThresholdPercent: 90\n",
+        )
+        .expect_err("low above the default high");
+        assert!(inverted.to_string().contains("must not be above imageGCHighThresholdPercent (85)"), "{inverted}");
         assert_eq!(file.pod_cidr, Some("10.88.0.0/24".parse().unwrap()));
         assert_eq!(file.healthz_bind_address, Some(Some("127.0.0.1:10249".parse().unwrap())));
         assert_eq!(file.system_reserved.unwrap().cpu_millis, 500);
@@ -347,13 +416,13 @@ mod tests {
     fn names_every_unsupported_or_unknown_field_and_the_file() {
         let error = parse_text(
             "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nclusterDNS: [x]\n\
-             eventBurst: 3\nmaxPod: 3\nmaxPods: -1\n",
+             enableServer: true\nmaxPod: 3\nmaxPods: -1\n",
         )
         .expect_err("invalid")
         .to_string();
         assert!(error.contains("/etc/nodelet/kubelet.yaml"), "{error}");
         assert!(error.contains("clusterDNS: [\"x\"] is not a list of IP addresses"), "{error}");
-        assert!(error.contains("eventBurst: not supported by nodelet"), "{error}");
+        assert!(error.contains("enableServer: not supported by nodelet"), "{error}");
         assert!(error.contains("maxPod: unknown field"), "{error}");
         assert!(error.contains("maxPods: -1 is not a positive number"), "{error}");
         let wrong_kind = parse_text("apiVersion: v1\nkind: Pod\n").expect_err("not a kubelet config").to_string();

@@ -22,6 +22,14 @@ fn config_map(name: &str, data: serde_json::Value) -> ConfigMap {
         .expect("configmap")
 }
 
+/// The app's ConfigMap: text keys, and a binaryData key that volumes show and env does not.
+fn app_config() -> ConfigMap {
+    let mut config = config_map("app-config", json!({"greeting": "hello", "1bad": "x"}));
+    let blob = k8s_openapi::ByteString(b"binary".to_vec());
+    config.binary_data = Some([("blob".to_string(), blob)].into_iter().collect());
+    config
+}
+
 fn secret(name: &str, data: serde_json::Value) -> Secret {
     serde_json::from_value(
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data}),
@@ -48,6 +56,7 @@ while true; do
     echo "podip=$POD_IP"
     echo "token=$(cut -c1-9 /all/token)"
     echo "group=$(stat -L -c %g /creds/pass)/$(stat -c %g /scratch)/$(stat -c %g /scratch/note)"
+    echo "blob=$(cat /cfg/blob)|${CM_blob:-unset}"
   } > /out/report.tmp
   mv /out/report.tmp /out/report
   sleep 1
@@ -150,10 +159,7 @@ async fn volumes_and_env_reach_containers_and_leave_nothing_behind() {
     let pods = node.pods();
     let config_maps: Api<ConfigMap> = Api::namespaced(node.admin.clone(), "default");
     let secrets: Api<Secret> = Api::namespaced(node.admin.clone(), "default");
-    config_maps
-        .create(&PostParams::default(), &config_map("app-config", json!({"greeting": "hello", "1bad": "x"})))
-        .await
-        .expect("creating the ConfigMap");
+    config_maps.create(&PostParams::default(), &app_config()).await.expect("creating the ConfigMap");
     secrets
         .create(&PostParams::default(), &secret("app-secret", json!({"password": "s3cret"})))
         .await
@@ -193,6 +199,8 @@ async fn volumes_and_env_reach_containers_and_leave_nothing_behind() {
         ("podip", pod_ip),
         // A token from the TokenRequest API, bound to the pod.
         ("token", "sa.robot.".to_string()),
+        // binaryData is a file in the volume, never a variable (as in kubelet).
+        ("blob", "binary|unset".to_string()),
     ];
     for (key, value) in &expected {
         assert_eq!(&field(&seen, key), value, "{key} in the report {seen:?}\nagent log:\n{}", node.agent.log());

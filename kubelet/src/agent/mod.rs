@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::{node_reference, ApiEventSink, EventRecorder, EventType};
 use crate::host_runtime::{self, HostRuntimeError};
-use crate::image_gc::{self, ImageGcPolicy};
+use crate::image_gc;
 use crate::kubelet_config::KubeletConfigFile;
 use crate::local::{LocalConfig, LocalConfigError};
 use crate::node::{self, FactSources, KubeNodeApi, NodeConfig, NodeError, NodeFacts, NodeReadiness};
@@ -100,7 +100,12 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
         "container runtime network not ready",
         "pod network is not configured yet",
     ));
-    let events = EventRecorder::start(Arc::new(ApiEventSink::new(client.clone())), &local.node_name, shutdown.clone());
+    let events = EventRecorder::start_with(
+        Arc::new(ApiEventSink::new(client.clone())),
+        &local.node_name,
+        cfg.kubelet_config.event_limits(),
+        shutdown.clone(),
+    );
     let node_ref = node_reference(&local.node_name);
     events.record(node_ref.clone(), EventType::Normal, "Starting", "Starting kubelet.");
     let (images_tx, images) = watch::channel(Vec::new());
@@ -125,7 +130,7 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
     tokio::spawn(host_runtime::refresh_node_images(host.images.clone(), images_tx, shutdown.clone()));
     tokio::spawn(image_gc::run_image_gc(
         host.images.clone(),
-        ImageGcPolicy::default(),
+        cfg.kubelet_config.image_gc_policy(),
         events.clone(),
         local.node_name.clone(),
         shutdown.clone(),
@@ -143,6 +148,7 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
         client.clone(),
         pod::PodConfig {
             allocatable: Some(Allocatable::from_quantities(&node::allocatable(&node_config, &facts))),
+            seccomp_default: cfg.kubelet_config.seccomp_default.unwrap_or(false),
             ..host_runtime::pod_config(local, host_ip)
         },
         cfg.static_pod_dir.clone(),

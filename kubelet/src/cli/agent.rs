@@ -32,7 +32,8 @@ pub struct AgentArgs {
     /// A KubeletConfiguration file (kubelet.config.k8s.io/v1beta1) with the settings nodelet
     /// supports (podCIDR, cgroupRoot, healthzBindAddress, healthzPort, maxPods, systemReserved,
     /// kubeReserved, nodeStatusUpdateFrequency, nodeStatusReportFrequency,
-    /// nodeLeaseDurationSeconds, clusterDNS, clusterDomain, resolvConf, staticPodPath); any
+    /// nodeLeaseDurationSeconds, clusterDNS, clusterDomain, resolvConf, staticPodPath, the image
+    /// GC thresholds and minimum age, eventRecordQPS, eventBurst); any
     /// other field is an error. Flags win over the file.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,

@@ -12,7 +12,7 @@ mod token_bucket;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 
 pub use correlator::{Correlator, Decision};
-pub use recorder::{ApiEventSink, EventRecorder, EventSink, EventSinkError};
+pub use recorder::{ApiEventSink, EventLimits, EventRecorder, EventSink, EventSinkError};
 
 /// The source component of kubelet's events.
 pub const COMPONENT: &str = "kubelet";

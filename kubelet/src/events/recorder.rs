@@ -15,10 +15,20 @@ use super::{EventInput, EventType};
 
 /// Events waiting to be sent; more are dropped (client-go's queue holds 1000 too).
 const QUEUE: usize = 1000;
-/// kubelet's `eventRecordQPS` and `eventBurst` defaults: the API writes events may take, so
-/// that a burst of pod starts does not crowd out status updates.
-const EVENT_QPS: f64 = 50.0;
-const EVENT_BURST: f64 = 100.0;
+/// kubelet's `eventRecordQPS` and `eventBurst`: the API writes events may take, so that a
+/// burst of pod starts does not crowd out status updates.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EventLimits {
+    /// Writes per second; 0 is no limit, as kubelet reads it.
+    pub qps: f64,
+    pub burst: u32,
+}
+
+impl Default for EventLimits {
+    fn default() -> Self {
+        EventLimits { qps: 50.0, burst: 100 }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EventSinkError {
@@ -100,8 +110,18 @@ pub struct EventRecorder {
 impl EventRecorder {
     /// Send events to `sink` from a task that runs until `shutdown`; `host` is the node name.
     pub fn start(sink: Arc<dyn EventSink>, host: &str, shutdown: CancellationToken) -> EventRecorder {
+        EventRecorder::start_with(sink, host, EventLimits::default(), shutdown)
+    }
+
+    /// As [`EventRecorder::start`], writing at most as `limits` allow.
+    pub fn start_with(
+        sink: Arc<dyn EventSink>,
+        host: &str,
+        limits: EventLimits,
+        shutdown: CancellationToken,
+    ) -> EventRecorder {
         let (queue, inputs) = mpsc::channel(QUEUE);
-        tokio::spawn(send_events(inputs, sink, Correlator::new(host), shutdown));
+        tokio::spawn(send_events(inputs, sink, Correlator::new(host), limits, shutdown));
         EventRecorder { queue: Some(queue) }
     }
 
@@ -131,9 +151,12 @@ async fn send_events(
     mut inputs: mpsc::Receiver<EventInput>,
     sink: Arc<dyn EventSink>,
     mut correlator: Correlator,
+    limits: EventLimits,
     shutdown: CancellationToken,
 ) {
-    let (mut bucket, mut last) = (TokenBucket::new(EVENT_BURST, EVENT_QPS), tokio::time::Instant::now());
+    // `None`: no limit.
+    let mut bucket = (limits.qps > 0.0).then(|| TokenBucket::new(f64::from(limits.burst.max(1)), limits.qps));
+    let mut last = tokio::time::Instant::now();
     loop {
         let input = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -143,16 +166,18 @@ async fn send_events(
             },
         };
         // Wait for a token (the queue keeps what comes meanwhile).
-        let mut now = tokio::time::Instant::now();
-        while let Err(wait) = bucket.take(now - last) {
-            last = now;
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
+        if let Some(bucket) = bucket.as_mut() {
+            let mut now = tokio::time::Instant::now();
+            while let Err(wait) = bucket.take(now - last) {
+                last = now;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                now = tokio::time::Instant::now();
             }
-            now = tokio::time::Instant::now();
+            last = now;
         }
-        last = now;
         let result = match correlator.observe(&input, Utc::now()) {
             Decision::Drop => {
                 tracing::debug!(reason = %input.reason, "event dropped: rate limited");

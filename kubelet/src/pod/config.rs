@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::admission::Allocatable;
 use super::dns::{default_host_resolv_conf, DnsSettings};
 use super::downward::NodeAllocatable;
+use super::security_context::SeccompSettings;
 
 #[derive(Clone, Debug)]
 pub struct PodConfig {
@@ -32,6 +33,9 @@ pub struct PodConfig {
     /// The machine's CPUs, memory and disk, for [`PodConfig::node_allocatable`] when
     /// `allocatable` is unknown.
     pub machine: NodeAllocatable,
+    /// KubeletConfiguration's seccompDefault: containers without a seccompProfile run with
+    /// RuntimeDefault rather than Unconfined.
+    pub seccomp_default: bool,
 }
 
 impl PodConfig {
@@ -48,11 +52,17 @@ impl PodConfig {
             sync_interval: Duration::from_secs(1),
             resync_interval: Duration::from_secs(10),
             volume_resync: Duration::from_secs(60),
+            seccomp_default: false,
         }
     }
 }
 
 impl PodConfig {
+    /// kubelet's seccomp root, `<root-dir>/seccomp`, and the default profile.
+    pub fn seccomp(&self) -> SeccompSettings {
+        SeccompSettings { root: self.root_dir.join("seccomp"), default_runtime: self.seccomp_default }
+    }
+
     /// What the node offers pods: the default of a resourceFieldRef on a limit the container
     /// does not set, and the size of memory-backed volumes without a sizeLimit.
     pub fn node_allocatable(&self) -> NodeAllocatable {

@@ -97,7 +97,8 @@ pub async fn resolve_env(input: &EnvInput<'_>, objects: &dyn PodObjects) -> Resu
             continue;
         };
         let mut invalid = Vec::new();
-        for (key, value) in data {
+        // binaryData is for volumes only, as in kubelet.
+        for (key, value) in data.data {
             let var = format!("{prefix}{key}");
             if !is_env_var_name(&var) {
                 invalid.push(key);
@@ -148,7 +149,7 @@ async fn value_from(
     let Some(data) = fetched.get(kind, object, optional).await? else {
         return Ok(None);
     };
-    match data.get(key) {
+    match data.data.get(key) {
         Some(bytes) => Ok(Some(String::from_utf8_lossy(bytes).into_owned())),
         None if optional => Ok(None),
         None => Err(EnvError::MissingKey {
@@ -355,6 +356,35 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(resolve(container, &objects()).await.unwrap_err().to_string(), "secret \"absent\" not found");
+    }
+
+    #[tokio::test]
+    async fn binary_data_is_for_volumes_not_env() {
+        use crate::pod::referenced_objects::ObjectData;
+        let objects = MemoryObjects::default();
+        let data = ObjectData {
+            data: [("TEXT".to_string(), b"t".to_vec())].into_iter().collect(),
+            binary_data: [("BLOB".to_string(), b"b".to_vec())].into_iter().collect(),
+        };
+        objects.insert_data(ObjectKind::ConfigMap, "ns", "mixed", data);
+        let container = Container {
+            name: "app".into(),
+            env_from: Some(vec![EnvFromSource {
+                config_map_ref: Some(ConfigMapEnvSource { name: "mixed".into(), optional: None }),
+                ..Default::default()
+            }]),
+            env: Some(vec![from("OPT", cm_key("mixed", "BLOB", Some(true)))]),
+            ..Default::default()
+        };
+        let env = resolve(container, &objects).await.unwrap();
+        assert_eq!(env.vars, [("TEXT".to_string(), "t".to_string())]);
+        let required = Container {
+            name: "app".into(),
+            env: Some(vec![from("B", cm_key("mixed", "BLOB", None))]),
+            ..Default::default()
+        };
+        let error = resolve(required, &objects).await.unwrap_err();
+        assert_eq!(error.to_string(), "couldn't find key BLOB in ConfigMap ns/mixed");
     }
 
     #[test]

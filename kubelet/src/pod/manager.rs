@@ -247,7 +247,8 @@ impl PodManager {
         }
         for (uid, containers) in orphans {
             tracing::info!(%uid, containers = containers.len(), "releasing orphaned pod");
-            let result = release_pod(self.ctx.runtime.as_ref(), &self.ctx.cfg.root_dir, &uid, &containers).await;
+            let (runtime, objects) = (self.ctx.runtime.as_ref(), self.ctx.objects.as_ref());
+            let result = release_pod(runtime, objects, &self.ctx.cfg.root_dir, &uid, &containers).await;
             if let Err(error) = result {
                 tracing::warn!(%uid, "release orphan: {}", error_chain(&error));
             }

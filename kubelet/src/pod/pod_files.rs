@@ -16,9 +16,34 @@ pub enum PodFilesError {
         #[source]
         source: std::io::Error,
     },
+    #[error("read the host's {path} for a host-network pod")]
+    ReadHostFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     ReadResolvConf(#[from] ReadResolvConfError),
+    #[error(transparent)]
+    Hostname(#[from] HostnameError),
 }
+
+/// kubelet's GetNodenameForKernel: the FQDN must fit the kernel's 64-byte nodename.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "failed to construct FQDN from pod hostname and cluster domain, FQDN {fqdn} is too long ({FQDN_MAX_LEN} characters is the max, {} characters requested)",
+    fqdn.len()
+)]
+pub struct HostnameError {
+    pub fqdn: String,
+}
+
+/// The longest FQDN the kernel's nodename holds.
+const FQDN_MAX_LEN: usize = 64;
+
+/// The host's files a host-network pod sees.
+const HOST_HOSTS: &str = "/etc/hosts";
+const HOST_HOSTNAME: &str = "/proc/sys/kernel/hostname";
 
 /// Where the pod's shared files live on the host.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +79,31 @@ pub fn pod_hostname(pod: &Pod) -> String {
     truncated
 }
 
+/// `<hostname>.<subdomain>.<namespace>.svc.<cluster domain>` when the pod has a subdomain
+/// and the node a cluster domain.
+fn pod_fqdn(pod: &Pod, cluster_domain: Option<&str>) -> Option<String> {
+    let subdomain = pod.spec.as_ref().and_then(|s| s.subdomain.as_deref()).filter(|s| !s.is_empty())?;
+    let domain = cluster_domain.filter(|d| !d.is_empty())?;
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    Some(format!("{}.{subdomain}.{namespace}.svc.{domain}", pod_hostname(pod)))
+}
+
+/// The UTS hostname of a pod with its own namespace: the FQDN with `setHostnameAsFQDN`,
+/// else the hostname.
+pub fn kernel_hostname(pod: &Pod, cluster_domain: Option<&str>) -> Result<String, HostnameError> {
+    let as_fqdn = pod.spec.as_ref().and_then(|s| s.set_hostname_as_fqdn) == Some(true);
+    match pod_fqdn(pod, cluster_domain).filter(|_| as_fqdn) {
+        Some(fqdn) if fqdn.len() > FQDN_MAX_LEN => Err(HostnameError { fqdn }),
+        Some(fqdn) => Ok(fqdn),
+        None => Ok(pod_hostname(pod)),
+    }
+}
+
+/// Whether the pod uses the node's network namespace.
+pub fn is_host_network(pod: &Pod) -> bool {
+    pod.spec.as_ref().and_then(|s| s.host_network) == Some(true)
+}
+
 /// The content of /etc/hosts, in kubelet's format; with a subdomain and a cluster domain, the
 /// pod's FQDN `<hostname>.<subdomain>.<namespace>.svc.<cluster domain>` too.
 pub fn hosts_file(pod: &Pod, pod_ip: IpAddr, cluster_domain: Option<&str>) -> String {
@@ -67,16 +117,23 @@ pub fn hosts_file(pod: &Pod, pod_ip: IpAddr, cluster_domain: Option<&str>) -> St
          fe00::2\tip6-allrouters\n",
     );
     let hostname = pod_hostname(pod);
-    let spec = pod.spec.as_ref();
-    let subdomain = spec.and_then(|s| s.subdomain.as_deref()).filter(|s| !s.is_empty());
-    match (subdomain, cluster_domain.filter(|d| !d.is_empty())) {
-        (Some(subdomain), Some(domain)) => {
-            let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-            out.push_str(&format!("{pod_ip}\t{hostname}.{subdomain}.{namespace}.svc.{domain}\t{hostname}\n"));
-        }
-        _ => out.push_str(&format!("{pod_ip}\t{hostname}\n")),
+    match pod_fqdn(pod, cluster_domain) {
+        Some(fqdn) => out.push_str(&format!("{pod_ip}\t{fqdn}\t{hostname}\n")),
+        None => out.push_str(&format!("{pod_ip}\t{hostname}\n")),
     }
-    let aliases = spec.and_then(|s| s.host_aliases.as_ref());
+    out.push_str(&host_alias_entries(pod));
+    out
+}
+
+/// kubelet's nodeHostsFileContent: a host-network pod sees the node's /etc/hosts under its
+/// own header, with the pod's hostAliases after it.
+pub fn host_network_hosts_file(pod: &Pod, node_hosts: &str) -> String {
+    format!("# Kubernetes-managed hosts file (host network).\n{node_hosts}{}", host_alias_entries(pod))
+}
+
+fn host_alias_entries(pod: &Pod) -> String {
+    let mut out = String::new();
+    let aliases = pod.spec.as_ref().and_then(|s| s.host_aliases.as_ref());
     if let Some(aliases) = aliases.filter(|a| !a.is_empty()) {
         out.push_str("\n# Entries added by HostAliases.\n");
         for alias in aliases {
@@ -98,10 +155,20 @@ pub fn write_pod_files(
     let files = PodFiles::in_dir(pod_dir);
     std::fs::create_dir_all(pod_dir).map_err(|source| PodFilesError::Write { path: pod_dir.to_path_buf(), source })?;
     let resolver = pod_dns(pod, dns, dns.host_config()?);
-    write(&files.hosts, hosts_file(pod, pod_ip, dns.cluster_domain.as_deref()).as_bytes())?;
+    let (hosts, hostname) = if is_host_network(pod) {
+        let hostname = read_host_file(Path::new(HOST_HOSTNAME))?.trim().to_string();
+        (host_network_hosts_file(pod, &read_host_file(Path::new(HOST_HOSTS))?), hostname)
+    } else {
+        (hosts_file(pod, pod_ip, dns.cluster_domain.as_deref()), kernel_hostname(pod, dns.cluster_domain.as_deref())?)
+    };
+    write(&files.hosts, hosts.as_bytes())?;
     write(&files.resolv_conf, render(&resolver.config).as_bytes())?;
-    write(&files.hostname, format!("{}\n", pod_hostname(pod)).as_bytes())?;
+    write(&files.hostname, format!("{hostname}\n").as_bytes())?;
     Ok((files, resolver.warnings))
+}
+
+fn read_host_file(path: &Path) -> Result<String, PodFilesError> {
+    std::fs::read_to_string(path).map_err(|source| PodFilesError::ReadHostFile { path: path.to_path_buf(), source })
 }
 
 fn write(path: &Path, content: &[u8]) -> Result<(), PodFilesError> {
@@ -141,6 +208,34 @@ mod tests {
         let no_domain = hosts_file(&p, "10.88.0.5".parse().expect("ip"), None);
         assert!(no_domain.contains("10.88.0.5\tweb\n"), "{no_domain}");
         assert!(text.ends_with("# Entries added by HostAliases.\n1.2.3.4\ta\tb\n"));
+    }
+
+    #[test]
+    fn kernel_hostname_is_the_fqdn_when_asked() {
+        let mut p = pod("web");
+        let spec = p.spec.as_mut().expect("spec");
+        spec.subdomain = Some("db".into());
+        assert_eq!(kernel_hostname(&p, Some("cluster.local")), Ok("web".to_string()));
+        p.spec.as_mut().expect("spec").set_hostname_as_fqdn = Some(true);
+        assert_eq!(kernel_hostname(&p, Some("cluster.local")), Ok("web.db.default.svc.cluster.local".to_string()));
+        assert_eq!(kernel_hostname(&p, None), Ok("web".to_string()));
+        p.spec.as_mut().expect("spec").hostname = Some("h".repeat(40));
+        let error = kernel_hostname(&p, Some("cluster.local")).expect_err("too long");
+        assert_eq!(error.fqdn.len(), 69);
+        assert!(error.to_string().ends_with("is too long (64 characters is the max, 69 characters requested)"));
+    }
+
+    #[test]
+    fn host_network_hosts_file_is_the_nodes() {
+        let mut p = pod("web");
+        p.spec.as_mut().expect("spec").host_aliases =
+            Some(vec![HostAlias { ip: "1.2.3.4".into(), hostnames: Some(vec!["a".into()]) }]);
+        let text = host_network_hosts_file(&p, "127.0.0.1 localhost\n10.0.0.7 node1\n");
+        assert_eq!(
+            text,
+            "# Kubernetes-managed hosts file (host network).\n127.0.0.1 localhost\n10.0.0.7 node1\n\n\
+             # Entries added by HostAliases.\n1.2.3.4\ta\n"
+        );
     }
 
     #[test]

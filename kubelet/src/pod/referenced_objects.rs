@@ -38,8 +38,27 @@ impl fmt::Display for ObjectKind {
     }
 }
 
-/// An object's keys and their bytes (a ConfigMap's `data` and `binaryData` together).
-pub type ObjectData = BTreeMap<String, Vec<u8>>;
+/// An object's keys and their bytes. A ConfigMap's `binaryData` is kept apart: volumes show
+/// it, env does not (kubelet reads only `data` for envFrom and configMapKeyRef).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectData {
+    /// A ConfigMap's `data`, a Secret's `data` and `stringData`.
+    pub data: BTreeMap<String, Vec<u8>>,
+    /// A ConfigMap's `binaryData`.
+    pub binary_data: BTreeMap<String, Vec<u8>>,
+}
+
+impl ObjectData {
+    /// Every key a volume shows, with its bytes.
+    pub fn volume_entries(&self) -> impl Iterator<Item = (&String, &Vec<u8>)> {
+        self.data.iter().chain(self.binary_data.iter())
+    }
+
+    /// One key as a volume sees it.
+    pub fn volume_value(&self, key: &str) -> Option<&Vec<u8>> {
+        self.data.get(key).or_else(|| self.binary_data.get(key))
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectError {
@@ -64,6 +83,9 @@ pub trait PodObjects: Send + Sync {
 
     /// A token of a service account for a projected volume (kubelet's token manager).
     async fn service_account_token(&self, wanted: &TokenWanted) -> Result<IssuedToken, TokenError>;
+
+    /// The pod is gone from the node: drop what was kept for it (its tokens).
+    fn forget_pod(&self, _pod_uid: &str) {}
 
     /// The object's data; a missing object is [`ObjectError::NotFound`].
     async fn require(&self, kind: ObjectKind, namespace: &str, name: &str) -> Result<ObjectData, ObjectError> {
@@ -107,6 +129,10 @@ impl PodObjects for ApiObjects {
     async fn service_account_token(&self, wanted: &TokenWanted) -> Result<IssuedToken, TokenError> {
         self.tokens.token(wanted).await
     }
+
+    fn forget_pod(&self, pod_uid: &str) {
+        self.tokens.forget_pod(pod_uid);
+    }
 }
 
 /// No API server (standalone mode): every reference fails, as static pods may not have any.
@@ -124,16 +150,17 @@ impl PodObjects for NoObjects {
 }
 
 pub fn config_map_data(config_map: ConfigMap) -> ObjectData {
-    let text = config_map.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes()));
-    let binary = config_map.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0));
-    text.chain(binary).collect()
+    ObjectData {
+        data: config_map.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect(),
+        binary_data: config_map.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect(),
+    }
 }
 
 pub fn secret_data(secret: Secret) -> ObjectData {
     let data = secret.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0));
     // stringData is write-only in the API; a manifest may still carry it.
     let strings = secret.string_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes()));
-    data.chain(strings).collect()
+    ObjectData { data: data.chain(strings).collect(), binary_data: BTreeMap::new() }
 }
 
 /// In-memory objects for tests.
@@ -141,12 +168,18 @@ pub fn secret_data(secret: Secret) -> ObjectData {
 #[derive(Default)]
 pub struct MemoryObjects {
     pub objects: std::sync::Mutex<BTreeMap<(ObjectKind, String, String), ObjectData>>,
+    /// The pods [`PodObjects::forget_pod`] was called for.
+    pub forgotten: std::sync::Mutex<Vec<String>>,
 }
 
 #[cfg(test)]
 impl MemoryObjects {
     pub fn insert(&self, kind: ObjectKind, namespace: &str, name: &str, data: &[(&str, &str)]) {
         let data = data.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect();
+        self.insert_data(kind, namespace, name, ObjectData { data, binary_data: BTreeMap::new() });
+    }
+
+    pub fn insert_data(&self, kind: ObjectKind, namespace: &str, name: &str, data: ObjectData) {
         self.objects.lock().unwrap().insert((kind, namespace.to_string(), name.to_string()), data);
     }
 }
@@ -164,5 +197,9 @@ impl PodObjects for MemoryObjects {
             expires: chrono::Utc::now() + chrono::Duration::seconds(wanted.expiration_seconds),
             lifetime_seconds: wanted.expiration_seconds,
         })
+    }
+
+    fn forget_pod(&self, pod_uid: &str) {
+        self.forgotten.lock().unwrap().push(pod_uid.to_string());
     }
 }

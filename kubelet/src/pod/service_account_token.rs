@@ -60,15 +60,49 @@ pub fn needs_refresh(token: &IssuedToken, now: DateTime<Utc>) -> bool {
     now >= issued + max_ttl || now >= refresh_at
 }
 
+/// Issued tokens by request, kept until they expire or their pod is released.
+#[derive(Default)]
+pub struct TokenCache {
+    entries: Mutex<HashMap<TokenWanted, IssuedToken>>,
+}
+
+impl TokenCache {
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<TokenWanted, IssuedToken>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cached token unless it needs a refresh; expired tokens are dropped on the way.
+    pub fn fresh(&self, wanted: &TokenWanted, now: DateTime<Utc>) -> Option<IssuedToken> {
+        let mut entries = self.entries();
+        entries.retain(|_, token| token.expires > now);
+        entries.get(wanted).filter(|t| !needs_refresh(t, now)).cloned()
+    }
+
+    pub fn insert(&self, wanted: TokenWanted, token: IssuedToken) {
+        self.entries().insert(wanted, token);
+    }
+
+    /// Drop every token bound to the pod, as kubelet's token manager does when the pod's
+    /// volumes are torn down (a token may live for a year).
+    pub fn forget_pod(&self, pod_uid: &str) {
+        self.entries().retain(|wanted, _| wanted.pod_uid != pod_uid);
+    }
+}
+
 /// Tokens from the API server, cached until they need a refresh.
 pub struct ApiTokens {
     client: kube::Client,
-    cache: Mutex<HashMap<TokenWanted, IssuedToken>>,
+    cache: TokenCache,
 }
 
 impl ApiTokens {
     pub fn new(client: kube::Client) -> ApiTokens {
-        ApiTokens { client, cache: Mutex::new(HashMap::new()) }
+        ApiTokens { client, cache: TokenCache::default() }
+    }
+
+    /// The pod was released: its tokens go.
+    pub fn forget_pod(&self, pod_uid: &str) {
+        self.cache.forget_pod(pod_uid);
     }
 
     async fn request(&self, wanted: &TokenWanted) -> Result<IssuedToken, TokenError> {
@@ -107,18 +141,11 @@ impl ApiTokens {
 impl ApiTokens {
     /// The cached token, or a new one when there is none or it needs a refresh.
     pub async fn token(&self, wanted: &TokenWanted) -> Result<IssuedToken, TokenError> {
-        let now = Utc::now();
-        let cached = {
-            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            // Tokens of deleted pods go once they expire.
-            cache.retain(|_, token| token.expires > now);
-            cache.get(wanted).cloned()
-        };
-        if let Some(token) = cached.filter(|t| !needs_refresh(t, now)) {
+        if let Some(token) = self.cache.fresh(wanted, Utc::now()) {
             return Ok(token);
         }
         let token = self.request(wanted).await?;
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(wanted.clone(), token.clone());
+        self.cache.insert(wanted.clone(), token.clone());
         Ok(token)
     }
 }
@@ -142,5 +169,35 @@ mod tests {
             IssuedToken { token: "t".into(), expires: issued + chrono::Duration::days(7), lifetime_seconds: 7 * 86400 };
         assert!(!needs_refresh(&week, issued + chrono::Duration::hours(23)));
         assert!(needs_refresh(&week, issued + chrono::Duration::hours(24)));
+    }
+
+    fn wanted(pod_uid: &str, audience: &str) -> TokenWanted {
+        TokenWanted {
+            namespace: "ns".into(),
+            service_account: "robot".into(),
+            audience: audience.into(),
+            expiration_seconds: 365 * 86400,
+            pod_name: format!("pod-{pod_uid}"),
+            pod_uid: pod_uid.into(),
+        }
+    }
+
+    #[test]
+    fn released_pods_lose_their_tokens() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+        let year = IssuedToken {
+            token: "t".into(),
+            expires: now + chrono::Duration::days(365),
+            lifetime_seconds: 365 * 86400,
+        };
+        let cache = TokenCache::default();
+        cache.insert(wanted("gone", ""), year.clone());
+        cache.insert(wanted("gone", "vault"), year.clone());
+        cache.insert(wanted("stays", ""), year.clone());
+        assert_eq!(cache.fresh(&wanted("gone", "vault"), now), Some(year.clone()));
+        cache.forget_pod("gone");
+        assert_eq!(cache.fresh(&wanted("gone", "vault"), now), None);
+        assert_eq!(cache.fresh(&wanted("gone", ""), now), None);
+        assert_eq!(cache.fresh(&wanted("stays", ""), now), Some(year));
     }
 }

@@ -1,24 +1,30 @@
 //! The one place where Kubernetes meets OCI: a pod's container, its image configuration and
 //! the facts of its sandbox become an `oci_spec::runtime::Spec` (the bundle's config.json).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Container, Pod, VolumeMount};
 use oci_spec::image::ImageConfiguration;
 use oci_spec::runtime::{
-    get_default_maskedpaths, get_default_mounts, get_default_readonly_paths, Capability, LinuxBuilder,
-    LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    get_default_mounts, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroup,
+    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use super::expand::expand;
+use super::host_devices::{host_devices, HostDevicesError};
 use super::ids::{
     ANNOTATION_CONTAINER_NAME, ANNOTATION_POD_NAME, ANNOTATION_POD_NAMESPACE, ANNOTATION_POD_UID,
     ANNOTATION_RESTART_COUNT, ANNOTATION_STOP_SIGNAL,
 };
-use super::pod_files::{pod_hostname, PodFiles};
+use super::image_groups::member_groups;
+use super::pod_files::{is_host_network, kernel_hostname, HostnameError, PodFiles};
 use super::quantity::{milli_value, value, QuantityError};
+use super::security_context::{
+    capabilities, current_capabilities, proc_paths, seccomp, verify_run_as_non_root, EffectiveSecurity,
+    SeccompSettings, SecurityError,
+};
 use super::user::{resolve_image_user, ResolvedUser, UserError};
 use super::volumes::HostVolumes;
 
@@ -47,12 +53,33 @@ pub enum TranslateError {
     Propagation { container: String, mount_path: String, mode: String },
     #[error("container {container}: volumeMount {mount_path:?}: Bidirectional mount propagation is available only to privileged containers")]
     BidirectionalNotPrivileged { container: String, mount_path: String },
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    #[error(transparent)]
+    Hostname(#[from] HostnameError),
+    #[error("container {container}: the host devices of a privileged container")]
+    Devices {
+        container: String,
+        #[source]
+        source: HostDevicesError,
+    },
     #[error("build oci spec for container {container}")]
     Build {
         container: String,
         #[source]
         source: oci_spec::OciSpecError,
     },
+}
+
+impl TranslateError {
+    /// The container's waiting reason, as kubelet reports the failure.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TranslateError::Security(error) => error.reason(),
+            TranslateError::Devices { .. } => "CreateContainerError",
+            _ => "CreateContainerConfigError",
+        }
+    }
 }
 
 /// The capabilities containerd (and so kubelet) grants a container by default.
@@ -86,7 +113,12 @@ pub struct TranslateInput<'a> {
     pub image: &'a ImageConfiguration,
     /// The mounted root filesystem (its /etc/passwd resolves user names).
     pub rootfs: &'a Path,
+    /// The sandbox's network namespace (unused for a host-network pod).
     pub netns_path: &'a Path,
+    /// The node's cluster domain, for a pod's FQDN.
+    pub cluster_domain: Option<&'a str>,
+    /// Where Localhost seccomp profiles live, and the default when none is set.
+    pub seccomp: &'a SeccompSettings,
     pub pod_files: &'a PodFiles,
     /// Parent of all pod cgroups, like "/nodelet".
     pub cgroup_root: &'a str,
@@ -114,9 +146,13 @@ pub fn container_spec(input: &TranslateInput<'_>) -> Result<Spec, TranslateError
         .filter(|d| !d.is_empty())
         .or_else(|| image_config.working_dir().clone().filter(|d| !d.is_empty()))
         .unwrap_or_else(|| "/".to_string());
-    let user = container_user(input, image_config.user().as_deref().unwrap_or(""))?;
+    let image_user = image_config.user().as_deref().unwrap_or("");
+    let security = EffectiveSecurity::of(input.pod, input.container);
+    verify_run_as_non_root(&security, input.pod, &name, image_user)?;
+    let user = container_user(input, &security, image_user)?;
 
-    let capabilities: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
+    let capabilities = capabilities(&security, &current_capabilities()?, &name)?;
+    let seccomp = seccomp(&security, input.seccomp, &capabilities, &name)?;
     let mut process_capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(capabilities.clone())
         .effective(capabilities.clone())
@@ -126,7 +162,7 @@ pub fn container_spec(input: &TranslateInput<'_>) -> Result<Spec, TranslateError
     // The builder starts from oci-spec's defaults; containerd sets no ambient/inheritable caps.
     process_capabilities.set_ambient(None);
     process_capabilities.set_inheritable(None);
-    let groups = supplemental_groups(input.pod);
+    let groups = process_groups(input, &security, &user, image_user);
     let mut process_user = UserBuilder::default().uid(user.uid).gid(user.gid).build().map_err(build)?;
     if !groups.is_empty() {
         process_user.set_additional_gids(Some(groups));
@@ -138,39 +174,34 @@ pub fn container_spec(input: &TranslateInput<'_>) -> Result<Spec, TranslateError
         .env(env)
         .cwd(cwd)
         .capabilities(process_capabilities)
-        .no_new_privileges(false)
+        .no_new_privileges(security.no_new_privileges())
         .build()
         .map_err(build)?;
     // No rlimits of our own: containers inherit the monitor's, as with containerd.
     process.set_rlimits(None);
 
-    let namespaces = [
-        (LinuxNamespaceType::Pid, None),
-        (LinuxNamespaceType::Ipc, None),
-        (LinuxNamespaceType::Uts, None),
-        (LinuxNamespaceType::Mount, None),
-        (LinuxNamespaceType::Network, Some(input.netns_path.to_path_buf())),
-    ]
-    .into_iter()
-    .map(|(typ, path)| {
-        let builder = LinuxNamespaceBuilder::default().typ(typ);
-        match path {
-            Some(path) => builder.path(path).build(),
-            None => builder.build(),
-        }
-    })
-    .collect::<Result<Vec<_>, _>>()
-    .map_err(build)?;
-
     let volume_mounts = volume_mounts(input)?;
+    let (masked_paths, readonly_paths) = proc_paths(&security);
+    let mut resources = resources(input.container)?;
     let mut linux = LinuxBuilder::default()
-        .namespaces(namespaces)
+        .namespaces(namespaces(input).map_err(build)?)
         .cgroups_path(cgroups_path(input))
-        .resources(resources(input.container)?)
-        .masked_paths(get_default_maskedpaths())
-        .readonly_paths(get_default_readonly_paths())
+        .masked_paths(masked_paths)
+        .readonly_paths(readonly_paths)
         .build()
         .map_err(build)?;
+    linux.set_seccomp(seccomp);
+    if security.privileged() {
+        // Every host device, and the device cgroup open to all, as containerd does.
+        let devices = host_devices(Path::new("/dev"))
+            .map_err(|source| TranslateError::Devices { container: name.clone(), source })?;
+        linux.set_devices(Some(devices));
+        let mut allow_all = LinuxDeviceCgroup::default();
+        allow_all.set_allow(true);
+        allow_all.set_access(Some("rwm".to_string()));
+        resources.set_devices(Some(vec![allow_all]));
+    }
+    linux.set_resources(Some(resources));
     // As containerd: a volume that receives mounts from the host (rslave) or shares them
     // (rshared) needs the rootfs to propagate the same way.
     let propagations: Vec<&str> = volume_mounts.iter().map(|m| m.propagation).collect();
@@ -181,21 +212,78 @@ pub fn container_spec(input: &TranslateInput<'_>) -> Result<Spec, TranslateError
     }
 
     let mut mounts = get_default_mounts();
+    if security.privileged() {
+        writable_sysfs(&mut mounts);
+    }
     mounts.extend(pod_file_mounts(input.pod_files).map_err(build)?);
     for mount in volume_mounts {
         mounts.push(mount.into_oci().map_err(build)?);
     }
 
-    SpecBuilder::default()
+    let root = RootBuilder::default()
+        .path(input.rootfs.to_path_buf())
+        .readonly(security.read_only_root())
+        .build()
+        .map_err(build)?;
+    let mut spec = SpecBuilder::default()
         .version("1.0.2")
-        .root(RootBuilder::default().path(input.rootfs.to_path_buf()).readonly(false).build().map_err(build)?)
-        .hostname(pod_hostname(input.pod))
+        .root(root)
         .process(process)
         .mounts(mounts)
         .linux(linux)
         .annotations(annotations(input))
         .build()
-        .map_err(build)
+        .map_err(build)?;
+    // A host-network pod shares the node's UTS namespace and so its hostname.
+    let hostname = match is_host_network(input.pod) {
+        true => None,
+        false => Some(kernel_hostname(input.pod, input.cluster_domain)?),
+    };
+    spec.set_hostname(hostname);
+    Ok(spec)
+}
+
+/// New pid, ipc, uts, mount and network namespaces, except those the pod shares with the host:
+/// hostPID, hostIPC, hostNetwork (which also keeps the host's hostname).
+fn namespaces(input: &TranslateInput<'_>) -> Result<Vec<LinuxNamespace>, oci_spec::OciSpecError> {
+    let spec = input.pod.spec.as_ref();
+    let host_pid = spec.and_then(|s| s.host_pid) == Some(true);
+    let host_ipc = spec.and_then(|s| s.host_ipc) == Some(true);
+    let host_network = is_host_network(input.pod);
+    let mut namespaces = Vec::new();
+    let mut add = |typ, path: Option<&Path>| -> Result<(), oci_spec::OciSpecError> {
+        let builder = LinuxNamespaceBuilder::default().typ(typ);
+        namespaces.push(match path {
+            Some(path) => builder.path(path.to_path_buf()).build()?,
+            None => builder.build()?,
+        });
+        Ok(())
+    };
+    if !host_pid {
+        add(LinuxNamespaceType::Pid, None)?;
+    }
+    if !host_ipc {
+        add(LinuxNamespaceType::Ipc, None)?;
+    }
+    if !host_network {
+        add(LinuxNamespaceType::Uts, None)?;
+    }
+    add(LinuxNamespaceType::Mount, None)?;
+    if !host_network {
+        add(LinuxNamespaceType::Network, Some(input.netns_path))?;
+    }
+    Ok(namespaces)
+}
+
+/// A privileged container gets /sys and its cgroups read-write.
+fn writable_sysfs(mounts: &mut [Mount]) {
+    for mount in mounts {
+        let system = matches!(mount.destination().to_str(), Some("/sys" | "/sys/fs/cgroup"));
+        if let (true, Some(options)) = (system, mount.options().clone()) {
+            let options = options.into_iter().map(|o| if o == "ro" { "rw".to_string() } else { o }).collect();
+            mount.set_options(Some(options));
+        }
+    }
 }
 
 /// Image env first, then the container's variables, replacing by name.
@@ -248,33 +336,35 @@ fn process_args(
 }
 
 /// Image user, then the pod's and the container's securityContext runAsUser/runAsGroup.
-fn container_user(input: &TranslateInput<'_>, image_user: &str) -> Result<ResolvedUser, TranslateError> {
+fn container_user(
+    input: &TranslateInput<'_>,
+    security: &EffectiveSecurity<'_>,
+    image_user: &str,
+) -> Result<ResolvedUser, TranslateError> {
     let mut user = resolve_image_user(image_user, input.rootfs)
         .map_err(|source| TranslateError::User { container: input.container.name.clone(), source })?;
-    let pod_context = input.pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
-    let container_context = input.container.security_context.as_ref();
-    let run_as_user = container_context.and_then(|c| c.run_as_user).or_else(|| pod_context.and_then(|c| c.run_as_user));
-    let run_as_group =
-        container_context.and_then(|c| c.run_as_group).or_else(|| pod_context.and_then(|c| c.run_as_group));
-    if let Some(uid) = run_as_user.and_then(|u| u32::try_from(u).ok()) {
+    if let Some(uid) = security.run_as_user().and_then(|u| u32::try_from(u).ok()) {
         user.uid = uid;
     }
-    if let Some(gid) = run_as_group.and_then(|g| u32::try_from(g).ok()) {
+    if let Some(gid) = security.run_as_group().and_then(|g| u32::try_from(g).ok()) {
         user.gid = gid;
     }
     Ok(user)
 }
 
-fn supplemental_groups(pod: &Pod) -> Vec<u32> {
-    let Some(context) = pod.spec.as_ref().and_then(|s| s.security_context.as_ref()) else {
-        return Vec::new();
-    };
-    let mut groups: Vec<u32> = context
-        .fs_group
-        .into_iter()
-        .chain(context.supplemental_groups.iter().flatten().copied())
-        .filter_map(|g| u32::try_from(g).ok())
-        .collect();
+/// containerd's supplementary groups: the primary group, the groups of the image's /etc/group
+/// that list the user, then the pod's supplementalGroups and fsGroup.
+fn process_groups(
+    input: &TranslateInput<'_>,
+    security: &EffectiveSecurity<'_>,
+    user: &ResolvedUser,
+    image_user: &str,
+) -> Vec<u32> {
+    let image_name = image_user.split(':').next().filter(|n| !n.is_empty() && n.parse::<u32>().is_err());
+    let name = image_name.filter(|_| security.run_as_user().is_none());
+    let mut groups = vec![user.gid];
+    groups.extend(member_groups(input.rootfs, user.uid, name));
+    groups.extend(security.supplemental_groups());
     groups.sort_unstable();
     groups.dedup();
     groups
@@ -356,7 +446,7 @@ impl VolumeBind {
 /// read-only, as kubelet mounts them.
 fn volume_mounts(input: &TranslateInput<'_>) -> Result<Vec<VolumeBind>, TranslateError> {
     let container = &input.container.name;
-    let privileged = input.container.security_context.as_ref().and_then(|c| c.privileged).unwrap_or(false);
+    let privileged = EffectiveSecurity::of(input.pod, input.container).privileged();
     let mut binds = Vec::new();
     for (index, mount) in input.container.volume_mounts.iter().flatten().enumerate() {
         let unknown = || TranslateError::UnknownVolume {

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSecurityContext, PodSpec, ResourceRequirements,
-    VolumeMount,
+    SeccompProfile, SecurityContext, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -66,6 +66,8 @@ fn translate_with_volumes(
         image,
         rootfs: Path::new("/var/lib/nodelet/pods/0b1c/containers/app-2/rootfs"),
         netns_path: Path::new("/run/nodelet/netns/0b1c"),
+        cluster_domain: Some("cluster.local"),
+        seccomp: &SeccompSettings { root: PathBuf::from("/var/lib/nodelet/seccomp"), default_runtime: false },
         pod_files: &files,
         cgroup_root: "/nodelet",
         attempt: 2,
@@ -169,7 +171,99 @@ fn security_context_overrides_image_user() {
     let spec = translate(&p, &image(&[], &[])).expect("spec");
     let user = spec.process().as_ref().expect("process").user();
     assert_eq!((user.uid(), user.gid()), (1000, 3000));
-    assert_eq!(user.additional_gids().clone(), Some(vec![2000]));
+    // containerd keeps the primary group among the supplementary ones.
+    assert_eq!(user.additional_gids().clone(), Some(vec![2000, 3000]));
+}
+
+fn namespace_types(spec: &Spec) -> Vec<LinuxNamespaceType> {
+    let linux = spec.linux().as_ref().expect("linux");
+    linux.namespaces().iter().flatten().map(|n| n.typ()).collect()
+}
+
+#[test]
+fn host_namespaces_are_left_out() {
+    let container = Container { name: "app".into(), command: Some(vec!["x".into()]), ..Default::default() };
+    let mut p = pod(container);
+    let spec = translate(&p, &image(&[], &[])).expect("spec");
+    assert_eq!(namespace_types(&spec).len(), 5);
+    assert_eq!(spec.hostname().as_deref(), Some("web"));
+    let pod_spec = p.spec.as_mut().expect("spec");
+    pod_spec.host_network = Some(true);
+    pod_spec.host_pid = Some(true);
+    pod_spec.host_ipc = Some(true);
+    let spec = translate(&p, &image(&[], &[])).expect("spec");
+    assert_eq!(namespace_types(&spec), [LinuxNamespaceType::Mount]);
+    assert_eq!(spec.hostname(), &None);
+}
+
+#[test]
+fn hostname_as_fqdn_and_its_limit() {
+    let container = Container { name: "app".into(), command: Some(vec!["x".into()]), ..Default::default() };
+    let mut p = pod(container);
+    let pod_spec = p.spec.as_mut().expect("spec");
+    pod_spec.subdomain = Some("db".into());
+    pod_spec.set_hostname_as_fqdn = Some(true);
+    let spec = translate(&p, &image(&[], &[])).expect("spec");
+    assert_eq!(spec.hostname().as_deref(), Some("web.db.default.svc.cluster.local"));
+    p.spec.as_mut().expect("spec").hostname = Some("h".repeat(40));
+    let error = translate(&p, &image(&[], &[])).expect_err("too long");
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "failed to construct FQDN from pod hostname and cluster domain, FQDN {}.db.default.svc.cluster.local is too long (64 characters is the max, 69 characters requested)",
+            "h".repeat(40)
+        )
+    );
+}
+
+#[test]
+fn security_context_reaches_the_spec() {
+    let container = Container {
+        name: "app".into(),
+        command: Some(vec!["x".into()]),
+        security_context: Some(SecurityContext {
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let spec = translate(&pod(container), &image(&[], &[])).expect("spec");
+    assert_eq!(spec.root().as_ref().and_then(|r| r.readonly()), Some(true));
+    assert_eq!(spec.process().as_ref().and_then(|p| p.no_new_privileges()), Some(true));
+    assert!(spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()).is_some());
+}
+
+#[test]
+fn privileged_gets_devices_and_writable_sys() {
+    let container = Container {
+        name: "app".into(),
+        command: Some(vec!["x".into()]),
+        security_context: Some(SecurityContext { privileged: Some(true), ..Default::default() }),
+        ..Default::default()
+    };
+    let spec = translate(&pod(container), &image(&[], &[])).expect("spec");
+    let linux = spec.linux().as_ref().expect("linux");
+    assert!(linux.devices().iter().flatten().any(|d| d.path() == Path::new("/dev/null")));
+    assert_eq!(linux.masked_paths().as_deref(), Some(&[][..]));
+    let sys = spec.mounts().iter().flatten().find(|m| m.destination() == Path::new("/sys")).expect("/sys");
+    assert!(sys.options().iter().flatten().any(|o| o == "rw"));
+    let caps = spec.process().as_ref().and_then(|p| p.capabilities().clone()).expect("caps");
+    assert!(caps.bounding().iter().flatten().any(|c| *c == Capability::SysAdmin));
+}
+
+#[test]
+fn run_as_non_root_with_a_root_image_is_a_config_error() {
+    let container = Container {
+        name: "app".into(),
+        command: Some(vec!["x".into()]),
+        security_context: Some(SecurityContext { run_as_non_root: Some(true), ..Default::default() }),
+        ..Default::default()
+    };
+    let error = translate(&pod(container), &image(&[], &[])).expect_err("root image");
+    assert_eq!(error.reason(), "CreateContainerConfigError");
+    assert!(error.to_string().starts_with("container has runAsNonRoot and image will run as root"), "{error}");
 }
 
 #[test]

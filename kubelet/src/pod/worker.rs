@@ -18,7 +18,7 @@ use super::ids::{container_id, sandbox_id};
 use super::image_pull::ensure_image;
 use super::layout::{container_dir, log_path, pod_dir};
 use super::model::{Observed, PodMemory, PodPlan, ProbeKill, Removal, RestartPolicy, Waiting};
-use super::pod_files::write_pod_files;
+use super::pod_files::{is_host_network, kernel_hostname, write_pod_files};
 use super::probe::{PodProber, ProbeMetrics};
 use super::pull_secrets::PullSecrets;
 use super::referenced_objects::PodObjects;
@@ -330,6 +330,13 @@ impl Worker {
                     self.memory.sandbox_retry_at = Some(now + backoff_delay(self.memory.sandbox_error_streak));
                     self.memory.sandbox_error = Some(error_chain(&*error));
                     tracing::warn!(pod = %pod_key(pod), "create pod sandbox: {}", error_chain(&*error));
+                    let message = format!("Failed to create pod sandbox: {}", error_chain(&*error));
+                    self.ctx.events.record(
+                        pod_reference(pod, None),
+                        EventType::Warning,
+                        "FailedCreatePodSandBox",
+                        message,
+                    );
                 }
             },
             Action::EnsureImage { container } => {
@@ -461,7 +468,7 @@ impl Worker {
             }
             Action::TearDown => {
                 let containers: Vec<_> = observed.all().map(|a| a.info.clone()).collect();
-                release_pod(runtime.as_ref(), &root, uid, &containers).await?;
+                release_pod(runtime.as_ref(), self.ctx.objects.as_ref(), &root, uid, &containers).await?;
                 self.memory.torn_down = true;
                 self.memory.sandbox = None;
             }
@@ -470,7 +477,13 @@ impl Worker {
     }
 
     async fn setup_sandbox(&self, pod: &Pod, uid: &str) -> Result<SandboxInfo, StepError> {
-        let sandbox = self.ctx.runtime.setup_sandbox(&sandbox_id(uid)).await?;
+        let sandbox = if is_host_network(pod) {
+            host_network_sandbox(uid, self.ctx.cfg.host_ip.as_deref())?
+        } else {
+            // The UTS hostname comes with the sandbox: an FQDN too long fails it, as in kubelet.
+            kernel_hostname(pod, self.ctx.cfg.dns.cluster_domain.as_deref())?;
+            self.ctx.runtime.setup_sandbox(&sandbox_id(uid)).await?
+        };
         let (_, warnings) =
             write_pod_files(&pod_dir(&self.ctx.cfg.root_dir, uid), pod, sandbox.ip.into(), &self.ctx.cfg.dns)?;
         for (reason, message) in warnings {
@@ -510,6 +523,8 @@ impl Worker {
             image: &image.config,
             rootfs: &rootfs,
             netns_path: &sandbox.netns_path,
+            cluster_domain: self.ctx.cfg.dns.cluster_domain.as_deref(),
+            seccomp: &self.ctx.cfg.seccomp(),
             pod_files: &files,
             cgroup_root: &self.ctx.cfg.cgroup_root,
             attempt,
@@ -517,7 +532,7 @@ impl Worker {
             volumes: &config.volumes,
             subpaths: &config.subpaths,
         })
-        .map_err(|e| Waiting { reason: "CreateContainerConfigError".to_string(), message: error_chain(&e) })?;
+        .map_err(|e| Waiting { reason: e.reason().to_string(), message: error_chain(&e) })?;
         oci.save(dir.join("config.json")).map_err(|e| runtime_error(&e))?;
         let log = log_path(root, uid, container, attempt);
         if let Some(parent) = log.parent() {
@@ -529,6 +544,16 @@ impl Worker {
         self.ctx.events.record(object, EventType::Normal, "Created", format!("Created container: {container}"));
         self.ctx.runtime.start_container(&id).await.map_err(|e| runtime_error(&e))
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("a host-network pod's IP is the node's, and the node's IPv4 address is unknown")]
+struct NoNodeAddress;
+
+/// A host-network pod has no sandbox of its own: the node's namespace, the node's IP.
+fn host_network_sandbox(uid: &str, host_ip: Option<&str>) -> Result<SandboxInfo, NoNodeAddress> {
+    let ip = host_ip.and_then(|ip| ip.parse().ok()).ok_or(NoNodeAddress)?;
+    Ok(SandboxInfo { id: sandbox_id(uid), netns_path: std::path::PathBuf::new(), ip })
 }
 
 async fn send_signal(runtime: &dyn PodRuntime, id: &str, number: i32) {

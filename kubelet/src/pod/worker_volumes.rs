@@ -4,7 +4,7 @@
 //! mounts (failures are CreateContainerConfigError, as kubelet reports them).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use chrono::Utc;
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -29,6 +29,43 @@ pub(super) struct ContainerConfig {
     pub env: Vec<(String, String)>,
     pub volumes: HostVolumes,
     pub subpaths: BTreeMap<usize, PathBuf>,
+}
+
+/// A volumeMount with a subPath, resolved against its volume.
+struct WantedSubPath {
+    index: usize,
+    volume: String,
+    volume_path: PathBuf,
+    sub_path: String,
+}
+
+/// Bind each subPath in place (blocking); the first failure is the container's
+/// CreateContainerConfigError.
+fn prepare_subpaths(
+    pod_dir: &Path,
+    container: &str,
+    wanted: Vec<WantedSubPath>,
+) -> Result<BTreeMap<usize, PathBuf>, Waiting> {
+    let mut subpaths = BTreeMap::new();
+    for want in wanted {
+        let prepared = prepare(&SubPathMount {
+            pod_dir,
+            volume_name: &want.volume,
+            volume_path: &want.volume_path,
+            container,
+            index: want.index,
+            sub_path: &want.sub_path,
+        })
+        .map_err(|e| {
+            config_error(format!(
+                "failed to prepare subPath for volumeMount \"{}\" of container \"{container}\": {}",
+                want.volume,
+                error_chain(&e)
+            ))
+        })?;
+        subpaths.insert(want.index, prepared);
+    }
+    Ok(subpaths)
 }
 
 /// The parts of a pod that can change while it runs and that volumes show.
@@ -118,7 +155,7 @@ impl Worker {
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         let volumes = host_volumes(root, pod);
         let vars: HashMap<String, String> = env.as_map();
-        let mut subpaths = BTreeMap::new();
+        let mut wanted = Vec::new();
         for (index, mount) in container.volume_mounts.iter().flatten().enumerate() {
             if !has_sub_path(mount) {
                 continue;
@@ -131,25 +168,26 @@ impl Worker {
                 Some(expr) => expand(expr, &vars),
                 None => mount.sub_path.clone().unwrap_or_default(),
             };
-            let pod_dir = pod_dir(root, uid);
-            let prepared = prepare(&SubPathMount {
-                pod_dir: &pod_dir,
-                volume_name: &mount.name,
-                volume_path: &volume.path,
-                container: &container.name,
+            wanted.push(WantedSubPath {
                 index,
-                sub_path: &sub_path,
-            })
-            .map_err(|e| {
-                config_error(format!(
-                    "failed to prepare subPath for volumeMount \"{}\" of container \"{}\": {}",
-                    mount.name,
-                    container.name,
-                    error_chain(&e)
-                ))
-            })?;
-            subpaths.insert(index, prepared);
+                volume: mount.name.clone(),
+                volume_path: volume.path.clone(),
+                sub_path,
+            });
         }
+        let subpaths = if wanted.is_empty() {
+            BTreeMap::new()
+        } else {
+            let pod_dir = pod_dir(root, uid);
+            let name = container.name.clone();
+            // Path resolution, mkdirat, mountinfo and mount(2) block: off the async threads.
+            let prepared = tokio::task::spawn_blocking(move || prepare_subpaths(&pod_dir, &name, wanted)).await;
+            match prepared {
+                Ok(result) => result?,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => return Err(config_error(format!("subPath preparation was interrupted: {e}"))),
+            }
+        };
         Ok(ContainerConfig { env: env.vars, volumes, subpaths })
     }
 }

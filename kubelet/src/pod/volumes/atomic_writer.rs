@@ -65,15 +65,14 @@ pub fn write_payload(
     let changed = old_dir.is_none() || old_payload != *payload;
     if changed {
         let new_dir = new_timestamped_dir(target, now)?;
-        write_files(&new_dir, payload)?;
-        if let Some(gid) = group {
-            set_group_below(&new_dir, gid)?;
-        }
         let tmp_link = target.join(DATA_DIR_TMP);
-        remove_if_present(&tmp_link)?;
-        let name = new_dir.file_name().map(PathBuf::from).unwrap_or_default();
-        symlink(&name, &tmp_link).map_err(io_error("link", &tmp_link))?;
-        std::fs::rename(&tmp_link, &data_link).map_err(io_error("rename onto", &data_link))?;
+        if let Err(error) = swap_in(&new_dir, &tmp_link, &data_link, payload, group) {
+            // As kubelet does: a failed write leaves no directory behind, so failing resyncs
+            // do not fill the volume (a secret's tmpfs) with copies.
+            let _ = remove_if_present(&tmp_link);
+            let _ = remove_if_present(&new_dir);
+            return Err(error);
+        }
     }
     create_user_visible(target, payload)?;
     remove_user_visible(target, &old_payload, payload)?;
@@ -83,6 +82,24 @@ pub fn write_payload(
         }
     }
     Ok(changed)
+}
+
+/// Fill `new_dir` and point `..data` at it through `..data_tmp`.
+fn swap_in(
+    new_dir: &Path,
+    tmp_link: &Path,
+    data_link: &Path,
+    payload: &Payload,
+    group: Option<u32>,
+) -> Result<(), AtomicWriteError> {
+    write_files(new_dir, payload)?;
+    if let Some(gid) = group {
+        set_group_below(new_dir, gid)?;
+    }
+    remove_if_present(tmp_link)?;
+    let name = new_dir.file_name().map(PathBuf::from).unwrap_or_default();
+    symlink(&name, tmp_link).map_err(io_error("link", tmp_link))?;
+    std::fs::rename(tmp_link, data_link).map_err(io_error("rename onto", data_link))
 }
 
 /// Relative, no `..` component, no leading `..` (reserved for the writer's own names).
@@ -317,6 +334,23 @@ mod tests {
         assert_eq!(dir_meta.mode() & 0o2000, 0o2000, "setgid directory");
         // Unchanged: nothing rewritten.
         assert!(!write_payload(dir.path(), &payload, at(2), Some(4321)).unwrap());
+    }
+
+    #[test]
+    fn failed_write_leaves_no_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let first: Payload = [("a".to_string(), file("one", 0o644))].into_iter().collect();
+        write_payload(dir.path(), &first, at(1), None).unwrap();
+        let kept = data_dirs(dir.path());
+        // "a" as a file and as a directory: writing the second fails half way.
+        let clash: Payload =
+            [("a".to_string(), file("x", 0o644)), ("a/b".to_string(), file("y", 0o644))].into_iter().collect();
+        for second in 2..5 {
+            assert!(write_payload(dir.path(), &clash, at(second), None).is_err());
+        }
+        assert_eq!(data_dirs(dir.path()), kept, "a failed write left its directory");
+        assert!(std::fs::symlink_metadata(dir.path().join("..data_tmp")).is_err());
+        assert_eq!(std::fs::read_to_string(dir.path().join("a")).unwrap(), "one");
     }
 
     #[test]

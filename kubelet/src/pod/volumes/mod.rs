@@ -9,6 +9,7 @@
 pub mod atomic_writer;
 pub mod host_path;
 pub mod mount_points;
+pub mod one_filesystem;
 pub mod payload;
 mod set_up;
 pub mod subpath;
@@ -24,7 +25,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use self::atomic_writer::AtomicWriteError;
 use self::host_path::HostPathError;
-use self::mount_points::{mount_points, unmount_all_below, MountPointError};
+use self::mount_points::{mount_points_below, unmount_all_below, MountPointError};
 use self::payload::PayloadError;
 use super::downward::{NodeAllocatable, PodFacts};
 use super::layout::pod_dir;
@@ -66,6 +67,8 @@ pub enum VolumeError {
     Write(#[from] AtomicWriteError),
     #[error(transparent)]
     Mount(#[from] MountPointError),
+    #[error("volume set-up was interrupted by the agent's shutdown")]
+    Interrupted,
 }
 
 /// Where a volume is on the host, and whether containers always get it read-only.
@@ -180,23 +183,33 @@ impl VolumeContext<'_> {
 }
 
 /// Set up (or refresh) every volume of the pod. Each failure is reported; the others are
-/// still set up.
+/// still set up. Sources are read here; the host work runs on a blocking thread.
 pub async fn set_up_volumes(ctx: &VolumeContext<'_>) -> Vec<VolumeFailure> {
     let paths = host_volumes(ctx.root_dir, ctx.pod);
-    let mut failures = Vec::new();
+    let mut planned = Vec::new();
     for volume in ctx.pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
-        let result = match paths.get(&volume.name) {
-            Some(host) => set_up::set_up_one(ctx, &source_of(volume), &host.path).await,
-            None => Err(match source_of(volume) {
-                Source::Unsupported(kind) => VolumeError::Unsupported(kind),
-                _ => VolumeError::Unsupported("unknown".to_string()),
-            }),
+        let source = source_of(volume);
+        let plan = match (paths.get(&volume.name), source) {
+            (Some(host), source) => set_up::plan_one(ctx, &source).await.map(|work| (host.path.clone(), work)),
+            (None, Source::Unsupported(kind)) => Err(VolumeError::Unsupported(kind)),
+            (None, _) => Err(VolumeError::Unsupported("unknown".to_string())),
         };
-        if let Err(error) = result {
-            failures.push(VolumeFailure { volume: volume.name.clone(), error });
-        }
+        planned.push((volume.name.clone(), plan));
     }
-    failures
+    let host = set_up::HostSettings::of(ctx);
+    let names: Vec<String> = planned.iter().map(|(name, _)| name.clone()).collect();
+    let applied = tokio::task::spawn_blocking(move || {
+        let applied = planned.into_iter().map(|(volume, plan)| {
+            let result = plan.and_then(|(path, work)| set_up::apply(work, &path, &host));
+            result.err().map(|error| VolumeFailure { volume, error })
+        });
+        applied.flatten().collect::<Vec<_>>()
+    });
+    match applied.await {
+        Ok(failures) => failures,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => names.into_iter().map(|volume| VolumeFailure { volume, error: VolumeError::Interrupted }).collect(),
+    }
 }
 
 /// Unmount everything the pod mounted below its directory (tmpfs volumes, subPath binds,
@@ -204,7 +217,7 @@ pub async fn set_up_volumes(ctx: &VolumeContext<'_>) -> Vec<VolumeFailure> {
 /// caller must never remove a directory through a mount.
 pub fn tear_down(pod_dir: &Path) -> Result<(), VolumeError> {
     unmount_all_below(pod_dir)?;
-    let remaining: Vec<PathBuf> = mount_points()?.into_iter().filter(|p| p.starts_with(pod_dir)).collect();
+    let remaining = mount_points_below(pod_dir)?;
     if remaining.is_empty() {
         Ok(())
     } else {

@@ -11,6 +11,12 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 pub enum MountPointError {
     #[error("read /proc/self/mountinfo")]
     MountInfo(#[source] std::io::Error),
+    #[error("resolve {path}")]
+    Resolve {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("mount tmpfs on {path}")]
     Tmpfs {
         path: PathBuf,
@@ -63,8 +69,31 @@ fn unescape(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `path` with every symlink resolved, as mountinfo shows mount points; None when it does
+/// not exist.
+pub fn resolved(path: &Path) -> Result<Option<PathBuf>, MountPointError> {
+    match std::fs::canonicalize(path) {
+        Ok(resolved) => Ok(Some(resolved)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(MountPointError::Resolve { path: path.to_path_buf(), source }),
+    }
+}
+
+/// Whether something is mounted on `path` (compared resolved: a root dir reached through a
+/// symlink still finds its mounts).
 pub fn is_mount_point(path: &Path) -> Result<bool, MountPointError> {
-    Ok(mount_points()?.iter().any(|p| p == path))
+    let Some(path) = resolved(path)? else {
+        return Ok(false);
+    };
+    Ok(mount_points()?.contains(&path))
+}
+
+/// The mount points at or below `dir`, resolved.
+pub fn mount_points_below(dir: &Path) -> Result<Vec<PathBuf>, MountPointError> {
+    let Some(dir) = resolved(dir)? else {
+        return Ok(Vec::new());
+    };
+    Ok(mount_points()?.into_iter().filter(|p| p.starts_with(&dir)).collect())
 }
 
 /// Mount a tmpfs of `size_bytes` (no limit when None) on `dir`, unless one is there already
@@ -89,7 +118,7 @@ pub fn bind(source: &Path, target: &Path) -> Result<(), MountPointError> {
 
 /// Unmount everything mounted at or below `dir`, deepest first. Returns how many.
 pub fn unmount_all_below(dir: &Path) -> Result<usize, MountPointError> {
-    let mut below: Vec<PathBuf> = mount_points()?.into_iter().filter(|p| p.starts_with(dir)).collect();
+    let mut below = mount_points_below(dir)?;
     below.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     below.dedup();
     for path in &below {

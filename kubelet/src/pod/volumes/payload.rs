@@ -50,13 +50,13 @@ pub fn key_payload(source: &KeySource<'_>, data: Option<&ObjectData>) -> Result<
     let mut payload = Payload::new();
     match source.items.filter(|items| !items.is_empty()) {
         None => {
-            for (key, bytes) in data {
+            for (key, bytes) in data.volume_entries() {
                 payload.insert(key.clone(), FileProjection { data: bytes.clone(), mode: mode(None) });
             }
         }
         Some(items) => {
             for item in items {
-                let Some(bytes) = data.get(&item.key) else {
+                let Some(bytes) = data.volume_value(&item.key) else {
                     if source.optional {
                         continue;
                     }
@@ -105,8 +105,12 @@ mod tests {
 
     use super::*;
 
+    /// "b" is binaryData: volumes show it like any other key.
     fn data() -> ObjectData {
-        [("a", "1"), ("b", "2")].into_iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect()
+        ObjectData {
+            data: [("a".to_string(), b"1".to_vec())].into_iter().collect(),
+            binary_data: [("b".to_string(), b"2".to_vec())].into_iter().collect(),
+        }
     }
 
     fn item(key: &str, path: &str, mode: Option<i32>) -> KeyToPath {

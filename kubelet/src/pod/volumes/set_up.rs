@@ -3,8 +3,9 @@
 //! their payload written atomically).
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{Pod, ProjectedVolumeSource};
 
 use super::atomic_writer::{write_payload, FileProjection, Payload};
@@ -16,23 +17,56 @@ use crate::pod::quantity::value;
 use crate::pod::referenced_objects::ObjectKind;
 use crate::pod::service_account_token::{TokenWanted, DEFAULT_EXPIRATION_SECONDS};
 
-pub(super) async fn set_up_one(ctx: &VolumeContext<'_>, source: &Source<'_>, path: &Path) -> Result<(), VolumeError> {
+/// What setting up one volume does on the host once its sources are read: blocking work
+/// (writes, chown, mount(2), mountinfo), run off the async threads.
+pub(super) enum HostWork {
+    /// A directory, on a tmpfs (of `size` bytes, unlimited when None) when memory-backed.
+    EmptyDir {
+        memory: bool,
+        size: Option<u64>,
+    },
+    HostPath {
+        path: PathBuf,
+        type_: String,
+    },
+    /// Files written atomically, on a tmpfs sized to the node's memory when `tmpfs`.
+    Files {
+        payload: Payload,
+        tmpfs: bool,
+    },
+}
+
+/// What the host work needs from the pod and the node.
+pub(super) struct HostSettings {
+    pub fs_group: Option<u32>,
+    pub now: DateTime<Utc>,
+    pub memory_bytes: i128,
+}
+
+impl HostSettings {
+    pub(super) fn of(ctx: &VolumeContext<'_>) -> HostSettings {
+        HostSettings { fs_group: fs_group(ctx.pod), now: ctx.now, memory_bytes: ctx.allocatable.memory_bytes }
+    }
+}
+
+/// Read the volume's sources (objects, tokens, the pod itself).
+pub(super) async fn plan_one(ctx: &VolumeContext<'_>, source: &Source<'_>) -> Result<HostWork, VolumeError> {
+    let files = |payload, tmpfs| Ok(HostWork::Files { payload, tmpfs });
     match source {
         Source::EmptyDir { memory, medium, size_limit } => {
             if !memory && !medium.is_empty() {
                 return Err(VolumeError::UnsupportedMedium(medium.clone()));
             }
-            create_volume_dir(path)?;
-            if *memory {
-                let size = match size_limit {
-                    Some(q) => value(q).map_err(VolumeError::SizeLimit)?,
-                    None => ctx.allocatable.memory_bytes,
-                };
-                mount_tmpfs(path, u64::try_from(size).ok().filter(|s| *s > 0))?;
-            }
-            own_volume_root(ctx, path)
+            let size = match (memory, size_limit) {
+                (false, _) => 0,
+                (true, Some(q)) => value(q).map_err(VolumeError::SizeLimit)?,
+                (true, None) => ctx.allocatable.memory_bytes,
+            };
+            Ok(HostWork::EmptyDir { memory: *memory, size: u64::try_from(size).ok().filter(|s| *s > 0) })
         }
-        Source::HostPath { path, type_ } => Ok(check_type(Path::new(path), type_)?),
+        Source::HostPath { path, type_ } => {
+            Ok(HostWork::HostPath { path: PathBuf::from(path), type_: type_.to_string() })
+        }
         Source::ConfigMap(s) => {
             let source = KeySource {
                 kind: ObjectKind::ConfigMap,
@@ -41,9 +75,7 @@ pub(super) async fn set_up_one(ctx: &VolumeContext<'_>, source: &Source<'_>, pat
                 optional: s.optional.unwrap_or(false),
                 default_mode: s.default_mode.unwrap_or(DEFAULT_MODE),
             };
-            let payload = key_files(ctx, &source).await?;
-            create_volume_dir(path)?;
-            write(ctx, path, payload)
+            files(key_files(ctx, &source).await?, false)
         }
         Source::Secret(s) => {
             let name = s.secret_name.as_deref().unwrap_or_default();
@@ -54,23 +86,37 @@ pub(super) async fn set_up_one(ctx: &VolumeContext<'_>, source: &Source<'_>, pat
                 optional: s.optional.unwrap_or(false),
                 default_mode: s.default_mode.unwrap_or(DEFAULT_MODE),
             };
-            let payload = key_files(ctx, &source).await?;
-            create_tmpfs_dir(ctx, path)?;
-            write(ctx, path, payload)
+            files(key_files(ctx, &source).await?, true)
         }
         Source::DownwardApi(s) => {
             let items = s.items.as_deref().unwrap_or_default();
             let mode = s.default_mode.unwrap_or(DEFAULT_MODE);
-            let payload = downward_payload(ctx.pod, items, mode, ctx.facts, ctx.allocatable)?;
-            create_volume_dir(path)?;
-            write(ctx, path, payload)
+            files(downward_payload(ctx.pod, items, mode, ctx.facts, ctx.allocatable)?, false)
         }
-        Source::Projected(s) => {
-            let payload = projected_files(ctx, s).await?;
-            create_tmpfs_dir(ctx, path)?;
-            write(ctx, path, payload)
-        }
+        Source::Projected(s) => files(projected_files(ctx, s).await?, true),
         Source::Unsupported(kind) => Err(VolumeError::Unsupported(kind.clone())),
+    }
+}
+
+/// Make the volume exist at `path` as planned (blocking).
+pub(super) fn apply(work: HostWork, path: &Path, host: &HostSettings) -> Result<(), VolumeError> {
+    match work {
+        HostWork::EmptyDir { memory, size } => {
+            create_volume_dir(path)?;
+            if memory {
+                mount_tmpfs(path, size)?;
+            }
+            own_volume_root(host.fs_group, path)
+        }
+        HostWork::HostPath { path, type_ } => Ok(check_type(&path, &type_)?),
+        HostWork::Files { payload, tmpfs } => {
+            create_volume_dir(path)?;
+            if tmpfs {
+                // Files that must never reach the disk (secrets), sized to the node's memory.
+                mount_tmpfs(path, u64::try_from(host.memory_bytes).ok().filter(|s| *s > 0))?;
+            }
+            write(host, path, payload)
+        }
     }
 }
 
@@ -145,21 +191,20 @@ fn fs_group(pod: &Pod) -> Option<u32> {
 
 /// Write the files; with an fsGroup they are group-readable and the group's, as kubelet's
 /// SetVolumeOwnership leaves read-only volumes.
-fn write(ctx: &VolumeContext<'_>, path: &Path, mut payload: Payload) -> Result<(), VolumeError> {
-    let group = fs_group(ctx.pod);
-    if group.is_some() {
+fn write(host: &HostSettings, path: &Path, mut payload: Payload) -> Result<(), VolumeError> {
+    if host.fs_group.is_some() {
         for file in payload.values_mut() {
             file.mode |= 0o440;
         }
     }
-    write_payload(path, &payload, ctx.now, group)?;
-    own_volume_root(ctx, path)
+    write_payload(path, &payload, host.now, host.fs_group)?;
+    own_volume_root(host.fs_group, path)
 }
 
 /// With an fsGroup, the volume's root directory belongs to the group, setgid, so that what
 /// containers create there does too.
-fn own_volume_root(ctx: &VolumeContext<'_>, path: &Path) -> Result<(), VolumeError> {
-    let Some(gid) = fs_group(ctx.pod) else {
+fn own_volume_root(fs_group: Option<u32>, path: &Path) -> Result<(), VolumeError> {
+    let Some(gid) = fs_group else {
         return Ok(());
     };
     let fail = |source| VolumeError::Ownership { path: path.to_path_buf(), source };
@@ -176,11 +221,4 @@ fn create_volume_dir(path: &Path) -> Result<(), VolumeError> {
     }
     std::fs::create_dir_all(path).map_err(fail)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).map_err(fail)
-}
-
-/// A tmpfs for files that must never reach the disk (secrets), sized to the node's memory.
-fn create_tmpfs_dir(ctx: &VolumeContext<'_>, path: &Path) -> Result<(), VolumeError> {
-    create_volume_dir(path)?;
-    mount_tmpfs(path, u64::try_from(ctx.allocatable.memory_bytes).ok().filter(|s| *s > 0))?;
-    Ok(())
 }

@@ -6,11 +6,12 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{open, openat, OFlag};
-use nix::sys::stat::{fstat, Mode, SFlag};
+use nix::sys::stat::{fchmod, fstat, mkdirat, Mode, SFlag};
 
 use super::mount_points::{bind, is_mount_point, MountPointError};
 
@@ -86,14 +87,46 @@ pub fn resolve_within(volume: &Path, sub_path: &str) -> Result<PathBuf, SubPathE
             return Err(SubPathError::Escapes { path: wanted, volume: volume.to_path_buf() });
         }
         let rest = wanted.strip_prefix(existing).unwrap_or(Path::new(""));
-        let create = resolved.join(rest);
-        std::fs::create_dir_all(&create).map_err(io("create subPath", &create))?;
+        make_dirs_below(&root, &resolved, rest)?;
     }
     let resolved = std::fs::canonicalize(&wanted).map_err(io("resolve", &wanted))?;
     if !resolved.starts_with(&root) {
         return Err(SubPathError::Escapes { path: wanted, volume: volume.to_path_buf() });
     }
     Ok(resolved)
+}
+
+/// kubelet's doSafeMakeDir: create the directories `rest` below `base` (inside `root`), each
+/// with mkdirat in its parent opened without following symlinks, so a symlink planted by a
+/// container after `base` was checked fails the creation instead of leading it outside.
+/// New directories get the volume root's mode.
+fn make_dirs_below(root: &Path, base: &Path, rest: &Path) -> Result<(), SubPathError> {
+    let mode = std::fs::metadata(root).map_err(io("stat", root))?.permissions().mode() & 0o7777;
+    let mode = Mode::from_bits_truncate(mode);
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut parent = open_no_follow(root, base)?;
+    let mut current = base.to_path_buf();
+    for component in rest.components() {
+        let Component::Normal(name) = component else {
+            continue;
+        };
+        current.push(name);
+        let created = match mkdirat(parent.as_fd(), name, mode) {
+            Ok(()) => true,
+            Err(Errno::EEXIST) => false,
+            Err(source) => return Err(SubPathError::Open { path: current, source }),
+        };
+        let dir = openat(parent.as_fd(), name, flags, Mode::empty()).map_err(|source| match source {
+            Errno::ELOOP | Errno::ENOTDIR => SubPathError::Raced { path: current.clone() },
+            source => SubPathError::Open { path: current.clone(), source },
+        })?;
+        if created {
+            // mkdirat's mode went through the umask.
+            fchmod(dir.as_fd(), mode).map_err(opened(&current))?;
+        }
+        parent = dir;
+    }
+    Ok(())
 }
 
 /// Bind the subPath to its place under volume-subpaths and return that place. An existing
@@ -181,6 +214,28 @@ mod tests {
         // Missing directories are created.
         assert_eq!(resolve_within(&volume, "a/b").unwrap(), root.join("a/b"));
         assert!(volume.join("a/b").is_dir());
+    }
+
+    #[test]
+    fn directories_not_created_through_a_planted_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap().join("vol");
+        let outside = root.with_file_name("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::create_dir(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o750)).unwrap();
+        // "a" was checked to be inside, then swapped for a symlink before the creation.
+        symlink(&outside, root.join("a")).unwrap();
+        let error = make_dirs_below(&root, &root, Path::new("a/b/c")).unwrap_err();
+        assert!(matches!(&error, SubPathError::Raced { path } if path == &root.join("a")), "{error:?}");
+        assert!(!outside.join("b").exists(), "created outside the volume");
+        // Without the symlink, each level is created with the volume's mode.
+        std::fs::remove_file(root.join("a")).unwrap();
+        make_dirs_below(&root, &root, Path::new("a/b/c")).unwrap();
+        let mode = std::fs::metadata(root.join("a/b/c")).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o750);
+        // Repeating finds them.
+        make_dirs_below(&root, &root, Path::new("a/b/c")).unwrap();
     }
 
     #[test]
