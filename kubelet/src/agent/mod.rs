@@ -148,7 +148,7 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
         client.clone(),
         pod::PodConfig {
             allocatable: Some(Allocatable::from_quantities(&node::allocatable(&node_config, &facts))),
-            seccomp_default: cfg.kubelet_config.seccomp_default.unwrap_or(false),
+            seccomp_default: cfg.kubelet_config.seccomp_default.unwrap_or(true),
             ..host_runtime::pod_config(local, host_ip)
         },
         cfg.static_pod_dir.clone(),

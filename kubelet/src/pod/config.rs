@@ -34,7 +34,8 @@ pub struct PodConfig {
     /// `allocatable` is unknown.
     pub machine: NodeAllocatable,
     /// KubeletConfiguration's seccompDefault: containers without a seccompProfile run with
-    /// RuntimeDefault rather than Unconfined.
+    /// RuntimeDefault rather than Unconfined. On by default in nodelet (kubelet's default is
+    /// off): a container is confined unless its pod asks for Unconfined.
     pub seccomp_default: bool,
 }
 
@@ -52,7 +53,7 @@ impl PodConfig {
             sync_interval: Duration::from_secs(1),
             resync_interval: Duration::from_secs(10),
             volume_resync: Duration::from_secs(60),
-            seccomp_default: false,
+            seccomp_default: true,
         }
     }
 }
