@@ -17,7 +17,7 @@ use runc_support::*;
 /// One message from the console socket: its text and the fd it carried.
 fn receive_master(listener: &UnixListener) -> (String, OwnedFd) {
     let (stream, _) = listener.accept().expect("the runtime connects");
-    let (name, master) = nodelet_runtime::sys::receive_fd(stream.as_fd()).expect("a message with an fd");
+    let (name, master) = nodelet_runtime::sys::test_support::receive_fd(stream.as_fd()).expect("a message with an fd");
     (String::from_utf8_lossy(&name).into_owned(), master)
 }
 

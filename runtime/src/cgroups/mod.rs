@@ -137,6 +137,16 @@ fn is_cgroup2(path: &Path) -> Result<bool, CgroupError> {
     Ok(stat.filesystem_type() == CGROUP2_SUPER_MAGIC)
 }
 
+/// How a container's init joins its cgroup (see [`ContainerCgroup::init_join`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InitJoin {
+    /// Files the single-threaded init writes "0" to (v1 `tasks`; a cgroup.procs file when
+    /// the clone into the cgroup2 directory was refused).
+    pub task_files: Vec<PathBuf>,
+    /// The cgroup2 directory to clone the init into.
+    pub clone_into: Option<PathBuf>,
+}
+
 /// The cgroup(s) of one container: the same relative path in every hierarchy it uses.
 #[derive(Debug, Clone)]
 pub struct ContainerCgroup {
@@ -189,6 +199,23 @@ impl ContainerCgroup {
             .filter(|(_, dir)| dir.is_dir())
             .map(|(_, dir)| dir.join("cgroup.procs"))
             .collect()
+    }
+
+    /// How a container's new init joins this cgroup, once it exists: the v1 `tasks` files it
+    /// writes "0" to, and the cgroup2 directory it is cloned into (CLONE_INTO_CGROUP). Moving
+    /// a process through cgroup.procs write-locks the kernel's global threadgroup rwsem, whose
+    /// write side waits for an RCU grace period (~7 ms on this machine, most of a container's
+    /// start); a single-threaded process moving itself through `tasks`, or a clone into its
+    /// cgroup, takes no such lock. runc pays the grace period. Hierarchies without the
+    /// container's directory are left out, as in [`Self::procs_files`].
+    pub fn init_join(&self) -> InitJoin {
+        let task_files = match self.mode {
+            CgroupMode::V1 | CgroupMode::Hybrid => {
+                v1::dirs(&self.path).into_iter().filter(|dir| dir.is_dir()).map(|dir| dir.join("tasks")).collect()
+            }
+            CgroupMode::V2 => Vec::new(),
+        };
+        InitJoin { task_files, clone_into: self.v2_dir().filter(|dir| dir.is_dir()) }
     }
 
     /// The container's directory in each hierarchy, named by the hierarchy's mount directory

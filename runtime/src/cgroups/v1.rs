@@ -1,8 +1,9 @@
 //! cgroup v1 directories through cgroups-rs, which finds each controller's mount point in
-//! /proc/self/mountinfo (so this side does not take the cgroup root as a parameter); the
+//! /proc/self/mountinfo, read once (so this side does not take the cgroup root as a parameter); the
 //! limits themselves are written by `v1_limits`.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use cgroups_rs::fs::hierarchies::V1;
 use cgroups_rs::fs::Cgroup;
@@ -16,10 +17,18 @@ const CONTROLLERS: &[&str] =
 
 fn load(path: &str) -> Cgroup {
     Cgroup::load_with_specified_controllers(
-        Box::new(V1::new()),
+        Box::new(hierarchies()),
         path,
         CONTROLLERS.iter().map(|c| c.to_string()).collect(),
     )
+}
+
+/// The v1 hierarchies' mount points, read from /proc/self/mountinfo once per process: they
+/// are mounted at boot and do not move under a running runtime, and each reading costs as
+/// much as the rest of a cgroup's lookup.
+fn hierarchies() -> V1 {
+    static MOUNTS: OnceLock<V1> = OnceLock::new();
+    MOUNTS.get_or_init(V1::new).clone()
 }
 
 pub(super) fn create(path: &str, limits: &CgroupLimits) -> Result<(), CgroupError> {

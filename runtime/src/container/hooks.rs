@@ -1,7 +1,9 @@
 //! OCI lifecycle hooks (runtime-spec config.md "POSIX-platform Hooks"): each hook is a program
 //! run with its own args and env, the container's state JSON on stdin, and an optional
-//! timeout after which it is killed. Which process runs which hooks, and when, belongs to the
-//! callers (the init for createContainer and startContainer, the runtime side for the rest).
+//! timeout after which it is killed. One rule for every kind: a hook without a timeout has
+//! no deadline (it runs as long as its process lives), as runc does. Which process runs
+//! which hooks, and when, belongs to the callers (the init for createContainer and
+//! startContainer, the runtime side for the rest).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -186,9 +188,7 @@ fn check(hook: &Hook) -> Result<(), HookFailure> {
 /// directory (the caller's when None).
 pub fn run_all(kind: HookKind, hooks: Option<&Hooks>, state: &HookState, cwd: Option<&Path>) -> Result<(), HookError> {
     for (index, hook) in kind.list(hooks).iter().enumerate() {
-        let fail = |source| HookError { kind, index, path: hook.path().clone(), source };
-        let input = serde_json::to_vec(state).map_err(|e| fail(HookFailure::Encode(e)))?;
-        run_one(hook, &input, cwd).map_err(fail)?;
+        run_nth(kind, index, hook, state, cwd)?;
         tracing::debug!(%kind, index, path = %hook.path().display(), "hook succeeded");
     }
     Ok(())
@@ -198,17 +198,21 @@ pub fn run_all(kind: HookKind, hooks: Option<&Hooks>, state: &HookState, cwd: Op
 /// whose failure the spec says to report as a warning only.
 pub fn run_logged(kind: HookKind, hooks: Option<&Hooks>, state: &HookState, cwd: Option<&Path>) {
     for (index, hook) in kind.list(hooks).iter().enumerate() {
-        let result = serde_json::to_vec(state)
-            .map_err(HookFailure::Encode)
-            .and_then(|input| run_one(hook, &input, cwd))
-            .map_err(|source| HookError { kind, index, path: hook.path().clone(), source });
-        if let Err(e) = result {
+        if let Err(e) = run_nth(kind, index, hook, state, cwd) {
             tracing::warn!("{}", crate::error_chain(&e));
         }
     }
 }
 
-/// The longest the hooks of `kind` may take, None when one of them has no timeout.
+/// Run `hook`, number `index` of `kind`, with `state` encoded on its stdin.
+fn run_nth(kind: HookKind, index: usize, hook: &Hook, state: &HookState, cwd: Option<&Path>) -> Result<(), HookError> {
+    let fail = |source| HookError { kind, index, path: hook.path().clone(), source };
+    let input = serde_json::to_vec(state).map_err(|e| fail(HookFailure::Encode(e)))?;
+    run_one(hook, &input, cwd).map_err(fail)
+}
+
+/// The longest the hooks of `kind` may take together; None (no deadline) when one of them
+/// sets no timeout: such a hook runs as long as it lives, whichever process runs it.
 pub fn total_timeout(kind: HookKind, hooks: Option<&Hooks>) -> Option<Duration> {
     kind.list(hooks)
         .iter()
@@ -456,5 +460,18 @@ mod tests {
         assert!(matches!(validate(Some(&zero)).unwrap_err().source, HookFailure::BadTimeout(0)));
         assert_eq!(total_timeout(HookKind::Prestart, Some(&zero)), Some(Duration::ZERO));
         assert_eq!(total_timeout(HookKind::CreateContainer, Some(&zero)), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_hook_without_timeout_lifts_the_deadline_of_its_kind() {
+        let timed = HooksBuilder::default()
+            .create_container(vec![hook("true", Some(2)), hook("true", Some(3))])
+            .build()
+            .unwrap();
+        assert_eq!(total_timeout(HookKind::CreateContainer, Some(&timed)), Some(Duration::from_secs(5)));
+        let untimed =
+            HooksBuilder::default().create_container(vec![hook("true", Some(2)), hook("true", None)]).build().unwrap();
+        assert_eq!(total_timeout(HookKind::CreateContainer, Some(&untimed)), None);
+        assert_eq!(total_timeout(HookKind::CreateContainer, None), Some(Duration::ZERO), "no hooks: no extra time");
     }
 }

@@ -217,7 +217,7 @@ fn set_up(init: &InitSpec, sync: &std::fs::File, prepared: &Prepared) -> Result<
     }
     // Until become_root below, our credentials are still the host's root, which owns the
     // cgroup files, the FIFOs and the state directory.
-    join_cgroups(&init.cgroup_procs)?;
+    join_cgroups(&init.cgroup_join.task_files)?;
     process::set_oom_score_adj(process).map_err(InitError::Process)?;
     if !prepared.joined {
         namespaces::join_by_path(&init.spec).map_err(InitError::Namespaces)?;
@@ -280,10 +280,11 @@ fn kept_fds(init: &InitSpec, own: &[RawFd]) -> Vec<RawFd> {
     (0..3).chain(preserved).chain(own.iter().copied()).collect()
 }
 
-/// Writing "0" to cgroup.procs moves the writer itself: no pid translation needed from
-/// inside the new pid namespace.
-fn join_cgroups(procs_files: &[PathBuf]) -> Result<(), InitError> {
-    for path in procs_files {
+/// Writing "0" to `tasks` (or cgroup.procs) moves the writer itself: no pid translation
+/// needed from inside the new pid namespace. We are single-threaded, so moving this thread
+/// moves the process.
+fn join_cgroups(files: &[PathBuf]) -> Result<(), InitError> {
+    for path in files {
         std::fs::write(path, "0").map_err(|source| InitError::JoinCgroup { path: path.clone(), source })?;
     }
     Ok(())

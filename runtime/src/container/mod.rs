@@ -35,6 +35,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
 
+use crate::cgroups::InitJoin;
 use crate::sys::{self, CloneResult};
 use hooks::{HookError, HookKind, HookState};
 
@@ -49,7 +50,7 @@ pub use spec::{load_bundle, SpecError};
 pub use timens::TimensError;
 pub use userns::UsernsError;
 
-/// How long the monitor waits for a child to finish its setup.
+/// How long the monitor waits for a child to finish its setup, hooks aside.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
@@ -123,8 +124,9 @@ pub struct InitSpec {
     pub bundle: PathBuf,
     /// Absolute path of the rootfs on the host.
     pub rootfs: PathBuf,
-    /// cgroup.procs files to join (the child writes "0" to each).
-    pub cgroup_procs: Vec<PathBuf>,
+    /// How the child joins its cgroup: the files it writes "0" to, and the cgroup2 directory
+    /// it is cloned into (on refusal, it writes that directory's cgroup.procs instead).
+    pub cgroup_join: InitJoin,
     /// Host cgroup directories to show at a spec mount of type "cgroup": (name, dir); the name
     /// is empty for a pure v2 host (the dir is mounted at the destination itself).
     pub cgroup_views: Vec<(String, PathBuf)>,
@@ -157,7 +159,7 @@ pub enum Stdio {
 
 /// Clone the container process for `init` and wait until it is set up and paused before exec.
 /// Returns its host pid. The caller (single-threaded monitor) becomes its parent.
-pub fn spawn(init: InitSpec) -> Result<Pid, ContainerError> {
+pub fn spawn(mut init: InitSpec) -> Result<Pid, ContainerError> {
     let flags = namespaces::clone_flags(&init.spec)?;
     userns::validate(&init.spec).map_err(ContainerError::UserNamespace)?;
     timens::validate(&init.spec).map_err(ContainerError::TimeNamespace)?;
@@ -175,7 +177,9 @@ pub fn spawn(init: InitSpec) -> Result<Pid, ContainerError> {
         .map_err(|source| ContainerError::Pipe { id: init.id.clone(), source })?;
     let id = init.id.clone();
     let first_flags = if staged { CloneFlags::empty() } else { flags };
-    match sys::clone_process(first_flags).map_err(|source| ContainerError::Clone { id: id.clone(), source })? {
+    match clone_first(&mut init.cgroup_join, first_flags)
+        .map_err(|source| ContainerError::Clone { id: id.clone(), source })?
+    {
         CloneResult::Child => {
             drop(parent_end);
             if staged {
@@ -208,6 +212,25 @@ pub fn spawn(init: InitSpec) -> Result<Pid, ContainerError> {
             })
         }
     }
+}
+
+/// The first clone (the init, or the intermediate whose clone it is), straight into the
+/// cgroup2 directory when there is one; if the kernel refuses (before 5.7, or a cgroup that
+/// cannot take it), the child joins it through its cgroup.procs instead.
+fn clone_first(join: &mut InitJoin, flags: CloneFlags) -> Result<CloneResult, nix::Error> {
+    if let Some(dir) = join.clone_into.take() {
+        let opened = nix::fcntl::open(
+            &dir,
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        );
+        match opened.and_then(|fd| sys::clone_into_cgroup(flags, fd.as_fd())) {
+            Ok(cloned) => return Ok(cloned),
+            Err(e) => tracing::debug!(dir = %dir.display(), error = %e, "cannot clone into the cgroup, joining after"),
+        }
+        join.task_files.push(dir.join("cgroup.procs"));
+    }
+    sys::clone_process(flags)
 }
 
 /// What the runtime side made for the init before the clone.
@@ -266,7 +289,7 @@ struct RuntimeHooks {
 /// Read the child's messages: a request to run the runtime-side hooks (answered with the
 /// child's host pid once they passed), then "ok" or an error message.
 fn wait_for_setup(id: &str, pid: Pid, sync: &mut std::fs::File, hooks: &RuntimeHooks) -> Result<(), ContainerError> {
-    let mut report = receive(id, pid, sync, SETUP_TIMEOUT)?;
+    let mut report = receive(id, pid, sync, Some(SETUP_TIMEOUT))?;
     if report == init::RUN_HOOKS {
         let state = hooks.state.with("creating", Some(pid.as_raw()));
         let hook_err = |e| ContainerError::Hook { id: id.to_string(), source: Box::new(e) };
@@ -278,9 +301,10 @@ fn wait_for_setup(id: &str, pid: Pid, sync: &mut std::fs::File, hooks: &RuntimeH
             pid: pid.as_raw(),
             source,
         })?;
-        // The child now runs the createContainer hooks: their timeouts come on top.
-        let extra = hooks::total_timeout(HookKind::CreateContainer, hooks.hooks.as_ref()).unwrap_or_default();
-        report = receive(id, pid, sync, SETUP_TIMEOUT + extra)?;
+        // The child now runs the createContainer hooks: their timeouts come on top, and one
+        // without a timeout lifts the deadline (as prestart and createRuntime ones have none).
+        let timeout = hooks::total_timeout(HookKind::CreateContainer, hooks.hooks.as_ref()).map(|t| SETUP_TIMEOUT + t);
+        report = receive(id, pid, sync, timeout)?;
     }
     match report.as_str() {
         init::SETUP_OK => Ok(()),
@@ -292,13 +316,19 @@ fn wait_for_setup(id: &str, pid: Pid, sync: &mut std::fs::File, hooks: &RuntimeH
     }
 }
 
-/// One message from the child ("" once it closed its end), waiting at most `timeout`.
-pub(super) fn receive(id: &str, pid: Pid, sync: &std::fs::File, timeout: Duration) -> Result<String, ContainerError> {
+/// One message from the child ("" once it closed its end), waiting at most `timeout` (for
+/// ever when None).
+pub(super) fn receive(
+    id: &str,
+    pid: Pid,
+    sync: &std::fs::File,
+    timeout: Option<Duration>,
+) -> Result<String, ContainerError> {
     let read_err = |source| ContainerError::SyncRead { id: id.to_string(), pid: pid.as_raw(), source };
     let mut fds = [PollFd::new(sync.as_fd(), PollFlags::POLLIN)];
-    let ready =
-        poll(&mut fds, PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX)).map_err(|e| read_err(e.into()))?;
-    if ready == 0 {
+    let poll_timeout = timeout.map_or(PollTimeout::NONE, |t| PollTimeout::try_from(t).unwrap_or(PollTimeout::MAX));
+    let ready = poll(&mut fds, poll_timeout).map_err(|e| read_err(e.into()))?;
+    if let (0, Some(timeout)) = (ready, timeout) {
         return Err(ContainerError::SetupTimeout { id: id.to_string(), pid: pid.as_raw(), timeout });
     }
     let mut buf = vec![0u8; 64 * 1024];

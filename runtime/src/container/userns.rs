@@ -1,7 +1,9 @@
 //! User namespaces: the spec's rules on `linux.uidMappings`/`gidMappings`, the id maps the
 //! runtime side writes for a new namespace, and the init becoming root inside it.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use nix::unistd::{Gid, Pid, Uid};
 use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType, Spec};
@@ -139,11 +141,23 @@ pub(super) fn become_root() -> Result<(), UsernsError> {
 }
 
 /// Whether this process runs in a user namespace other than the host's, where mount flags
-/// inherited from a more privileged mount namespace are locked.
+/// inherited from a more privileged mount namespace are locked. Asked before each remount:
+/// the answer is kept for the namespace it was read in (one stat instead of a read of
+/// uid_map each time).
 pub(super) fn in_user_namespace() -> bool {
-    std::fs::read_to_string("/proc/self/uid_map")
+    static LAST: Mutex<Option<((u64, u64), bool)>> = Mutex::new(None);
+    let namespace = std::fs::metadata("/proc/self/ns/user").map(|m| (m.dev(), m.ino())).ok();
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if let (Some(ns), Some((seen, answer))) = (namespace, *last) {
+        if ns == seen {
+            return answer;
+        }
+    }
+    let answer = std::fs::read_to_string("/proc/self/uid_map")
         .map(|text| parse_map(&text) != vec![vec![0, 0, u64::from(u32::MAX)]])
-        .unwrap_or(false)
+        .unwrap_or(false);
+    *last = namespace.map(|ns| (ns, answer));
+    answer
 }
 
 #[cfg(test)]

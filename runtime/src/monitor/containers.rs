@@ -160,7 +160,7 @@ impl Containers {
             spec,
             bundle: bundle.to_path_buf(),
             rootfs,
-            cgroup_procs: cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
+            cgroup_join: cgroup.as_ref().map(|c| c.init_join()).unwrap_or_default(),
             cgroup_views: cgroup.as_ref().map(|c| c.hierarchy_dirs()).unwrap_or_default(),
             stdio: Stdio::Log(log),
             exec_fifo,

@@ -45,7 +45,8 @@ impl std::fmt::Display for RuncStatus {
 
 /// The FIFO the init blocks on until `start` writes to it.
 pub(super) const EXEC_FIFO: &str = "exec.fifo";
-/// The FIFO `start` reads until the init execs (EOF) or reports a failed startContainer hook.
+/// The FIFO `start` reads until the init execs (EOF) or reports a failed startContainer hook;
+/// made only for a spec with startContainer or poststart hooks.
 pub(super) const START_FIFO: &str = "start.fifo";
 /// How long delete waits for a SIGKILLed process (not our child) to be gone.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -42,15 +42,27 @@ pub struct CreateArgs {
 
 /// Create the container; returns its init's pid (we are its parent until we exit).
 pub(super) fn create(root: &Path, args: &CreateArgs) -> Result<Pid, RuncError> {
-    create_with(root, args, None)
+    create_with(root, args, None, load_bundle(args))
 }
 
-/// Create the container, its terminal's master sent over `console` (one end of a socket pair
-/// whose other end the caller relays) rather than to a --console-socket.
-pub(super) fn create_with(root: &Path, args: &CreateArgs, console: Option<OwnedFd>) -> Result<Pid, RuncError> {
-    container::validate_id(&args.id)?;
+/// The bundle's absolute path and its spec, read once per command.
+pub(super) fn load_bundle(args: &CreateArgs) -> Result<(PathBuf, Spec), RuncError> {
     let bundle = args.bundle.canonicalize().map_err(io_err("cannot open bundle", &args.bundle))?;
     let spec = crate::container::load_bundle(&bundle).map_err(RuncError::Spec)?;
+    Ok((bundle, spec))
+}
+
+/// Create the container from `loaded` (what [`load_bundle`] made of `args`; an error in it
+/// is reported after a bad id, as runc does), its terminal's master sent over `console` (one
+/// end of a socket pair whose other end the caller relays) rather than to a --console-socket.
+pub(super) fn create_with(
+    root: &Path,
+    args: &CreateArgs,
+    console: Option<OwnedFd>,
+    loaded: Result<(PathBuf, Spec), RuncError>,
+) -> Result<Pid, RuncError> {
+    container::validate_id(&args.id)?;
+    let (bundle, spec) = loaded?;
     check_spec(&spec, args.console_socket.is_some() || console.is_some())?;
     let stdio = match console {
         Some(fd) => Stdio::Terminal(fd),
@@ -88,9 +100,16 @@ fn create_in(
     let exec_fifo = undo.dir.join(EXEC_FIFO);
     nix::unistd::mkfifo(&exec_fifo, Mode::S_IRUSR | Mode::S_IWUSR)
         .map_err(|source| RuncError::Sys { what: "cannot create exec fifo", source })?;
+    // Only hooks need `start` to wait for the exec: to report a failed startContainer hook,
+    // and to run the poststart hooks after the user process started. Without them, `start`
+    // returns once the init is released, as runc's does, with no round trip.
+    let waits_for_exec =
+        [HookKind::StartContainer, HookKind::Poststart].iter().any(|kind| !kind.list(spec.hooks().as_ref()).is_empty());
     let start_fifo = undo.dir.join(START_FIFO);
-    nix::unistd::mkfifo(&start_fifo, Mode::S_IRUSR | Mode::S_IWUSR)
-        .map_err(|source| RuncError::Sys { what: "cannot create start fifo", source })?;
+    if waits_for_exec {
+        nix::unistd::mkfifo(&start_fifo, Mode::S_IRUSR | Mode::S_IWUSR)
+            .map_err(|source| RuncError::Sys { what: "cannot create start fifo", source })?;
+    }
     let linux = spec.linux().as_ref();
     // runc's cgroupfs default: a cgroup named after the container at the hierarchy's root.
     let cgroups_path = linux
@@ -113,11 +132,11 @@ fn create_in(
         spec,
         bundle: bundle.clone(),
         rootfs: rootfs.clone(),
-        cgroup_procs: cgroup.procs_files(),
+        cgroup_join: cgroup.init_join(),
         cgroup_views: cgroup.hierarchy_dirs(),
         stdio,
         exec_fifo,
-        start_fifo: Some(start_fifo),
+        start_fifo: waits_for_exec.then_some(start_fifo),
         preserve_fds: args.preserve_fds,
         no_pivot: args.no_pivot,
     };

@@ -14,7 +14,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::container::Container;
-use super::create::{create, create_with, wants_terminal, CreateArgs};
+use super::create::{create, create_with, load_bundle, wants_terminal, CreateArgs};
 use super::tty_relay::TtyRelay;
 use super::{start, RuncError};
 use crate::sys::FORWARDED_SIGNALS;
@@ -38,7 +38,10 @@ pub(super) fn run(root: &Path, args: &RunArgs) -> Result<i32, RuncError> {
     if args.create.console_socket.is_some() {
         return Err(RuncError::ConsoleWithoutTerminal);
     }
-    let (console, relay_end) = if terminal_asked(&args.create) { console_pair()? } else { (None, None) };
+    let loaded = load_bundle(&args.create);
+    // An unreadable bundle: no terminal, and create reports why.
+    let terminal_asked = loaded.as_ref().is_ok_and(|(_, spec)| wants_terminal(spec));
+    let (console, relay_end) = if terminal_asked { console_pair()? } else { (None, None) };
     // Blocked before the clone so none is lost; the init resets its own mask.
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
@@ -46,7 +49,7 @@ pub(super) fn run(root: &Path, args: &RunArgs) -> Result<i32, RuncError> {
         mask.add(*sig);
     }
     mask.thread_block().map_err(|source| RuncError::Sys { what: "cannot block signals", source })?;
-    let pid = create_with(root, &args.create, console)?;
+    let pid = create_with(root, &args.create, console, loaded)?;
     // The init sent the master during create.
     let relay = match relay_end {
         Some(socket) => match crate::sys::receive_fd(socket.as_fd()) {
@@ -71,12 +74,6 @@ fn start_or_destroy(root: &Path, id: &str) -> Result<(), RuncError> {
             let _ = c.destroy();
         }
     })
-}
-
-/// Whether the bundle's process asks for a terminal (an unreadable bundle: no, and create
-/// reports why).
-fn terminal_asked(args: &CreateArgs) -> bool {
-    crate::container::load_bundle(&args.bundle).map(|spec| wants_terminal(&spec)).unwrap_or(false)
 }
 
 /// A connected pair: one end for the init's console, ours to receive the master on.

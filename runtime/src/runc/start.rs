@@ -1,5 +1,6 @@
-//! `start`: release a created container's init from its exec FIFO, wait until it has run its
-//! startContainer hooks and exec'd the user process, then run the poststart hooks.
+//! `start`: release a created container's init from its exec FIFO; with startContainer or
+//! poststart hooks, wait until it has run the former and exec'd the user process, then run
+//! the latter.
 
 use std::io::Read;
 use std::os::fd::AsFd;

@@ -95,10 +95,22 @@ unsafe fn bpf<T>(cmd: libc::c_int, attr: &mut T) -> Result<libc::c_long, Errno> 
 }
 
 /// Load a program of `prog_type` (for `attach_type`). On a verifier refusal, the verifier's
-/// log comes back with the error.
+/// log comes back with the error: the load is then repeated with the log on, since logging
+/// makes the verifier several times slower and a good program needs none.
 pub fn prog_load(prog_type: u32, attach_type: u32, insns: &[Insn], name: &str) -> Result<OwnedFd, (Errno, String)> {
+    prog_load_logged(prog_type, attach_type, insns, name, &mut [])
+        .or_else(|_| prog_load_logged(prog_type, attach_type, insns, name, &mut vec![0u8; 64 * 1024]))
+}
+
+/// One BPF_PROG_LOAD, with the verifier's log in `log` (none when `log` is empty).
+fn prog_load_logged(
+    prog_type: u32,
+    attach_type: u32,
+    insns: &[Insn],
+    name: &str,
+    log: &mut [u8],
+) -> Result<OwnedFd, (Errno, String)> {
     let license = CString::new("Apache-2.0").unwrap_or_default();
-    let mut log = vec![0u8; 64 * 1024];
     let mut prog_name = [0u8; 16];
     for (slot, byte) in prog_name.iter_mut().take(15).zip(name.bytes()) {
         *slot = byte;
@@ -108,9 +120,9 @@ pub fn prog_load(prog_type: u32, attach_type: u32, insns: &[Insn], name: &str) -
         insn_cnt: u32::try_from(insns.len()).map_err(|_| (Errno::E2BIG, String::new()))?,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        log_level: 1,
+        log_level: u32::from(!log.is_empty()),
         log_size: log.len() as u32,
-        log_buf: log.as_mut_ptr() as u64,
+        log_buf: if log.is_empty() { 0 } else { log.as_mut_ptr() as u64 },
         kern_version: 0,
         prog_flags: 0,
         prog_name,

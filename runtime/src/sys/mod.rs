@@ -49,6 +49,49 @@ pub fn clone_process(flags: CloneFlags) -> Result<CloneResult, Errno> {
     }
 }
 
+/// The kernel's `struct clone_args` up to `cgroup` (CLONE_ARGS_SIZE_VER2, Linux 5.7).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// [`clone_process`] whose child starts in the cgroup2 directory `cgroup` (`clone3(2)` with
+/// CLONE_INTO_CGROUP), so it never has to be moved there. Same soundness condition: the
+/// caller is single-threaded.
+pub fn clone_into_cgroup(flags: CloneFlags, cgroup: std::os::fd::BorrowedFd<'_>) -> Result<CloneResult, Errno> {
+    use std::os::fd::AsRawFd;
+    let args = CloneArgs {
+        // Through u32: the flags are a C int, whose high bit must not spread to the upper half.
+        flags: u64::from(flags.bits() as u32) | CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.as_raw_fd() as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: `args` is a live, initialised clone_args of the size passed. stack and
+    // stack_size are 0, so the child goes on, like fork(2), on a private copy of the caller's
+    // stack; no pidfd, tid or tls pointer is given (all 0). The cgroup fd is borrowed, open.
+    // The caller is single-threaded.
+    let ret = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    match ret {
+        -1 => Err(Errno::last()),
+        0 => Ok(CloneResult::Child),
+        pid => Ok(CloneResult::Parent { child: Pid::from_raw(pid as i32) }),
+    }
+}
+
 /// `pidfd_open(2)`: a file descriptor that becomes readable when `pid` exits, for processes
 /// that are not our children (adopted after a monitor restart).
 pub fn pidfd_open(pid: Pid) -> Result<OwnedFd, Errno> {
@@ -174,7 +217,7 @@ pub const FORWARDED_SIGNALS: &[nix::sys::signal::Signal] = &[
 /// Receive one message carrying one fd (SCM_RIGHTS) on a connected Unix socket: what a
 /// console socket's listener gets from `create --console-socket` (the text is the pty's
 /// name). Returns the text and the fd, close-on-exec.
-pub fn receive_fd(socket: std::os::fd::BorrowedFd<'_>) -> Result<(Vec<u8>, OwnedFd), Errno> {
+pub(crate) fn receive_fd(socket: std::os::fd::BorrowedFd<'_>) -> Result<(Vec<u8>, OwnedFd), Errno> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     use std::os::fd::AsRawFd;
     let mut text = vec![0u8; 4096];
@@ -195,6 +238,19 @@ pub fn receive_fd(socket: std::os::fd::BorrowedFd<'_>) -> Result<(Vec<u8>, Owned
     drop(owned); // more than one fd: keep the last, close the others
     text.truncate(len);
     Ok((text, fd))
+}
+
+/// What the crate's integration tests need of this module and the product does not export:
+/// built only with the cargo feature `test-support`, which the crate's dev-dependency on
+/// itself turns on for its tests.
+#[cfg(feature = "test-support")]
+pub mod test_support {
+    use std::os::fd::{BorrowedFd, OwnedFd};
+
+    /// [`super::receive_fd`]: a test playing a console socket's listener receives the master.
+    pub fn receive_fd(socket: BorrowedFd<'_>) -> Result<(Vec<u8>, OwnedFd), nix::errno::Errno> {
+        super::receive_fd(socket)
+    }
 }
 
 /// The window size of the terminal `fd` (TIOCGWINSZ).
