@@ -110,7 +110,7 @@ fn agent_with_an_unsupported_kubelet_config_names_the_fields_and_the_file() {
     std::fs::write(
         &config,
         "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nmaxPods: 20\n\
-         clusterDNS: [10.96.0.10]\nmaxPod: 3\n",
+         enableServer: true\nmaxPod: 3\n",
     )
     .expect("write config");
     let config_path = config.display().to_string();
@@ -120,7 +120,7 @@ fn agent_with_an_unsupported_kubelet_config_names_the_fields_and_the_file() {
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "agent with a bad --config:\n{stdout}{stderr}");
     assert!(stderr.contains(&config.display().to_string()), "the error does not name the file:\n{stderr}");
-    assert!(stderr.contains("clusterDNS: not supported by nodelet"), "{stderr}");
+    assert!(stderr.contains("enableServer: not supported by nodelet"), "{stderr}");
     assert!(stderr.contains("maxPod: unknown field"), "{stderr}");
     leftovers.assert_none();
 }

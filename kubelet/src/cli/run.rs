@@ -1,7 +1,7 @@
 //! `nodelet run DIR`: standalone mode, static pods and Services from manifests.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -86,6 +86,30 @@ pub struct LocalArgs {
     resolv_conf: Option<PathBuf>,
 }
 
+/// `path` with its longest existing prefix resolved (symlinks followed), the rest appended
+/// as written: the path a directory created there later has in /proc/self/mountinfo.
+fn resolve_existing_prefix(path: &Path) -> std::io::Result<PathBuf> {
+    if !path.is_absolute() {
+        // Refused by validation, with a message that says so.
+        return Ok(path.to_path_buf());
+    }
+    let mut missing = Vec::new();
+    let mut existing = path;
+    loop {
+        match std::fs::canonicalize(existing) {
+            Ok(resolved) => return Ok(missing.iter().rev().fold(resolved, |p, part| p.join(part))),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) else {
+                    return Err(error);
+                };
+                missing.push(name.to_os_string());
+                existing = parent;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 /// `--healthz-bind-address`, wrapped so that clap does not read `Option` as "flag optional".
 #[derive(Clone, Debug)]
 pub(super) struct BindAddress(pub(super) Option<SocketAddr>);
@@ -146,10 +170,8 @@ impl LocalArgs {
             (None, None) => parse_bind_address(serve::DEFAULT_BIND_ADDRESS)?.0,
         };
         // Resolved once: mounts are found by their path in /proc/self/mountinfo, which is
-        // resolved, so a root under a symlink must be too.
-        std::fs::create_dir_all(&self.root_dir)
-            .with_context(|| format!("creating --root-dir {}", self.root_dir.display()))?;
-        let root_dir = std::fs::canonicalize(&self.root_dir)
+        // resolved, so a root under a symlink must be too. Nothing is created here.
+        let root_dir = resolve_existing_prefix(&self.root_dir)
             .with_context(|| format!("resolving --root-dir {}", self.root_dir.display()))?;
         Ok(LocalConfig {
             node_name: node_name.to_string(),
@@ -266,6 +288,18 @@ mod tests {
         assert_eq!(local.nodeport_addresses, expected);
         assert_eq!(nodelet_kubelet::host_runtime::proxy_config(&local).nodeport_addresses, expected);
         assert_eq!(local.root_dir, std::fs::canonicalize(root.path()).expect("resolved"));
+    }
+
+    #[test]
+    fn the_root_dir_is_resolved_through_symlinks_without_being_created() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let real = std::fs::canonicalize(dir.path()).expect("resolved").join("real");
+        std::fs::create_dir(&real).expect("real dir");
+        std::os::unix::fs::symlink(&real, dir.path().join("link")).expect("symlink");
+        let resolved = resolve_existing_prefix(&dir.path().join("link/state/nodelet")).expect("resolve");
+        assert_eq!(resolved, real.join("state/nodelet"));
+        assert!(!real.join("state").exists(), "nothing created");
+        assert_eq!(resolve_existing_prefix(Path::new("relative")).expect("kept"), PathBuf::from("relative"));
     }
 
     #[test]
