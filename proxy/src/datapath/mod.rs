@@ -4,14 +4,12 @@ mod ebpf;
 mod failing;
 mod fake;
 mod ingress_ebpf;
-mod ingress_fake;
 mod plan;
 
 pub use self::ebpf::EbpfDatapath;
 pub use self::failing::FailingDatapath;
-pub use self::fake::FakeDatapath;
+pub use self::fake::{Fake, FakeDatapath, FakeIngress};
 pub use self::ingress_ebpf::EbpfIngress;
-pub use self::ingress_fake::FakeIngress;
 
 use crate::error::ProxyError;
 use crate::table::{IngressDelta, IngressTable, ServiceTable, TableDelta};
