@@ -10,6 +10,7 @@ pub mod exec;
 pub mod go_duration;
 pub mod image;
 pub mod monitor;
+pub mod mountinfo;
 pub mod network;
 pub mod runc;
 pub mod sys;

@@ -20,30 +20,11 @@ fn parse_line(line: &str) -> Option<Mount> {
     let _source = after.next()?;
     let super_options =
         after.next().unwrap_or_default().split(',').filter(|o| !o.is_empty()).map(str::to_string).collect();
-    Some(Mount { mount_point: unescape(mount_point), fs_type: fs_type.to_string(), super_options })
-}
-
-/// The kernel escapes space, tab, newline and backslash as `\ooo` octal.
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .and_then(|digits| std::str::from_utf8(digits).ok().and_then(|d| u8::from_str_radix(d, 8).ok()));
-        match (bytes[i], octal) {
-            (b'\\', Some(byte)) => {
-                out.push(byte);
-                i += 4;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    Some(Mount {
+        mount_point: nodelet_runtime::mountinfo::unescape(mount_point),
+        fs_type: fs_type.to_string(),
+        super_options,
+    })
 }
 
 #[cfg(test)]

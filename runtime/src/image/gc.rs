@@ -121,7 +121,7 @@ fn lower_dirs_in(mountinfo: &str, layers_dir: &Path) -> HashSet<Digest> {
         for option in options.split(',') {
             let value = option.strip_prefix("lowerdir=").or_else(|| option.strip_prefix("lowerdir+="));
             let Some(value) = value else { continue };
-            for dir in split_lower_dirs(&unescape_octal(value)) {
+            for dir in split_lower_dirs(&crate::mountinfo::unescape(value)) {
                 let Ok(relative) = Path::new(&dir).strip_prefix(layers_dir) else { continue };
                 let hex = relative.to_string_lossy();
                 if let Ok(digest) = Digest::parse(&format!("sha256:{hex}")) {
@@ -131,28 +131,6 @@ fn lower_dirs_in(mountinfo: &str, layers_dir: &Path) -> HashSet<Digest> {
         }
     }
     used
-}
-
-/// mountinfo's `\NNN` octal escapes.
-fn unescape_octal(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match (bytes[i], octal) {
-            (b'\\', Some(digits)) => {
-                let value = digits.iter().fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
-                out.push(u8::try_from(value).unwrap_or(b'?'));
-                i += 4;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// overlayfs lower dirs: separated by ':', with '\' escaping ':', ',' and '\'.
@@ -195,7 +173,7 @@ mod tests {
 
     #[test]
     fn unescapes_mountinfo_and_overlay_separators() {
-        assert_eq!(unescape_octal("/a\\040b\\134\\054c"), "/a b\\,c");
+        assert_eq!(crate::mountinfo::unescape("/a\\040b\\134\\054c"), "/a b\\,c");
         assert_eq!(split_lower_dirs("/a:/b\\:c:/d\\,e"), vec!["/a", "/b:c", "/d,e"]);
     }
 }

@@ -74,26 +74,7 @@ fn is_mount_point(path: &Path) -> Result<bool, ImageError> {
     Ok(mountinfo
         .lines()
         .filter_map(|line| line.split(' ').nth(4))
-        .any(|mount_point| unescape_mountinfo(mount_point) == wanted))
-}
-
-/// mountinfo writes space, tab, newline and backslash as octal escapes (`\040`).
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
-            let digit = |b: u8| u32::from(b - b'0');
-            let value = digit(bytes[i + 1]) * 64 + digit(bytes[i + 2]) * 8 + digit(bytes[i + 3]);
-            out.push(u8::try_from(value).unwrap_or(b'?'));
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+        .any(|mount_point| crate::mountinfo::unescape(mount_point) == wanted))
 }
 
 /// overlayfs splits options on `,` and lower dirs on `:`; a backslash escapes them.
@@ -116,6 +97,6 @@ mod tests {
     #[test]
     fn escapes_separators() {
         assert_eq!(escape_option(Path::new("/a:b,c\\d")), "/a\\:b\\,c\\\\d");
-        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        assert_eq!(crate::mountinfo::unescape("/a\\040b"), "/a b");
     }
 }

@@ -46,27 +46,7 @@ pub fn mount_points() -> Result<Vec<PathBuf>, MountPointError> {
 
 /// Field 5 of each mountinfo line, with the kernel's octal escapes (`\040`) decoded.
 pub fn parse_mount_points(mountinfo: &str) -> Vec<PathBuf> {
-    mountinfo.lines().filter_map(|line| line.split(' ').nth(4)).map(|field| PathBuf::from(unescape(field))).collect()
-}
-
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match (bytes[i], octal) {
-            (b'\\', Some(digits)) => {
-                out.push(digits.iter().fold(0u8, |acc, d| acc.wrapping_mul(8).wrapping_add(d - b'0')));
-                i += 4;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    nodelet_runtime::mountinfo::mount_points(mountinfo)
 }
 
 /// `path` with every symlink resolved, as mountinfo shows mount points; None when it does
