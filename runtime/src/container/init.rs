@@ -21,6 +21,8 @@ use super::personality::{self, PersonalityError};
 use super::process::{self, Command, ProcessError};
 use super::rootfs::{self, RootfsError};
 use super::sched::{self, SchedError};
+use std::rc::Rc;
+
 use super::seccomp::{self, SeccompError};
 use super::sysctl::{self, SysctlError};
 use super::timens::{self, TimensError};
@@ -186,7 +188,7 @@ struct Ready {
     /// The start FIFO's write end, when `start` waits for the exec.
     start_report: Option<std::fs::File>,
     /// The filter to load right before exec (None: no profile, or already loaded).
-    seccomp: Option<seccomp::Filter>,
+    seccomp: Option<Rc<seccomp::Filter>>,
     /// Our pid on the host, learnt from the runtime side when there are hooks.
     host_pid: Option<i32>,
 }
@@ -211,7 +213,10 @@ fn set_up(init: &InitSpec, sync: &std::fs::File, prepared: &Prepared) -> Result<
     sys::close_fds_except(&kept_fds(init, &own)).map_err(InitError::CloseFds)?;
     // Checks first, so that a bad spec fails before anything has changed.
     sysctl::validate(&init.spec, sysctl::is_host_netns).map_err(InitError::InvalidSysctl)?;
-    let filter = seccomp::compile(&init.spec).map_err(|e| InitError::Seccomp(Box::new(e)))?;
+    let filter = match prepared.seccomp.clone() {
+        Some(compiled) => Some(compiled),
+        None => seccomp::compile(&init.spec).map_err(|e| InitError::Seccomp(Box::new(e)))?.map(Rc::new),
+    };
     if namespaces::creates(&init.spec, LinuxNamespaceType::User) {
         wait_for_id_maps(sync)?;
     }
@@ -262,9 +267,9 @@ fn set_up(init: &InitSpec, sync: &std::fs::File, prepared: &Prepared) -> Result<
 /// capabilities are dropped, as runc does (the rest of the setup then runs under it).
 /// Otherwise keep it for the last moment before exec.
 fn load_seccomp_if_privileged(
-    filter: Option<seccomp::Filter>,
+    filter: Option<Rc<seccomp::Filter>>,
     process: &oci_spec::runtime::Process,
-) -> Result<Option<seccomp::Filter>, InitError> {
+) -> Result<Option<Rc<seccomp::Filter>>, InitError> {
     match filter {
         Some(filter) if !process.no_new_privileges().unwrap_or(false) => {
             filter.load().map_err(|e| InitError::Seccomp(Box::new(e)))?;

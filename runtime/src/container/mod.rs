@@ -172,6 +172,7 @@ pub fn spawn(mut init: InitSpec) -> Result<Pid, ContainerError> {
     idmap::validate(&init.spec, &mount_maps).map_err(idmap_err)?;
     let idmapped = idmap::prepare(&init.spec, &mount_maps).map_err(idmap_err)?;
     let staged = namespaces::needs_staging(&init.spec);
+    let seccomp = seccomp::compile_cached(&init.spec);
     // Datagrams, so each message (a hook request, the pid, the report) arrives whole.
     let (parent_end, child_end) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
         .map_err(|source| ContainerError::Pipe { id: init.id.clone(), source })?;
@@ -183,14 +184,14 @@ pub fn spawn(mut init: InitSpec) -> Result<Pid, ContainerError> {
         CloneResult::Child => {
             drop(parent_end);
             if staged {
-                stage::run(init, child_end, flags, idmapped)
+                stage::run(init, child_end, flags, Prepared { joined: false, idmapped, seccomp })
             } else {
-                init::run_child(init, child_end, Prepared { joined: false, idmapped })
+                init::run_child(init, child_end, Prepared { joined: false, idmapped, seccomp })
             }
         }
         CloneResult::Parent { child } => {
             drop(child_end);
-            drop(idmapped); // the child holds its copies
+            drop((idmapped, seccomp)); // the child holds its copies
             let setup = ParentSetup {
                 hooks: RuntimeHooks {
                     hooks: init.spec.hooks().clone(),
@@ -238,6 +239,8 @@ pub(super) struct Prepared {
     /// An intermediate process already joined the spec's namespaces by path.
     joined: bool,
     idmapped: Vec<idmap::IdmappedMount>,
+    /// The seccomp filter, compiled (or found in the cache) before the clone.
+    seccomp: Option<std::rc::Rc<seccomp::Filter>>,
 }
 
 /// The runtime side of a container's setup.

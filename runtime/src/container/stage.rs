@@ -12,7 +12,6 @@ use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use oci_spec::runtime::LinuxNamespaceType;
 
-use super::idmap::IdmappedMount;
 use super::{init, namespaces, userns, ContainerError, InitSpec, Prepared, SETUP_TIMEOUT};
 use crate::error_chain;
 use crate::sys::{self, CloneResult};
@@ -33,14 +32,14 @@ enum StageError {
 }
 
 /// The intermediate's whole life: never returns.
-pub(super) fn run(init: InitSpec, sync: OwnedFd, flags: CloneFlags, idmapped: Vec<IdmappedMount>) -> ! {
+pub(super) fn run(init: InitSpec, sync: OwnedFd, flags: CloneFlags, prepared: Prepared) -> ! {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| join_and_clone(&init, flags)));
     let mut report = std::fs::File::from(sync);
     match outcome {
         Ok(Ok((CloneResult::Child, reported))) => {
             // The init shares the sync socket: its first message must come after our pid.
             wait_for_eof(reported);
-            init::run_child(init, report.into(), Prepared { joined: true, idmapped })
+            init::run_child(init, report.into(), Prepared { joined: true, ..prepared })
         }
         Ok(Ok((CloneResult::Parent { child }, reported))) => {
             let code = i32::from(report.write_all(format!("{PID_PREFIX}{child}").as_bytes()).is_err());

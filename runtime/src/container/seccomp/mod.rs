@@ -7,6 +7,10 @@ mod build;
 mod features;
 mod plan;
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
 use libseccomp::ScmpFilterContext;
 use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, Spec};
 
@@ -77,6 +81,36 @@ pub(crate) fn compile_profile(seccomp: &LinuxSeccomp) -> Result<Filter, SeccompE
     let ctx = build::build(&plan)?;
     build::check_size(&ctx)?;
     Ok(Filter { ctx })
+}
+
+/// How many compiled profiles a process keeps: pods mostly share a few (RuntimeDefault).
+const CACHE_ENTRIES: usize = 32;
+
+thread_local! {
+    /// Profiles compiled by this (single-threaded) monitor, by their JSON: compiling the
+    /// default profile takes ~20 ms, and the monitor answers one create at a time, so a burst
+    /// of pods would wait on it in turn. Clones of the monitor inherit a copy and load it.
+    static COMPILED: RefCell<HashMap<String, Rc<Filter>>> = RefCell::new(HashMap::new());
+}
+
+/// The spec's profile compiled, from this process's cache when it was compiled before.
+/// `None` when the spec has no profile or it does not compile (the init compiles it again
+/// and reports the error as before).
+pub(crate) fn compile_cached(spec: &Spec) -> Option<Rc<Filter>> {
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref())?;
+    let key = serde_json::to_string(seccomp).ok()?;
+    if let Some(filter) = COMPILED.with(|cache| cache.borrow().get(&key).cloned()) {
+        return Some(filter);
+    }
+    let filter = Rc::new(compile_profile(seccomp).ok()?);
+    COMPILED.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.len() >= CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, filter.clone());
+    });
+    Some(filter)
 }
 
 impl Filter {
